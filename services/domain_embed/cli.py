@@ -143,11 +143,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .serve.launch import serve_run
 
     run_dir = args.run_dir.resolve()
     if not (run_dir / "triton").is_dir():
         raise UserError(f"{run_dir} has no triton/ model repository; run `domain-embed export --run-dir {run_dir}` first")
+    from .serve.launch import serve_run
+
     cfg = load_config(run_dir, args.overrides, save=False)
     return serve_run(run_dir, cfg, host=args.host, port=args.port)
 

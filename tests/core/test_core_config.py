@@ -1,0 +1,55 @@
+"""Config composition, saved overrides, and the single encoding spec."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from domain_embed.config import EncodingSpec, config_hash, load_config, resolve_path
+from domain_embed.errors import UserError
+
+
+def test_defaults_compose_and_spec(base_cfg):
+    spec = EncodingSpec.from_config(base_cfg)
+    assert spec.query_prefix == base_cfg.model.query_prefix
+    assert spec.max_passage_length == base_cfg.model.max_passage_length
+    assert (resolve_path(base_cfg.model.path) / "config.json").is_file()
+    assert spec.prefix("query") != spec.prefix("passage")
+
+
+def test_unknown_key_is_a_user_error():
+    with pytest.raises(UserError, match="train.nonexistent"):
+        load_config(None, ["train.nonexistent=3"], save=False)
+
+
+def test_not_key_value_is_a_user_error():
+    with pytest.raises(UserError, match="key=value"):
+        load_config(None, ["train.max_steps"], save=False)
+
+
+def test_missing_package_is_a_user_error():
+    with pytest.raises(UserError, match="not installed"):
+        resolve_path("pkg:no_such_package_xyz")
+
+
+def test_overrides_persist_in_run_dir(tmp_path):
+    run = tmp_path / "run"
+    cfg = load_config(run, ["train.max_steps=7", "mine.num_negatives=3"])
+    assert cfg.train.max_steps == 7
+    assert (run / "config.yaml").is_file()
+    # a later command in the same run sees the earlier overrides, and can replace one
+    cfg2 = load_config(run, ["train.max_steps=9"])
+    assert cfg2.train.max_steps == 9 and cfg2.mine.num_negatives == 3
+    saved = json.loads((run / "overrides.json").read_text())
+    assert saved.count("train.max_steps=9") == 1 and "train.max_steps=7" not in saved
+
+
+def test_config_hash_tracks_only_named_sections(base_cfg):
+    other = load_config(None, ["train.max_steps=123"], save=False)
+    assert config_hash(base_cfg, ["mine"]) == config_hash(other, ["mine"])
+    assert config_hash(base_cfg, ["train"]) != config_hash(other, ["train"])
+
+
+def test_spec_roundtrip(spec):
+    assert EncodingSpec.from_dict(json.loads(spec.to_json())) == spec

@@ -1,0 +1,122 @@
+"""Atomic writes, manifests, skip/force and input verification of the stage runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from domain_embed.config import load_config
+from domain_embed.errors import QualityGateFailed, UserError
+from domain_embed.rundir import (AppendLog, Stage, atomic_open, atomic_write_jsonl, read_jsonl, read_manifest,
+                                 run_stage, sha256_path)
+
+
+def _stages(calls):
+    def produce(ctx):
+        calls.append("a")
+        atomic_write_jsonl(ctx.path("a/out.jsonl"), [{"x": 1}, {"x": 2}])
+        return {"rows": 2}
+
+    def consume(ctx):
+        calls.append("b")
+        rows = list(read_jsonl(ctx.path("a/out.jsonl")))
+        atomic_write_jsonl(ctx.path("b/out.jsonl"), rows[:1])
+        return {"rows": 1}
+
+    a = Stage("a", "a", inputs=[], outputs=["a/out.jsonl"], config_keys=["mine"], fn=produce)
+    b = Stage("b", "b", inputs=["a/out.jsonl"], outputs=["b/out.jsonl"], config_keys=["train"], fn=consume)
+    return {"a": a, "b": b}
+
+
+def test_stage_skip_force_and_rerun_on_config_change(tmp_path):
+    calls = []
+    st = _stages(calls)
+    cfg = load_config(None, [], save=False)
+    m = run_stage(st["a"], tmp_path, cfg, st, quiet=True)
+    assert m["counts"]["rows"] == 2 and m["outputs"]["a/out.jsonl"] == sha256_path(tmp_path / "a/out.jsonl")
+    assert "python" in m["versions"] and m["wall_time_s"] >= 0
+    run_stage(st["a"], tmp_path, cfg, st, quiet=True)
+    assert calls == ["a"], "a finished stage reruns only with --force"
+    run_stage(st["a"], tmp_path, cfg, st, force=True, quiet=True)
+    assert calls == ["a", "a"]
+    cfg2 = load_config(None, ["mine.num_negatives=2"], save=False)
+    run_stage(st["a"], tmp_path, cfg2, st, quiet=True)
+    assert calls == ["a", "a", "a"], "a changed config makes the stage stale"
+
+
+def test_missing_input_names_the_stage_to_run(tmp_path):
+    st = _stages([])
+    cfg = load_config(None, [], save=False)
+    with pytest.raises(UserError, match="run `domain-embed a"):
+        run_stage(st["b"], tmp_path, cfg, st, quiet=True)
+
+
+def test_tampered_input_is_refused(tmp_path):
+    st = _stages([])
+    cfg = load_config(None, [], save=False)
+    run_stage(st["a"], tmp_path, cfg, st, quiet=True)
+    with open(tmp_path / "a/out.jsonl", "a") as fh:
+        fh.write('{"x": 3}\n')
+    with pytest.raises(UserError, match="changed since the a stage wrote it"):
+        run_stage(st["b"], tmp_path, cfg, st, quiet=True)
+
+
+def test_input_without_manifest_is_refused(tmp_path):
+    st = _stages([])
+    cfg = load_config(None, [], save=False)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a/out.jsonl").write_text('{"x": 1}\n')
+    with pytest.raises(UserError, match="no manifest"):
+        run_stage(st["b"], tmp_path, cfg, st, quiet=True)
+
+
+def test_gate_failure_keeps_report_and_manifest(tmp_path):
+    def failing(ctx):
+        (ctx.dir / "report.json").write_text("{}")
+        raise QualityGateFailed("tuned worse than base", {"passed": False})
+
+    st = {"g": Stage("g", "g", inputs=[], outputs=["g/report.json"], config_keys=[], fn=failing)}
+    with pytest.raises(QualityGateFailed):
+        run_stage(st["g"], tmp_path, load_config(None, [], save=False), st, quiet=True)
+    assert read_manifest(tmp_path, "g")["counts"] == {"passed": False}
+
+
+def test_atomic_open_leaves_old_file_on_crash(tmp_path):
+    p = tmp_path / "f.txt"
+    p.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_open(p) as fh:
+            fh.write("half-written")
+            raise RuntimeError("crash")
+    assert p.read_text() == "old"
+    assert [q.name for q in tmp_path.iterdir()] == ["f.txt"], "no temporary files left behind"
+
+
+def test_append_log_survives_kill(tmp_path):
+    """A process killed mid-run keeps every record it appended."""
+    log = tmp_path / "log.jsonl"
+    code = textwrap.dedent(f"""
+        import os, signal
+        from domain_embed.rundir import AppendLog
+        log = AppendLog({str(log)!r})
+        for i in range(5):
+            log.append({{"i": i}})
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code])
+    assert proc.returncode == -9
+    assert [r["i"] for r in read_jsonl(log)] == list(range(5))
+
+
+def test_read_jsonl_tolerates_torn_last_line_only(tmp_path):
+    p = tmp_path / "x.jsonl"
+    p.write_text('{"a": 1}\n{"a": 2}\n{"a": ')
+    assert [r["a"] for r in read_jsonl(p)] == [1, 2]
+    p.write_text('{"a": 1}\n{"a": \n{"a": 3}\n')
+    with pytest.raises(UserError, match="not valid JSON"):
+        list(read_jsonl(p))
