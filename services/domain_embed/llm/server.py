@@ -1,0 +1,234 @@
+"""The local OpenAI-compatible LLM endpoint: llama.cpp's own HTTP server, from the xllamacpp wheel.
+
+The server runs in a child process (``python -m domain_embed.llm.server``) rather than inside the
+caller, so that a crash in llama.cpp cannot take the pipeline down, its log goes to a file instead
+of the terminal, and stopping it is a plain terminate/kill of one process id.
+
+Public entries:
+
+* :func:`local_llm` -- a context manager yielding an OpenAI-compatible base URL (``.../v1``).
+  For ``llm.kind=local`` it starts the server and stops it on exit; for ``llm.kind=remote`` it
+  checks the API key is set and yields ``llm.base_url`` untouched.
+* :func:`serve_forever` -- ``domain-embed llm serve``: serve in the foreground until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+from omegaconf import DictConfig
+
+from ..config import resolve_path
+from ..errors import UserError
+
+
+def api_key(cfg: DictConfig) -> str | None:
+    """The key for the configured endpoint: None for local, the env var's value for remote."""
+    llm = cfg.llm
+    if llm.kind == "local":
+        return None
+    env = str(llm.get("api_key_env") or "")
+    if not env:
+        return None  # an in-cluster endpoint without auth
+    key = os.environ.get(env)
+    if not key:
+        raise UserError(
+            f"llm.kind=remote needs an API key in the environment variable {env}, which is not set; "
+            f"export {env}=... (or set llm.api_key_env to the variable that holds it)"
+        )
+    return key
+
+
+def weights_path(cfg: DictConfig) -> Path:
+    spec = cfg.llm.local.get("weights")
+    if not spec:
+        raise UserError("llm.kind=local needs llm.local.weights (a GGUF path or pkg:<package>/<file>.gguf)")
+    path = resolve_path(str(spec))
+    if path is None or not path.is_file():
+        raise UserError(f"llm.local.weights={spec} is not a file; give the path of a .gguf model")
+    return path
+
+
+def _server_argv(cfg: DictConfig, host: str, port: int, ready_file: Path | None) -> list[str]:
+    loc = cfg.llm.local
+    argv = [
+        sys.executable, "-m", "domain_embed.llm.server",
+        "--weights", str(weights_path(cfg)),
+        "--alias", str(cfg.llm.model),
+        "--host", host, "--port", str(port),
+        "--ctx-size", str(int(loc.ctx_size)),
+        "--n-parallel", str(int(loc.n_parallel)),
+        "--threads", str(int(loc.threads)),
+    ]
+    if ready_file is not None:
+        argv += ["--ready-file", str(ready_file)]
+    return argv
+
+
+def _get(url: str, timeout: float = 2.0) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, OSError):
+        return 0
+
+
+class LocalServer:
+    """A running child llama.cpp server. ``base_url`` ends in ``/v1``."""
+
+    def __init__(self, proc: subprocess.Popen, address: str, log_path: Path):
+        self.proc = proc
+        self.address = address.rstrip("/")
+        self.base_url = self.address + "/v1"
+        self.log_path = log_path
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=timeout)
+
+
+def _log_tail(path: Path, n: int = 5) -> str:
+    with contextlib.suppress(OSError):
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+        return " | ".join(lines[-n:])
+    return ""
+
+
+def start_local_server(cfg: DictConfig, host: str | None = None, port: int | None = None,
+                       log_path: Path | None = None) -> LocalServer:
+    """Start the child server and wait until /health answers 200 (model loaded)."""
+    loc = cfg.llm.local
+    host = host or str(loc.host)
+    port = int(loc.port) if port is None else int(port)
+    tmpdir = Path(tempfile.mkdtemp(prefix="domain-embed-llm-"))
+    ready = tmpdir / "address"
+    log_path = log_path or tmpdir / "server.log"
+    log = open(log_path, "ab")
+    env = dict(os.environ)
+    proc = subprocess.Popen(_server_argv(cfg, host, port, ready), stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, env=env)
+    log.close()
+    deadline = time.monotonic() + float(loc.startup_timeout_s)
+    address = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise UserError(f"the local LLM server exited with code {proc.returncode} while starting "
+                            f"({_log_tail(log_path)}); see {log_path}")
+        if address is None and ready.is_file():
+            address = ready.read_text().strip() or None
+        if address is not None and _get(address + "/health") == 200:
+            return LocalServer(proc, address, log_path)
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    raise UserError(f"the local LLM server did not become ready within llm.local.startup_timeout_s="
+                    f"{loc.startup_timeout_s}s; raise it, or see {log_path}")
+
+
+@contextlib.contextmanager
+def local_llm(cfg: DictConfig, log_path: Path | None = None) -> Iterator[str]:
+    """Yield an OpenAI-compatible base URL: a started local server, or the configured remote one."""
+    llm = cfg.llm
+    if llm.kind == "remote":
+        if not llm.get("base_url"):
+            raise UserError("llm.kind=remote needs llm.base_url (e.g. https://integrate.api.nvidia.com/v1)")
+        api_key(cfg)  # fail now, not after the first request
+        yield str(llm.base_url)
+        return
+    if llm.kind != "local":
+        raise UserError(f"llm.kind={llm.kind!r} is not one of local, remote")
+    if llm.get("base_url"):
+        # An already running local server (e.g. `domain-embed llm serve`): use it as is.
+        yield str(llm.base_url)
+        return
+    server = start_local_server(cfg, log_path=log_path)
+    try:
+        yield server.base_url
+    finally:
+        server.stop()
+
+
+def serve_forever(cfg: DictConfig, host: str, port: int) -> int:
+    """`domain-embed llm serve`: run the server in the foreground until interrupted."""
+    server = start_local_server(cfg, host=host, port=port)
+    print(f"serving {cfg.llm.model} at {server.base_url} (OpenAI-compatible; log {server.log_path}); Ctrl-C stops it",
+          file=sys.stderr, flush=True)
+    try:
+        while server.proc.poll() is None:
+            time.sleep(0.5)
+        print(f"the server exited with code {server.proc.returncode}; see {server.log_path}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------- the child process
+def _child(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m domain_embed.llm.server")
+    ap.add_argument("--weights", required=True)
+    ap.add_argument("--alias", default="local")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--ctx-size", type=int, default=4096)
+    ap.add_argument("--n-parallel", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ready-file", default=None)
+    a = ap.parse_args(argv)
+
+    import xllamacpp
+
+    p = xllamacpp.CommonParams()
+    p.model.path = a.weights
+    p.model_alias = {a.alias} if isinstance(p.model_alias, set) else a.alias
+    p.hostnames = [a.host]
+    p.port = a.port
+    # n_ctx is the total across slots; each parallel request gets n_ctx / n_parallel.
+    p.n_ctx = a.ctx_size * a.n_parallel
+    p.n_parallel = a.n_parallel
+    p.cpuparams.n_threads = a.threads
+    p.cpuparams_batch.n_threads = a.threads
+    p.warmup = False
+    stop = {"flag": False}
+
+    def _term(signum: int, frame: Any) -> None:
+        stop["flag"] = True
+
+    signal.signal(signal.SIGTERM, _term)
+    signal.signal(signal.SIGINT, _term)
+    server = xllamacpp.Server(p)
+    address = server.listening_address
+    if a.ready_file:
+        tmp = a.ready_file + ".tmp"
+        Path(tmp).write_text(address)
+        os.replace(tmp, a.ready_file)
+    print(json.dumps({"listening": address}), flush=True)
+    while not stop["flag"]:
+        time.sleep(0.2)
+    del server
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child())
