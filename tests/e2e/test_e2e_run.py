@@ -1,0 +1,144 @@
+"""End to end, for real and small: `domain-embed run` on a few sample documents with the real
+local LLM server, real Lightning training steps, real export, then `domain-embed serve` answering
+POST /v1/embeddings through the real Triton server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from domain_embed.stages import STAGES
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent / "domain-embed"
+
+# Tiny but real: every stage runs its real component, just on little data.
+TINY = [
+    "synth.max_chunks=6",
+    "train.max_steps=4",
+    "train.batch_size=4",
+    "train.val_every_n_steps=2",
+    "train.checkpoint_every_n_steps=2",
+    "evaluate.gate.tolerance=1.0",   # a 4-step model may not beat the base; the gate itself is tested elsewhere
+    "llm.max_tokens=96",
+]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory) -> Path:
+    src = sorted((REPO / "data" / "sample").glob("*.htm*")) or sorted((REPO / "data" / "sample").glob("*.*"))
+    docs = [p for p in src if p.name not in ("LICENSE", "README.md")]
+    assert len(docs) >= 6, "the bundled sample corpus is missing"
+    dst = tmp_path_factory.mktemp("corpus")
+    # the smallest documents keep the run short; six give the split train, val and test documents
+    for p in sorted(docs, key=lambda p: p.stat().st_size)[:6]:
+        shutil.copy(p, dst / p.name)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_corpus, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("e2e") / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([str(BIN), "run", "--run-dir", str(run), "--quiet", f"corpus.path={tiny_corpus}", *TINY],
+                          capture_output=True, text=True, timeout=1200, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return run
+
+
+def test_every_stage_left_a_manifest(run_dir):
+    for st in STAGES.values():
+        m = json.loads((run_dir / st.folder / "manifest.json").read_text())
+        assert m["stage"] == st.name and m["wall_time_s"] >= 0
+        for rel, digest in m["outputs"].items():
+            assert (run_dir / rel).exists() and len(digest) == 64
+    assert (run_dir / "config.yaml").is_file()
+
+
+def test_report_has_base_and_tuned(run_dir):
+    rep = json.loads((run_dir / "eval" / "report.json").read_text())
+    held = rep["datasets"]["heldout"]
+    for who in ("base", "tuned"):
+        for metric in ("ndcg@10", "recall@10"):
+            assert 0.0 <= held[who][metric] <= 1.0
+
+
+def test_rerun_is_a_noop(run_dir, tiny_corpus):
+    proc = subprocess.run([str(BIN), "run", "--run-dir", str(run_dir), f"corpus.path={tiny_corpus}", *TINY],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("up to date") == len(STAGES)
+
+
+def test_served_endpoint_returns_unit_norm_embeddings(run_dir):
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([str(BIN), "serve", str(run_dir), "--host", "127.0.0.1", "--port", str(port),
+                             f"serve.triton_grpc_port={_free_port()}", f"serve.triton_http_port={_free_port()}",
+                             f"serve.triton_metrics_port={_free_port()}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        ready = False
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"{base}/v1/health/ready", timeout=2).status_code == 200:
+                    ready = True
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        assert ready, f"gateway never became ready (exit={proc.poll()})"
+        r = httpx.post(f"{base}/v1/embeddings", timeout=60, json={
+            "input": ["How do I create an index concurrently?"],
+            "model": _served_name(run_dir), "input_type": "query"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        vec = np.asarray(body["data"][0]["embedding"], dtype=np.float32)
+        assert vec.shape == (384,)
+        assert abs(float(np.linalg.norm(vec)) - 1.0) < 1e-3
+        assert body["usage"]["prompt_tokens"] > 0
+
+        # the served vector is the tuned checkpoint's vector, not the base model's
+        from domain_embed.config import EncodingSpec, load_config
+        from domain_embed.encoding import Encoder
+
+        cfg = load_config(run_dir, [], save=False)
+        spec = EncodingSpec.from_config(cfg, run_dir / "train" / "model")
+        ref = Encoder(spec).encode_queries(["How do I create an index concurrently?"])[0]
+        assert float(ref @ vec) > 0.999
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+
+
+def _served_name(run_dir: Path) -> str:
+    from domain_embed.config import load_config
+
+    return str(load_config(run_dir, [], save=False).model.served_name)
