@@ -1,0 +1,83 @@
+"""The ``mine`` stage: split/train_qa.jsonl + split/train_corpus.jsonl -> mine/train.jsonl.
+
+Only training documents are searched (split/ keeps test chunks out of train_corpus.jsonl), so no
+test passage can become a training negative -- one of the recipe's leaks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import UserError
+from ..rundir import StageContext, atomic_open, read_jsonl
+from .embed_cache import EmbeddingCache
+from .mining import MineStats, build_index, search, select_negatives
+
+
+def load_inputs(ctx: StageContext) -> tuple[list[dict], list[dict]]:
+    corpus = list(read_jsonl(ctx.path("split/train_corpus.jsonl")))
+    qa = list(read_jsonl(ctx.path("split/train_qa.jsonl")))
+    if not corpus:
+        raise UserError("split/train_corpus.jsonl is empty; check the split stage's output (too few documents?)")
+    if not qa:
+        raise UserError("split/train_qa.jsonl is empty; synthesize produced no training queries -- rerun synthesize")
+    return corpus, qa
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    mc = ctx.cfg.mine
+    spec = ctx.spec()
+    corpus, qa = load_inputs(ctx)
+    ids = [c["id"] for c in corpus]
+    texts = [c["text"] for c in corpus]
+    row_of = {cid: i for i, cid in enumerate(ids)}
+
+    queries: list[tuple[dict, list[int]]] = []
+    no_pos = 0
+    for q in qa:
+        pos = [row_of[s] for s in dict.fromkeys(q.get("segment_ids") or []) if s in row_of]
+        if not pos or not str(q.get("question") or "").strip():
+            no_pos += 1
+            continue
+        queries.append((q, pos))
+    if not queries:
+        raise UserError("no training query has a positive passage in split/train_corpus.jsonl; "
+                        "the split and qa files disagree -- rerun split")
+
+    from ..encoding import Encoder
+
+    encoder = Encoder(spec, batch_size=int(mc.batch_size))
+    cache_root = ctx.dir / "cache"
+    pcache = EmbeddingCache(cache_root, spec, "passage")
+    p_emb = pcache.embed(texts, lambda t: encoder.encode(t, "passage"), int(mc.shard_rows), ctx.progress)
+    qcache = EmbeddingCache(cache_root, spec, "query")
+    q_emb = qcache.embed([q["question"] for q, _ in queries], lambda t: encoder.encode(t, "query"),
+                         int(mc.shard_rows), ctx.progress)
+    ctx.log(f"embedded {len(texts)} passages ({pcache.hits} cached) and {len(queries)} queries ({qcache.hits} cached)")
+
+    index = build_index(p_emb, str(mc.index), mc.use_gpu, int(mc.ivf_nprobe), int(mc.hnsw_m))
+    max_pos = max(len(p) for _, p in queries)
+    scores, cand = search(index, q_emb, int(mc.top_k) + max_pos)
+
+    stats = MineStats()
+    n_neg = int(mc.num_negatives)
+    with atomic_open(ctx.dir / "train.jsonl") as fh:
+        import json
+
+        for i, (q, pos) in enumerate(queries):
+            pos_sc, negs = select_negatives(
+                q_emb[i], cand[i][: int(mc.top_k) + len(pos)], scores[i][: int(mc.top_k) + len(pos)], pos, p_emb,
+                texts, n_neg, float(mc.margin), str(mc.margin_type), float(mc.near_dup_threshold), stats)
+            row = {"query_id": q["id"], "query": q["question"],
+                   "pos": [{"id": ids[p], "score": round(s, 6)} for p, s in pos_sc],
+                   "neg": [{"id": ids[n], "score": round(s, 6)} for n, s in negs]}
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    summary = stats.summary()
+    if summary["queries_short_of_negatives"]:
+        ctx.log(f"{summary['queries_short_of_negatives']}/{len(queries)} queries got fewer than {n_neg} negatives "
+                f"(raise mine.top_k or loosen mine.margin)")
+    return {**summary, "queries_without_positive": no_pos, "passages": len(texts),
+            "passage_cache_hits": pcache.hits, "query_cache_hits": qcache.hits,
+            "index": str(mc.index), "margin_type": str(mc.margin_type), "margin": float(mc.margin)}
