@@ -1,0 +1,175 @@
+"""Read real user queries and relevance judgments, as JSONL or in the BEIR layout.
+
+Accepted query files:
+
+* a JSONL file whose rows carry the text in ``"text"`` or ``"query"`` (and optionally an id in
+  ``"_id"``, ``"id"`` or ``"query_id"``);
+* a BEIR ``queries.jsonl`` (``{"_id", "text"}``), or the BEIR folder holding it;
+* a plain text file with one query a line (``.txt``).
+
+Qrels are the BEIR TSV ``query-id<TAB>corpus-id<TAB>score``, with or without the header line,
+given as the file or as a BEIR folder (``qrels/test.tsv``).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from ..errors import UserError
+
+_TEXT_KEYS = ("text", "query", "question")
+_ID_KEYS = ("_id", "id", "query_id", "query-id")
+
+
+def _queries_file(path: Path) -> Path:
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UserError(f"real-query file {path} does not exist; give a JSONL file with a 'text' or 'query' field, "
+                        f"or a BEIR folder holding queries.jsonl")
+    if path.is_dir():
+        cand = path / "queries.jsonl"
+        if not cand.is_file():
+            raise UserError(f"{path} is a folder without queries.jsonl; give the JSONL file itself, or a BEIR folder "
+                            f"(corpus.jsonl, queries.jsonl, qrels/)")
+        return cand
+    return path
+
+
+def load_real_queries(path: str | Path) -> dict[str, str]:
+    """Real queries as an ordered ``{query_id: text}``; ids are made up (``rq1``, ``rq2``...) when absent.
+
+    Blank queries and exact duplicates (same text) are dropped, since they add nothing to a
+    drift statistic and would double-count in an evaluation.
+    """
+    f = _queries_file(Path(path))
+    raw = f.read_bytes()
+    if b"\x00" in raw[:4096]:
+        raise UserError(f"{f} is a binary file, not JSONL; give a UTF-8 JSONL file with a 'text' or 'query' field")
+    try:
+        content = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{f} is not UTF-8 text; re-save it as UTF-8 JSONL with a 'text' or 'query' field") from None
+    out: dict[str, str] = {}
+    seen: set[str] = set()
+    plain = f.suffix.lower() == ".txt"
+    for lineno, line in enumerate(content.splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        if plain:
+            qid, text = f"rq{len(out) + 1}", line
+        else:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise UserError(f"{f}:{lineno} is not valid JSON; each line must be an object like "
+                                f'{{"text": "how to vacuum a table"}} (or use a .txt file, one query a line)') from None
+            if isinstance(row, str):
+                row = {"text": row}
+            if not isinstance(row, dict):
+                raise UserError(f"{f}:{lineno} is a JSON {type(row).__name__}, not an object with a 'text' or 'query' field")
+            text = next((row[k] for k in _TEXT_KEYS if isinstance(row.get(k), str)), None)
+            if text is None:
+                raise UserError(f"{f}:{lineno} has no 'text' or 'query' field (keys: {', '.join(sorted(row)) or 'none'}); "
+                                f"rename the field holding the query to 'text'")
+            qid = next((str(row[k]) for k in _ID_KEYS if row.get(k) not in (None, "")), f"rq{len(out) + 1}")
+        text = " ".join(text.split())
+        if not text or text.lower() in seen:
+            continue
+        if qid in out:
+            raise UserError(f"{f}:{lineno} repeats query id {qid!r}; query ids must be unique")
+        seen.add(text.lower())
+        out[qid] = text
+    if not out:
+        raise UserError(f"{f} holds no queries; add one JSON object a line with a 'text' or 'query' field")
+    return out
+
+
+def load_qrels(path: str | Path, split: str = "test") -> dict[str, dict[str, int]]:
+    """BEIR relevance judgments as ``{query_id: {corpus_id: score}}`` (scores are integers)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        cand = [p / "qrels" / f"{split}.tsv", p / f"{split}.tsv"]
+        found = next((c for c in cand if c.is_file()), None)
+        if found is None:
+            raise UserError(f"{p} holds no qrels/{split}.tsv; give the TSV file itself (query-id, corpus-id, score)")
+        p = found
+    if not p.is_file():
+        raise UserError(f"qrels file {p} does not exist; give a BEIR TSV 'query-id<TAB>corpus-id<TAB>score'")
+    qrels: dict[str, dict[str, int]] = {}
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"{p} is not UTF-8 text; qrels must be a TSV 'query-id<TAB>corpus-id<TAB>score'") from None
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        parts = line.rstrip("\n").split("\t")
+        if len(parts) == 4:  # TREC style: qid, iteration, docid, score
+            parts = [parts[0], parts[2], parts[3]]
+        if len(parts) != 3:
+            raise UserError(f"{p}:{lineno} has {len(parts)} tab-separated columns, not 3; each line must be "
+                            f"'query-id<TAB>corpus-id<TAB>score'")
+        qid, did, score = (x.strip() for x in parts)
+        try:
+            s = int(float(score))
+        except ValueError:
+            if lineno == 1:  # the BEIR header line
+                continue
+            raise UserError(f"{p}:{lineno} has score {score!r}, not a number; use integer relevance grades (0, 1, 2...)") from None
+        qrels.setdefault(qid, {})[did] = s
+    if not qrels:
+        raise UserError(f"{p} holds no judgments; add lines 'query-id<TAB>corpus-id<TAB>score'")
+    return qrels
+
+
+def validate_qrels(queries: dict[str, str], qrels: dict[str, dict[str, int]],
+                   corpus_ids: set[str] | None = None) -> dict[str, dict[str, int]]:
+    """Keep the judgments that can be scored; raise when none can, naming the mismatch.
+
+    Queries without any positive judgment cannot be scored and are dropped from the returned
+    qrels; a judgment naming a document that is not in the corpus is an error, because it
+    usually means the qrels were written for a different chunking.
+    """
+    known = {q: {d: s for d, s in docs.items()} for q, docs in qrels.items() if q in queries}
+    if not known:
+        sample = ", ".join(list(qrels)[:3])
+        raise UserError(f"none of the qrels' query ids ({sample}...) are in the real-query file; the ids must match "
+                        f"the queries' '_id'/'id' fields")
+    if corpus_ids is not None:
+        missing = sorted({d for docs in known.values() for d in docs if d not in corpus_ids})
+        if missing:
+            raise UserError(f"{len(missing)} judged document ids are not in the corpus (e.g. {missing[0]!r}); "
+                            f"qrels must use the corpus ids of this run (split/eval_beir/corpus.jsonl or curate/chunks.jsonl)")
+    return {q: docs for q, docs in known.items() if any(s > 0 for s in docs.values())}
+
+
+def real_queries_beir(queries: dict[str, str], qrels: dict[str, dict[str, int]] | None,
+                      corpus: dict[str, dict[str, str]], out_dir: str | Path) -> Path:
+    """Write real queries (+ qrels) and a corpus as a BEIR folder, so any BEIR tool can score them."""
+    from ..rundir import atomic_write_jsonl, atomic_write_text
+
+    out = Path(out_dir)
+    atomic_write_jsonl(out / "corpus.jsonl",
+                       ({"_id": cid, "title": d.get("title", ""), "text": d.get("text", "")} for cid, d in corpus.items()))
+    atomic_write_jsonl(out / "queries.jsonl", ({"_id": qid, "text": t} for qid, t in queries.items()))
+    if qrels:
+        lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{s}" for q, docs in qrels.items() for d, s in docs.items()]
+        atomic_write_text(out / "qrels" / "test.tsv", "\n".join(lines) + "\n")
+    return out
+
+
+def style_examples(path: str | Path | None, n: int = 5, seed: int = 0) -> list[str]:
+    """Up to ``n`` real queries to show the query generator as style examples (``synth.style_examples_file``).
+
+    A seeded sample rather than the first ``n`` lines, so a file sorted by topic still gives a mix.
+    Returns ``[]`` when ``path`` is empty, so callers can pass the config value straight through.
+    """
+    if path in (None, "") or n <= 0:
+        return []
+    texts = list(load_real_queries(path).values())
+    if len(texts) <= n:
+        return texts
+    return random.Random(seed).sample(texts, n)
