@@ -1,0 +1,170 @@
+"""The curate stage: documents -> curate/chunks.jsonl.
+
+read (txt, md, rst, html, jsonl, pdf) -> NeMo Curator cleaning (UnicodeReformatter, whitespace and
+boilerplate normalisation, heuristic quality scores) -> quality filters -> exact and near-duplicate
+removal -> token-aware chunking with a title/section context line.
+
+Output rows (the contract every later stage relies on)::
+
+    {"id": "c_<16 hex>", "doc_id": "d_<16 hex>", "text", "title", "section", "source", "n_tokens"}
+
+sorted by source path, then position in the document.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from ..rundir import StageContext, atomic_write_jsonl
+
+OUTPUT = "curate/chunks.jsonl"
+
+
+def _corpus_root(cfg: Any) -> Path:
+    raw = cfg.corpus.get("path")
+    if raw in (None, ""):
+        raise UserError("corpus.path is not set; pass corpus.path=/path/to/your/documents")
+    root = Path(str(raw)).expanduser().resolve()
+    if not root.exists():
+        raise UserError(f"corpus path {root} does not exist; pass corpus.path=/path/to/your/documents")
+    return root
+
+
+def _skip_summary(skipped: dict[str, int]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(skipped.items())) or "none"
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    import pandas as pd
+    from transformers import AutoTokenizer
+
+    from .chunking import Chunker, chunk_id
+    from .cleaning import apply_filters, choose_executor, run_cleaning
+    from .dedup import doc_id, exact_duplicates, near_duplicates
+    from .readers import discover, read_corpus
+
+    cfg, c = ctx.cfg, ctx.cfg.curate
+    spec = ctx.spec()
+    root = _corpus_root(cfg)
+    include = list(cfg.corpus.get("include") or ["**/*"])
+    exclude = list(cfg.corpus.get("exclude") or [])
+    files = discover(root, include, exclude, int(cfg.corpus.get("max_files") or 0))
+    if not files:
+        raise UserError(
+            f"corpus {root} has no files matching {include}; point corpus.path at a folder of .txt/.md/.rst/.html/.jsonl/.pdf files"
+        )
+    ctx.log(f"reading {len(files)} files from {root}")
+    res = read_corpus(root, files, str(cfg.corpus.get("jsonl_text_field") or "text"),
+                      cfg.corpus.get("jsonl_title_field"), log=ctx.log)
+    for source, reason in res.skipped_files[:20]:
+        ctx.log(f"warning: skipped {source} ({reason})")
+    if len(res.skipped_files) > 20:
+        ctx.log(f"warning: ... and {len(res.skipped_files) - 20} more skipped")
+    if not res.docs:
+        hint = ""
+        if any(k.startswith("skipped_jsonl_no_text") for k in res.skipped):
+            hint = f"; JSONL rows need a non-empty '{cfg.corpus.get('jsonl_text_field')}' field (set corpus.jsonl_text_field)"
+        raise UserError(
+            f"corpus {root} has no usable documents ({len(files)} files, skipped: {_skip_summary(res.skipped)}){hint}; "
+            "give it text, Markdown, reStructuredText, HTML, JSONL or PDF files with real content"
+        )
+
+    counts: dict[str, Any] = {"files_seen": res.files_seen, "docs_read": len(res.docs)}
+    for k, v in sorted(res.skipped.items()):
+        counts[k] = v
+
+    # ---- cleaning and quality scores (NeMo Curator stages)
+    docs = sorted(res.docs, key=lambda d: d.order)
+    frame = pd.DataFrame({
+        "source": [d.source for d in docs],
+        "title": [d.title for d in docs],
+        "text": [d.text for d in docs],
+        "order_path": [d.order[0] for d in docs],
+        "order_pos": [int(d.order[1]) for d in docs],
+    })
+    executor = choose_executor(cfg, len(files))
+    counts["executor"] = executor
+    ctx.log(f"cleaning {len(frame)} documents with NeMo Curator ({executor})")
+    cleaned = run_cleaning(frame, cfg, executor)
+    # executors may reorder batches; the output order is ours to fix
+    cleaned = cleaned.sort_values(["order_path", "order_pos"], kind="stable").reset_index(drop=True)
+    kept, removed = apply_filters(cleaned, cfg)
+    counts.update(removed)
+    counts["docs_after_filters"] = len(kept)
+
+    # ---- dedup
+    texts = kept["text"].tolist()
+    drop: set[int] = set()
+    if bool(c.get("exact_dedup", True)):
+        ex = exact_duplicates(texts)
+        drop.update(ex)
+        counts["exact_dups_removed"] = len(ex)
+    if bool(c.get("near_dedup", True)):
+        remaining = [i for i in range(len(texts)) if i not in drop]
+        near = near_duplicates([texts[i] for i in remaining], threshold=float(c.near_dedup_threshold),
+                               num_perm=int(c.minhash_num_perm))
+        for idx, other, j in near:
+            ctx.log(f"near-duplicate: {kept['source'][remaining[idx]]} ~ {kept['source'][remaining[other]]} (Jaccard≈{j:.2f})")
+        drop.update(remaining[idx] for idx, _, _ in near)
+        counts["near_dups_removed"] = len(near)
+    kept = kept.drop(index=sorted(drop)).reset_index(drop=True)
+    counts["docs_kept"] = len(kept)
+    if len(kept) == 0:
+        raise UserError(
+            f"every document in {root} was removed by the quality filters "
+            f"({', '.join(f'{k}={v}' for k, v in removed.items() if v)}); "
+            "check the documents, or relax curate.min_words / curate.max_non_alpha_ratio / curate.max_repeated_line_fraction"
+        )
+
+    # ---- chunking with the base model's tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(spec.model_path)
+    chunker = Chunker(tokenizer, spec.passage_prefix, spec.max_passage_length,
+                      chunk_sentences=int(c.chunk_sentences), overlap_sentences=int(c.get("chunk_overlap_sentences", 0)),
+                      min_chunk_tokens=int(c.get("min_chunk_tokens", 0)), include_title=bool(c.get("include_title", True)))
+    rows: list[dict[str, Any]] = []
+    seen_ids: set[str] = set()
+    dup_chunks = 0
+    per_doc: list[int] = []
+    for rec in ctx.progress(kept.itertuples(index=False), total=len(kept), desc="chunk"):
+        did = doc_id(rec.text)
+        n = 0
+        for ch in chunker.chunk_document(rec.title, rec.text):
+            cid = chunk_id(did, ch.text)
+            if cid in seen_ids:
+                dup_chunks += 1  # a passage repeated inside a document is embedded once
+                continue
+            seen_ids.add(cid)
+            rows.append({"id": cid, "doc_id": did, "text": ch.text, "title": rec.title, "section": ch.section,
+                         "source": rec.source, "n_tokens": ch.n_tokens})
+            n += 1
+        per_doc.append(n)
+    if not rows:
+        raise UserError(
+            f"no chunks came out of {len(kept)} documents (all under curate.min_chunk_tokens={c.min_chunk_tokens}); "
+            "lower curate.min_chunk_tokens or add longer documents"
+        )
+    over = [r for r in rows if r["n_tokens"] > spec.max_passage_length]
+    if over:  # the chunker guarantees this; a failure here is a bug, not bad input
+        raise RuntimeError(f"{len(over)} chunks exceed max_passage_length={spec.max_passage_length}")
+    atomic_write_jsonl(ctx.path(OUTPUT), rows)
+
+    toks = [r["n_tokens"] for r in rows]
+    counts.update({
+        "docs_chunked": sum(1 for n in per_doc if n > 0),
+        "chunks": len(rows),
+        "chunks_dropped_small": chunker.dropped_small,
+        "chunks_dropped_duplicate": dup_chunks,
+        "tokens_min": min(toks),
+        "tokens_mean": round(statistics.fmean(toks), 1),
+        "tokens_max": max(toks),
+        "tokens_total": sum(toks),
+        "chunks_per_doc_mean": round(statistics.fmean(per_doc), 2) if per_doc else 0,
+        "chunks_per_doc_max": max(per_doc) if per_doc else 0,
+        "max_passage_length": spec.max_passage_length,
+    })
+    ctx.log(f"{counts['docs_kept']} documents -> {len(rows)} chunks "
+            f"(tokens min/mean/max {counts['tokens_min']}/{counts['tokens_mean']}/{counts['tokens_max']})")
+    return counts
