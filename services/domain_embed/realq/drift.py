@@ -36,8 +36,8 @@ TYPE_KNOB = {
     "procedural": "synth.types.procedural",
     "structural": "synth.types.structural",
     "multi_hop": "synth.types.multi_hop",
-    "heading": "synth.structure_queries",
-    "title": "synth.structure_queries",
+    "heading": "synth.structure.enabled",
+    "title": "synth.structure.enabled",
 }
 
 # Thresholds for the flags. They are deliberately coarse: a flag should mean "change something".

@@ -1,0 +1,398 @@
+#!/usr/bin/env python3
+"""Generate docs/reference.md: every config key, every command flag and every environment variable.
+
+    python tools/gen_reference.py            # rewrite docs/reference.md
+    python tools/gen_reference.py --check    # exit 1 if docs/reference.md is stale
+
+Config keys come from composing the Hydra tree (configs/run.yaml and every option of every
+group, e.g. llm=local and llm=nim); each key's description is the YAML comment on its line, or
+the comment block just above it. Command flags come from the CLI's argparse parser. Environment
+variables are the ones the code reads: the fixed list below, every ``*_env`` config value (the
+names of API-key variables), the gateway's ``DOMAIN_EMBED_SERVE_<KEY>`` twin of each
+``serve.*`` key, and any ``DOMAIN_EMBED_*`` name found in the package source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs"
+OUT = REPO / "docs" / "reference.md"
+sys.path.insert(0, str(REPO / "services"))
+
+# Environment variables with a fixed meaning. Names found elsewhere are added automatically.
+ENV_DOCS = {
+    "DOMAIN_EMBED_CONFIG_DIR": ("configs/ beside the source tree",
+                                "The Hydra config tree (the folder holding run.yaml). Point it at a copy to change defaults for every run."),
+    "DOMAIN_EMBED_HOME": ("the repository root",
+                          "What `${repo:...}` paths in the config resolve against (e.g. the sample corpus `${repo:data/sample}`)."),
+    "DOMAIN_EMBED_API_KEY": ("unset",
+                             "When set, the gateway requires `Authorization: Bearer <key>` and answers 401 without it. The variable's name is `serve.api_key_env`."),
+    "NVIDIA_API_KEY": ("unset",
+                       "The key for a remote LLM endpoint (build.nvidia.com or an in-cluster NIM) used by synthesis with `llm=nim`. The variable's name is `llm.api_key_env`."),
+    "HF_HUB_OFFLINE": ("1 (set by the CLI and the Makefile)",
+                       "Keep Hugging Face libraries off the network: models load from registry packages or local paths only."),
+    "TRANSFORMERS_OFFLINE": ("1 (set by the CLI and the Makefile)", "The same, for older transformers releases."),
+    "TOKENIZERS_PARALLELISM": ("false (set by the CLI)", "Silences the tokenizers fork warning in multi-process stages."),
+}
+SERVE_TWIN_PREFIX = "DOMAIN_EMBED_SERVE_"
+
+# Descriptions for keys whose YAML line carries no comment. A comment in the YAML always wins,
+# so the better fix for a key listed here is a comment on its line in configs/.
+FALLBACK = {
+    "seed": "Seeds sampling, splitting, mining and training, so a rerun gives the same run.",
+    "corpus.path": "The documents: a folder (searched with include/exclude) or one file.",
+    "corpus.jsonl_text_field": "For .jsonl documents: the field holding the text.",
+    "curate.min_words": "Documents with fewer words are dropped.",
+    "curate.max_words": "Documents with more words are dropped.",
+    "curate.max_non_alpha_ratio": "Documents whose share of non-alphabetic characters is above this are dropped.",
+    "curate.max_repeated_line_fraction": "Documents whose share of repeated lines is above this are dropped.",
+    "curate.exact_dedup": "Drop documents whose text is identical to an earlier one.",
+    "curate.near_dedup": "Drop near-duplicate documents (MinHash/LSH).",
+    "curate.minhash_num_perm": "MinHash permutations for near dedup; more is more precise and slower.",
+    "curate.chunk_overlap_sentences": "Sentences shared by consecutive chunks.",
+    "curate.min_chunk_tokens": "Chunks with fewer tokens are merged or dropped.",
+    "evaluate.k_values": "Cut-offs for nDCG, Recall, MAP and P (BEIR metrics).",
+    "evaluate.bm25": "Also report a BM25 baseline.",
+    "evaluate.gate.enabled": "Exit 3 when the tuned model is worse than the base (report kept).",
+    "evaluate.gate.metric": "The metric the quality gate compares.",
+    "evaluate.batch_size": "Texts per encoder batch.",
+    "export.opset": "ONNX opset.",
+    "export.trt_profiles.batch": "TensorRT optimisation profile: min, opt, max batch.",
+    "export.trt_profiles.seq": "TensorRT optimisation profile: min, opt, max sequence length.",
+    "export.triton.max_batch_size": "Triton's max_batch_size for the encoder model.",
+    "export.triton.preferred_batch_sizes": "Triton dynamic batcher's preferred batch sizes.",
+    "export.triton.max_queue_delay_us": "How long Triton waits to fill a batch (microseconds).",
+    "export.triton.instances": "Model instances per device.",
+    "llm.kind": "local (start the bundled llama.cpp server) or remote (an OpenAI-compatible URL).",
+    "llm.base_url": "OpenAI-compatible base URL, ending in /v1.",
+    "llm.model": "The model name sent in each request.",
+    "llm.api_key_env": "The environment variable holding the API key.",
+    "llm.local.weights": "GGUF weights for the local server (a path or pkg:...).",
+    "llm.local.prompt_style": "chat (instruct models) or completion (base models, few-shot).",
+    "llm.local.host": "The local server's host.",
+    "llm.local.port": "The local server's port (0 = pick a free port).",
+    "llm.local.ctx_size": "The local server's context window in tokens.",
+    "llm.local.n_parallel": "Requests the local server decodes in parallel.",
+    "llm.local.threads": "CPU threads for the local server.",
+    "llm.local.startup_timeout_s": "Seconds to wait for the local server to answer.",
+    "llm.temperature": "Sampling temperature for query generation.",
+    "llm.max_tokens": "Max tokens generated per request.",
+    "llm.timeout_s": "Seconds per request before a retry.",
+    "llm.max_retries": "Retries per request (exponential backoff, honours Retry-After).",
+    "llm.concurrency": "Requests in flight at once.",
+    "llm.requests_per_minute": "Client-side rate limit (0 = unlimited).",
+    "llm.structured_output": "Ask the endpoint for JSON-schema constrained output.",
+    "model.name": "A display name for the base model (model card, reports).",
+    "model.query_prefix": "Prepended to every query, at training, indexing-time evaluation and serving.",
+    "model.passage_prefix": "Prepended to every passage.",
+    "model.max_passage_length": "Token limit for passages (prefix and special tokens included).",
+    "model.normalize": "L2-normalise embeddings (cosine = dot product).",
+    "model.dim": "Embedding dimension of the model.",
+    "serve.host": "Gateway host; keep 127.0.0.1 unless a proxy or the chart fronts it.",
+    "serve.port": "Gateway HTTP port.",
+    "serve.triton_grpc_port": "Triton gRPC port (the gateway talks to Triton here).",
+    "serve.triton_http_port": "Triton HTTP port.",
+    "serve.triton_metrics_port": "Triton Prometheus metrics port.",
+    "serve.max_batch_items": "Most inputs in one /v1/embeddings request (more is a 413/422 error).",
+    "serve.max_body_bytes": "Largest request body (413 above it).",
+    "serve.max_queue": "Requests waiting for Triton before new ones get 429 with Retry-After.",
+    "serve.api_key_env": "The environment variable holding the gateway's API key (unset = no auth).",
+    "split.test_fraction": "Share of documents held out for the test split.",
+    "split.min_test_queries_warning": "Warn when the test split has fewer queries than this.",
+    "train.temperature": "InfoNCE temperature.",
+    "train.learning_rate": "Peak learning rate (cosine decay after warmup).",
+    "train.warmup_ratio": "Share of steps spent warming up the learning rate.",
+    "train.epochs": "Passes over mine/train.jsonl.",
+    "train.batch_size": "Queries per device per step.",
+    "train.grad_accum": "Steps accumulated per optimiser step.",
+    "train.num_negatives": "Hard negatives per query (from mining).",
+    "train.in_batch_negatives": "Also use other queries' passages in the batch as negatives.",
+    "train.gather_across_devices": "Share in-batch negatives across GPUs (DDP/FSDP).",
+    "train.gradient_checkpointing": "Trade compute for memory on large models.",
+    "train.devices": "Devices per node (auto = all GPUs, or 1 CPU).",
+    "train.num_nodes": "Nodes for multi-node training.",
+    "train.checkpoint_every_n_steps": "Checkpoint cadence (training resumes from the last one).",
+    "train.val_every_n_steps": "Validation cadence on split/val_beir.",
+    "train.early_stopping_patience": "Validations without improvement before stopping.",
+    "train.lora.enabled": "Train LoRA adapters instead of all weights (merged at the end).",
+    "train.lora.r": "LoRA rank.",
+    "train.lora.alpha": "LoRA alpha.",
+    "train.lora.dropout": "LoRA dropout.",
+    "train.matryoshka": "Add Matryoshka losses at model.matryoshka_dims.",
+    "mine.ivf_nprobe": "IVF index: lists probed per search (more is more exact, slower).",
+    "mine.hnsw_m": "HNSW index: neighbours per node.",
+    "mine.seed": "Seed for sampling negatives.",
+    "synth.filters.min_question_words": "Generated queries with fewer words are dropped.",
+    "synth.filters.max_question_words": "Generated queries with more words are dropped.",
+    "synth.filters.keyword_max_words": "A keyword-type query longer than this is dropped.",
+    "synth.judge.enabled": "Grade each generated pair with the LLM and drop those under the threshold.",
+    "synth.judge.max_tokens": "Max tokens for the judge's answer.",
+    "synth.style_examples_file": "Real user queries (JSONL with text/query, BEIR queries.jsonl, or .txt); a few are shown "
+                                 "to the generator as style examples (domain_embed.realq.style_examples).",
+}
+_ENV_IN_CODE = re.compile(r"""["'](DOMAIN_EMBED_[A-Z0-9_]+)["']""")
+
+
+# ------------------------------------------------------------------ YAML comments
+def _strip_comment(line: str) -> tuple[str, str]:
+    """Split ``key: value  # comment`` outside quotes into (code, comment)."""
+    quote = None
+    for i, ch in enumerate(line):
+        if quote:
+            if ch == quote:
+                quote = None
+        elif ch in "\"'":
+            quote = ch
+        elif ch == "#" and (i == 0 or line[i - 1] in " \t"):
+            return line[:i].rstrip(), line[i + 1:].strip()
+    return line.rstrip(), ""
+
+
+_KEY = re.compile(r"^(\s*)([A-Za-z_][A-Za-z0-9_\-]*)\s*:(.*)$")
+
+
+def yaml_comments(path: Path) -> tuple[str, dict[str, str]]:
+    """(file description, {dotted key: comment}) from a YAML file's comments, by a line parser.
+
+    The comment block at the top of the file describes the whole file; after that, a key's
+    description is its inline comment, else the comment block directly above it.
+    """
+    lines = path.read_text(encoding="utf-8").splitlines()
+    header: list[str] = []
+    i = 0
+    while i < len(lines) and (lines[i].lstrip().startswith("#") or not lines[i].strip()):
+        if not lines[i].strip() and header:  # the header block ends at its first blank line
+            break
+        if lines[i].lstrip().startswith("#"):
+            text = lines[i].lstrip()[1:].strip()
+            if not text.startswith("@package"):
+                header.append(text)
+        i += 1
+    out: dict[str, str] = {}
+    stack: list[tuple[int, str]] = []
+    pending: list[str] = []
+    for line in lines[i:]:
+        s = line.strip()
+        if not s:
+            pending = []
+            continue
+        if s.startswith("#"):
+            pending.append(s[1:].strip())
+            continue
+        code, comment = _strip_comment(line)
+        m = _KEY.match(code)
+        if not m:  # a list item or a continuation line
+            pending = []
+            continue
+        indent, key = len(m.group(1)), m.group(2)
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        dotted = ".".join([k for _, k in stack] + [key])
+        desc = comment or " ".join(pending)
+        if not desc and stack:  # a leaf of a commented mapping says what its mapping says
+            desc = out.get(".".join(k for _, k in stack), "")
+        if desc:
+            out[dotted] = desc
+        pending = []
+        if not m.group(3).strip():  # a mapping opens
+            stack.append((indent, key))
+    return " ".join(header), out
+
+
+# ------------------------------------------------------------------ config composition
+def _compose(overrides: list[str]) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    from domain_embed.config import _compose as compose  # unresolved: ${repo:...} must not become a local path
+
+    return OmegaConf.to_container(compose(overrides), resolve=False)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            yield from _flatten(v, key + ".")
+        else:
+            yield key, v
+
+
+def _type(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, int):
+        return "int"
+    if isinstance(v, float):
+        return "float"
+    if isinstance(v, list):
+        inner = sorted({_type(x) for x in v})
+        return f"list[{'|'.join(inner)}]" if inner else "list"
+    if isinstance(v, dict):
+        return "map"
+    return "str"
+
+
+def _fmt(v: Any) -> str:
+    s = v if isinstance(v, str) else json.dumps(v)
+    if isinstance(v, str) and (v == "" or v != v.strip()):
+        s = json.dumps(v)
+    return "`" + s.replace("|", "\\|") + "`"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _defaults() -> dict[str, str]:
+    import yaml
+
+    run = yaml.safe_load((CONFIGS / "run.yaml").read_text())
+    out: dict[str, str] = {}
+    for item in run.get("defaults", []):
+        if isinstance(item, dict):
+            for g, opt in item.items():
+                out[str(g)] = str(opt)
+    return out
+
+
+def config_sections() -> list[str]:
+    defaults = _defaults()
+    base = _compose([])
+    md: list[str] = ["## Config keys", "",
+                     "Set any key on the command line as `key=value` (e.g. `domain-embed run train.max_steps=200`), "
+                     "pick a group option as `group=option` (e.g. `llm=nim`), and see the resolved tree with "
+                     "`domain-embed config`. A run keeps its overrides in `<run-dir>/overrides.json`.", ""]
+    _, root_comments = yaml_comments(CONFIGS / "run.yaml")
+    root = [(k, v) for k, v in base.items() if k not in defaults and not isinstance(v, dict)]
+    if root:
+        md += ["### Top level (`configs/run.yaml`)", "", "| key | default | type | description |", "|---|---|---|---|"]
+        md += [f"| `{k}` | {_fmt(v)} | {_type(v)} | {_cell(root_comments.get(k) or FALLBACK.get(k, ''))} |"
+               for k, v in root]
+        md.append("")
+    groups = sorted(p.name for p in CONFIGS.iterdir() if p.is_dir() and any(p.glob("*.yaml")))
+    for g in groups:
+        options = sorted(p.stem for p in (CONFIGS / g).glob("*.yaml"))
+        default = defaults.get(g)
+        for opt in sorted(options, key=lambda o: (o != default, o)):
+            cfg = base if opt == default else _compose([f"{g}={opt}"])
+            header, comments = yaml_comments(CONFIGS / g / f"{opt}.yaml")
+            tag = " (default)" if opt == default else f" (select with `{g}={opt}`)"
+            md += [f"### `{g}={opt}`{tag}", "", f"File: `configs/{g}/{opt}.yaml`.", ""]
+            if header:
+                md += [header, ""]
+            md += ["| key | default | type | description |", "|---|---|---|---|"]
+            section = cfg.get(g, {})
+            for k, v in _flatten(section if isinstance(section, dict) else {}):
+                desc = comments.get(k) or FALLBACK.get(f"{g}.{k}", "")
+                md.append(f"| `{g}.{k}` | {_fmt(v)} | {_type(v)} | {_cell(desc)} |")
+            md.append("")
+    return md
+
+
+# ------------------------------------------------------------------ commands
+def command_section() -> list[str]:
+    from domain_embed.cli import build_parser
+
+    parser = build_parser()
+    md = ["## Commands", "", "`domain-embed <command> --help` prints the same. Every stage command also takes "
+          "`key=value` config overrides.", ""]
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {a.dest: a.help for a in sub._choices_actions}
+    for name, p in sub.choices.items():
+        md += [f"### `domain-embed {name}`", "", _cell(helps.get(name) or p.description or ""), "",
+               "| argument | default | description |", "|---|---|---|"]
+        for a in p._actions:
+            if isinstance(a, argparse._HelpAction):
+                continue
+            if isinstance(a, argparse._SubParsersAction):
+                for cname in a.choices:
+                    md.append(f"| `{cname}` | | subcommand: `domain-embed {name} {cname} --help` |")
+                continue
+            flag = ", ".join(a.option_strings) or a.metavar or a.dest
+            dflt = "" if a.default in (None, False, [], argparse.SUPPRESS) else _fmt(
+                str(a.default) if isinstance(a.default, Path) else a.default)
+            md.append(f"| `{flag}` | {dflt} | {_cell(a.help or '')} |")
+        md.append("")
+    return md
+
+
+# ------------------------------------------------------------------ environment
+def env_section() -> list[str]:
+    base = _compose([])
+    env = dict(ENV_DOCS)
+    # Names of key variables are config values (*_env keys): document whatever they are set to.
+    for k, v in _flatten(base):
+        if k.endswith("_env") and isinstance(v, str) and v and v not in env:
+            env[v] = ("unset", f"The variable named by `{k}`.")
+    twins = []
+    serve = base.get("serve", {})
+    for k, v in _flatten(serve if isinstance(serve, dict) else {}):
+        twins.append((SERVE_TWIN_PREFIX + k.replace(".", "_").upper(), k, v))
+    twin_names = {t[0] for t in twins}
+    found: dict[str, str] = {}
+    for f in sorted((REPO / "services").rglob("*.py")):
+        for name in _ENV_IN_CODE.findall(f.read_text(encoding="utf-8", errors="replace")):
+            if name not in env and name not in twin_names and not name.endswith("_"):
+                found.setdefault(name, str(f.relative_to(REPO)))
+    md = ["## Environment variables", "", "| variable | default | description |", "|---|---|---|"]
+    for name in sorted(env):
+        dflt, desc = env[name]
+        md.append(f"| `{name}` | {_cell(dflt)} | {_cell(desc)} |")
+    for name in sorted(found):
+        md.append(f"| `{name}` | | Read in `{found[name]}`. |")
+    md += ["", "### Gateway twins of `serve.*`", "",
+           f"Every `serve.<key>` has an environment twin `{SERVE_TWIN_PREFIX}<KEY>` (dots become underscores, upper case), "
+           "read by the gateway at start; it wins over the config value. This is how the Helm chart sets them.", "",
+           "| variable | config key | default |", "|---|---|---|"]
+    md += [f"| `{n}` | `serve.{k}` | {_fmt(v)} |" for n, k, v in twins]
+    md.append("")
+    return md
+
+
+def render() -> str:
+    os.environ["DOMAIN_EMBED_CONFIG_DIR"] = str(CONFIGS)
+    md = ["# Reference", "",
+          "<!-- Generated by `python tools/gen_reference.py` from configs/ and the code. Do not edit by hand: "
+          "tests/docs/test_docs_reference.py fails when this file is stale. -->", "",
+          "Contents: [Config keys](#config-keys) · [Commands](#commands) · [Environment variables](#environment-variables)", ""]
+    md += config_sections()
+    md += command_section()
+    md += env_section()
+    return "\n".join(md).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--check", action="store_true", help="exit 1 if the file is stale instead of writing it")
+    p.add_argument("--out", type=Path, default=OUT)
+    args = p.parse_args(argv)
+    text = render()
+    if args.check:
+        old = args.out.read_text(encoding="utf-8") if args.out.is_file() else ""
+        if old != text:
+            diff = list(difflib.unified_diff(old.splitlines(), text.splitlines(), str(args.out), "generated", lineterm="", n=0))
+            print(f"{args.out} is stale; regenerate it with `python tools/gen_reference.py`. First differences:",
+                  file=sys.stderr)
+            print("\n".join(diff[:30]), file=sys.stderr)
+            return 1
+        print(f"{args.out} is up to date")
+        return 0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text, encoding="utf-8")
+    print(f"wrote {args.out} ({len(text.splitlines())} lines)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
