@@ -1,0 +1,157 @@
+"""The curate stage end to end through the real runner, Curator stages and tokenizer, at tiny size."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from domain_embed.errors import UserError
+from domain_embed.rundir import read_jsonl, read_manifest, run_stage
+from domain_embed.stages import STAGES
+
+CURATE = STAGES["curate"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, paras, binary):
+    """Four real documents in four formats, an exact and a near duplicate, and junk to skip."""
+    root = tmp_path_factory.mktemp("corpus")
+    wal = paras("wal-intro.html", 3)
+    mvcc = paras("mvcc-intro.html", 2)
+    iso = paras("transaction-iso.html", 4)
+    idx = paras("indexes-partial.html", 3)
+    (root / "guide").mkdir()
+    (root / "guide" / "wal.md").write_text("# Write-Ahead Logging\n\n" + "\n\n".join(wal) + "\n")
+    (root / "guide" / "wal_copy.md").write_text("#  write-ahead logging\n\n" + "\n\n".join(wal).upper() + "\n")
+    words = "\n\n".join(iso).split()
+    for i in (10, 60, 110):  # a few words changed: a near duplicate
+        words[i] = "CHANGED"
+    (root / "isolation.txt").write_text("Transaction Isolation\n\n" + "\n\n".join(iso) + "\n")
+    (root / "isolation_v2.txt").write_text("Transaction Isolation\n\n" + " ".join(words) + "\n")
+    (root / "mvcc.html").write_text(
+        "<html><head><title>MVCC</title></head><body><div class='navheader'>Prev Next</div><h1>MVCC</h1>"
+        + "".join(f"<p>{p}</p>" for p in mvcc)
+        # mojibake that Curator's UnicodeReformatter (ftfy) must repair
+        + "<p>The cafÃ© example: PostgreSQLâ€™s snapshot rules are described in the next section of this chapter.</p>"
+        + "</body></html>")
+    (root / "indexes.rst").write_text("Partial Indexes\n===============\n\n" + "\n\n".join(idx) + "\n")
+    (root / "short.txt").write_text("Too short to be a document.")
+    (root / "logo.txt").write_bytes(binary)
+    (root / "empty.md").write_text("")
+    return root
+
+
+@pytest.fixture(scope="module")
+def run1(corpus, tmp_path_factory, make_cfg):
+    run_dir = tmp_path_factory.mktemp("run")
+    cfg = make_cfg(corpus)
+    manifest = run_stage(CURATE, run_dir, cfg, STAGES, quiet=True)
+    return run_dir, cfg, manifest
+
+
+def test_manifest_counts_every_decision(run1):
+    _, _, m = run1
+    c = m["counts"]
+    assert c["files_seen"] == 9 and c["docs_read"] == 7
+    assert c["skipped_binary"] == 1 and c["skipped_empty"] == 1
+    assert c["filtered_word_count"] == 1            # short.txt
+    assert c["exact_dups_removed"] == 1             # wal_copy.md: same words, other case and spacing
+    assert c["near_dups_removed"] == 1              # isolation_v2.txt
+    assert c["docs_kept"] == 4 and c["docs_chunked"] == 4
+    assert c["chunks"] > 4 and c["tokens_max"] <= 256 and c["executor"] == "inprocess"
+    assert m["outputs"]["curate/chunks.jsonl"]
+
+
+def test_chunks_follow_the_contract(run1, tokenizer, spec):
+    run_dir, _, _ = run1
+    rows = list(read_jsonl(run_dir / "curate/chunks.jsonl"))
+    assert {r["source"] for r in rows} == {"guide/wal.md", "indexes.rst", "isolation.txt", "mvcc.html"}
+    keys = [(r["source"]) for r in rows]
+    assert keys == sorted(keys)                                   # sorted by source, then position
+    assert len({r["id"] for r in rows}) == len(rows)
+    for r in rows:
+        assert set(r) == {"id", "doc_id", "text", "title", "section", "source", "n_tokens"}
+        assert r["id"].startswith("c_") and len(r["id"]) == 18 and r["doc_id"].startswith("d_")
+        assert r["n_tokens"] == len(tokenizer(spec.passage_prefix + r["text"])["input_ids"]) <= spec.max_passage_length
+        assert r["text"].startswith(r["title"])                    # the context line
+        assert "§§" not in r["text"]
+    mvcc = " ".join(r["text"] for r in rows if r["source"] == "mvcc.html")
+    assert "café" in mvcc and "PostgreSQL’s" in mvcc and "Ã" not in mvcc  # ftfy repaired it
+    assert "Prev Next" not in mvcc
+
+
+def test_second_run_is_a_noop_and_force_reproduces_ids(run1):
+    run_dir, cfg, m = run1
+    again = run_stage(CURATE, run_dir, cfg, STAGES, quiet=True)
+    assert again.get("skipped") is True
+    before = (run_dir / "curate/chunks.jsonl").read_bytes()
+    forced = run_stage(CURATE, run_dir, cfg, STAGES, force=True, quiet=True)
+    assert not forced.get("skipped")
+    assert (run_dir / "curate/chunks.jsonl").read_bytes() == before   # stable ids and order
+    assert forced["outputs"] == m["outputs"]
+    assert read_manifest(run_dir, "curate")["counts"]["chunks"] == m["counts"]["chunks"]
+
+
+def test_config_change_reruns(run1, corpus, make_cfg):
+    run_dir, _, m = run1
+    cfg = make_cfg(corpus, "curate.chunk_sentences=2")
+    m2 = run_stage(CURATE, run_dir, cfg, STAGES, quiet=True)
+    assert not m2.get("skipped") and m2["counts"]["chunks"] > m["counts"]["chunks"]
+
+
+def test_missing_corpus_is_a_user_error(tmp_path, make_cfg):
+    with pytest.raises(UserError, match="does not exist; pass corpus.path="):
+        run_stage(CURATE, tmp_path / "run", make_cfg(tmp_path / "nope"), STAGES, quiet=True)
+
+
+def test_corpus_without_matching_files_is_a_user_error(tmp_path, make_cfg):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "data.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(UserError, match="has no files matching"):
+        run_stage(CURATE, tmp_path / "run", make_cfg(tmp_path / "docs"), STAGES, quiet=True)
+
+
+def test_corpus_of_only_binary_and_empty_files_is_a_user_error(tmp_path, make_cfg, binary):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_bytes(binary)
+    (tmp_path / "docs" / "b.md").write_text("\n")
+    with pytest.raises(UserError, match=r"no usable documents .*skipped_binary=1, skipped_empty=1"):
+        run_stage(CURATE, tmp_path / "run", make_cfg(tmp_path / "docs"), STAGES, quiet=True)
+    assert not (tmp_path / "run" / "curate" / "manifest.json").exists()
+
+
+def test_jsonl_with_the_wrong_field_says_which_field(tmp_path, make_cfg):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "rows.jsonl").write_text(json.dumps({"content": "x " * 50}) + "\n")
+    with pytest.raises(UserError, match="corpus.jsonl_text_field"):
+        run_stage(CURATE, tmp_path / "run", make_cfg(tmp_path / "docs"), STAGES, quiet=True)
+
+
+def test_ray_on_two_cores_is_refused_and_auto_picks_inprocess(make_cfg, tmp_path):
+    from domain_embed.curate.cleaning import choose_executor
+
+    cfg = make_cfg(tmp_path)
+    assert choose_executor(cfg, 10) == "inprocess"
+    cfg_ray = make_cfg(tmp_path, "curate.executor=ray")
+    if (os.cpu_count() or 1) <= 2:
+        with pytest.raises(UserError, match="more than 2 CPU cores"):
+            choose_executor(cfg_ray, 10)
+    else:
+        assert choose_executor(cfg_ray, 10) == "ray"
+    with pytest.raises(UserError, match="not one of"):
+        choose_executor(make_cfg(tmp_path, "curate.executor=spark"), 10)
+
+
+def test_cli_missing_corpus_exits_2_with_one_line(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "domain_embed.cli", "curate", "--run-dir", str(tmp_path / "r"),
+         f"corpus.path={tmp_path / 'missing'}"],
+        capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.strip().splitlines() if not ln.startswith("[curate]")]
+    assert len(lines) == 1 and "does not exist" in lines[0], proc.stderr
