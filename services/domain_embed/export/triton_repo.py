@@ -1,0 +1,181 @@
+"""One generator for the Triton model repository, in either layout, plus its sha256 manifest.
+
+``python`` layout (runs on the CPU ``tritonserver`` from nvidia-pytriton, which has only the python
+backend)::
+
+    triton/embed/config.pbtxt, embed/1/{model.py, model.onnx, tokenizer.json}
+
+``ensemble`` layout (production, ``nvcr.io/nvidia/tritonserver``)::
+
+    triton/tokenizer/   python backend, mode=tokenize: prefix, truncation, ids, mask, token counts
+    triton/encoder/     onnxruntime_onnx (model.onnx) or tensorrt_plan (model.plan)
+    triton/embed/       ensemble tokenizer -> encoder
+
+Both expose the same model ``embed``: inputs TEXT, INPUT_TYPE, TRUNCATE (strings, one per text),
+outputs EMBEDDING [dim] fp32 and TOKENS [1] int32, so the gateway does not care which it talks to.
+``triton/manifest.json`` records the sha256 of every file; ``triton/encoding.json`` is the
+:class:`~domain_embed.config.EncodingSpec`, the one place serving reads prefixes and lengths from.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..config import EncodingSpec
+from ..errors import UserError
+from ..rundir import atomic_write_json, atomic_write_text, sha256_file
+
+MODEL_NAME = "embed"
+MANIFEST = "manifest.json"
+TEMPLATE = Path(__file__).resolve().parent / "triton_model" / "model.py"
+
+
+def _strings_in() -> str:
+    return "\n".join(
+        f'  {{ name: "{n}" data_type: TYPE_STRING dims: [ 1 ]{opt} }}'
+        for n, opt in (("TEXT", ""), ("INPUT_TYPE", " optional: true"), ("TRUNCATE", " optional: true"))
+    ).replace("}\n", "},\n")
+
+
+def _batching(tcfg: Any) -> str:
+    if not bool(tcfg.get("dynamic_batching", True)):
+        return ""
+    sizes = ", ".join(str(int(s)) for s in tcfg.preferred_batch_sizes)
+    return (f"dynamic_batching {{\n  preferred_batch_size: [ {sizes} ]\n"
+            f"  max_queue_delay_microseconds: {int(tcfg.max_queue_delay_us)}\n}}\n")
+
+
+def _params(d: dict[str, Any]) -> str:
+    return "".join(f'parameters: {{ key: "{k}" value: {{ string_value: "{v}" }} }}\n' for k, v in d.items())
+
+
+def python_config(name: str, spec: EncodingSpec, tcfg: Any, mode: str, pad_id: int, kind: str) -> str:
+    if mode == "embed":
+        outs = (f'  {{ name: "EMBEDDING" data_type: TYPE_FP32 dims: [ {spec.dim} ] }},\n'
+                f'  {{ name: "TOKENS" data_type: TYPE_INT32 dims: [ 1 ] }}')
+    else:
+        outs = ('  { name: "INPUT_IDS" data_type: TYPE_INT64 dims: [ -1 ] },\n'
+                '  { name: "ATTENTION_MASK" data_type: TYPE_INT64 dims: [ -1 ] },\n'
+                '  { name: "TOKENS" data_type: TYPE_INT32 dims: [ 1 ] }')
+    return (f'name: "{name}"\nbackend: "python"\nmax_batch_size: {int(tcfg.max_batch_size)}\n'
+            f"input [\n{_strings_in()}\n]\noutput [\n{outs}\n]\n{_batching(tcfg)}"
+            f"instance_group [ {{ count: {int(tcfg.instances)} kind: {kind} }} ]\n"
+            + _params({"mode": mode, "pad_id": pad_id, "intra_op_threads": int(tcfg.get("intra_op_threads", 0)),
+                       "ort_batch": int(tcfg.get("ort_batch", 32))}))
+
+
+def encoder_config(spec: EncodingSpec, tcfg: Any, platform: str, kind: str) -> str:
+    model_file = "model.plan" if platform == "tensorrt_plan" else "model.onnx"
+    return (f'name: "encoder"\nplatform: "{platform}"\ndefault_model_filename: "{model_file}"\n'
+            f"max_batch_size: {int(tcfg.max_batch_size)}\n"
+            'input [\n  { name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ] },\n'
+            '  { name: "attention_mask" data_type: TYPE_INT64 dims: [ -1 ] }\n]\n'
+            f'output [\n  {{ name: "embeddings" data_type: TYPE_FP32 dims: [ {spec.dim} ] }}\n]\n'
+            f"{_batching(tcfg)}instance_group [ {{ count: {int(tcfg.instances)} kind: {kind} }} ]\n")
+
+
+def ensemble_config(spec: EncodingSpec, tcfg: Any) -> str:
+    return (f'name: "{MODEL_NAME}"\nplatform: "ensemble"\nmax_batch_size: {int(tcfg.max_batch_size)}\n'
+            f"input [\n{_strings_in()}\n]\n"
+            f'output [\n  {{ name: "EMBEDDING" data_type: TYPE_FP32 dims: [ {spec.dim} ] }},\n'
+            '  { name: "TOKENS" data_type: TYPE_INT32 dims: [ 1 ] }\n]\n'
+            "ensemble_scheduling {\n  step [\n"
+            '    { model_name: "tokenizer" model_version: -1\n'
+            '      input_map { key: "TEXT" value: "TEXT" }\n'
+            '      input_map { key: "INPUT_TYPE" value: "INPUT_TYPE" }\n'
+            '      input_map { key: "TRUNCATE" value: "TRUNCATE" }\n'
+            '      output_map { key: "INPUT_IDS" value: "ids" }\n'
+            '      output_map { key: "ATTENTION_MASK" value: "mask" }\n'
+            '      output_map { key: "TOKENS" value: "TOKENS" } },\n'
+            '    { model_name: "encoder" model_version: -1\n'
+            '      input_map { key: "input_ids" value: "ids" }\n'
+            '      input_map { key: "attention_mask" value: "mask" }\n'
+            '      output_map { key: "embeddings" value: "EMBEDDING" } }\n  ]\n}\n')
+
+
+def _pad_id(tokenizer_json: Path) -> int:
+    data = json.loads(tokenizer_json.read_text())
+    pad = (data.get("padding") or {}).get("pad_id")
+    if pad is not None:
+        return int(pad)
+    vocab = (data.get("model") or {}).get("vocab")
+    if isinstance(vocab, dict):
+        for tok in ("[PAD]", "<pad>", "<|pad|>"):
+            if tok in vocab:
+                return int(vocab[tok])
+    return 0
+
+
+def write_manifest(repo: Path) -> dict[str, str]:
+    files = {p.relative_to(repo).as_posix(): sha256_file(p)
+             for p in sorted(repo.rglob("*"))
+             if p.is_file() and p.name != MANIFEST and "__pycache__" not in p.parts and not p.name.startswith(".")}
+    atomic_write_json(repo / MANIFEST, {"algorithm": "sha256", "files": files})
+    return files
+
+
+def verify_manifest(repo: Path) -> int:
+    """Raise UserError naming the first file that differs from the manifest; returns files checked."""
+    mpath = repo / MANIFEST
+    if not mpath.is_file():
+        raise UserError(f"{mpath} is missing, so the model repository cannot be verified; "
+                        f"rerun `domain-embed export --run-dir {repo.parent} --force`")
+    files = json.loads(mpath.read_text())["files"]
+    for rel, digest in files.items():
+        p = repo / rel
+        if not p.is_file():
+            raise UserError(f"tampered model repository: {p} is missing; rerun `domain-embed export --force`")
+        if sha256_file(p) != digest:
+            raise UserError(f"tampered model repository: {p} does not match its sha256 in {mpath}; refusing to "
+                            f"serve it. Rerun `domain-embed export --run-dir {repo.parent} --force`")
+    for p in repo.rglob("*"):
+        rel = p.relative_to(repo).as_posix()
+        if p.is_file() and p.name != MANIFEST and "__pycache__" not in p.parts and not p.name.startswith(".") \
+                and rel not in files:
+            raise UserError(f"tampered model repository: {p} is not in {mpath}; remove it or rerun export --force")
+    return len(files)
+
+
+def build_repository(out: Path, spec: EncodingSpec, onnx_path: Path, tokenizer_json: Path, tcfg: Any,
+                     layout: str = "python", plan_path: Path | None = None, gpu: bool = False) -> dict[str, Any]:
+    """Write the repository to ``out`` (replacing it) and return a summary for the manifest counts."""
+    if layout not in ("python", "ensemble"):
+        raise UserError(f"export.triton.backend={layout!r}; use auto, python or ensemble")
+    if not tokenizer_json.is_file():
+        raise UserError(f"{tokenizer_json} is missing: the served model needs a fast tokenizer (tokenizer.json); "
+                        f"save the model with a fast tokenizer (tokenizer.save_pretrained)")
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    kind = "KIND_GPU" if gpu else "KIND_CPU"
+    pad_id = _pad_id(tokenizer_json)
+    if layout == "python":
+        v = tmp / MODEL_NAME / "1"
+        v.mkdir(parents=True)
+        shutil.copy2(TEMPLATE, v / "model.py")
+        shutil.copy2(onnx_path, v / "model.onnx")
+        shutil.copy2(tokenizer_json, v / "tokenizer.json")
+        atomic_write_text(tmp / MODEL_NAME / "config.pbtxt", python_config(MODEL_NAME, spec, tcfg, "embed", pad_id, kind))
+        encoder = "onnxruntime (in the python model)"
+    else:
+        t = tmp / "tokenizer" / "1"
+        t.mkdir(parents=True)
+        shutil.copy2(TEMPLATE, t / "model.py")
+        shutil.copy2(tokenizer_json, t / "tokenizer.json")
+        atomic_write_text(tmp / "tokenizer" / "config.pbtxt",
+                          python_config("tokenizer", spec, tcfg, "tokenize", pad_id, "KIND_CPU"))
+        e = tmp / "encoder" / "1"
+        e.mkdir(parents=True)
+        platform = "tensorrt_plan" if plan_path is not None else "onnxruntime_onnx"
+        shutil.copy2(plan_path or onnx_path, e / ("model.plan" if plan_path else "model.onnx"))
+        atomic_write_text(tmp / "encoder" / "config.pbtxt", encoder_config(spec, tcfg, platform, kind))
+        (tmp / MODEL_NAME / "1").mkdir(parents=True)
+        atomic_write_text(tmp / MODEL_NAME / "config.pbtxt", ensemble_config(spec, tcfg))
+        encoder = platform
+    atomic_write_json(tmp / "encoding.json", spec.to_dict())
+    files = write_manifest(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return {"triton_layout": layout, "triton_encoder": encoder, "triton_files": len(files)}
