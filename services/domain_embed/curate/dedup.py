@@ -53,7 +53,9 @@ def near_duplicates(texts: Sequence[str], threshold: float = 0.8, num_perm: int 
     """
     from datasketch import MinHash, MinHashLSH
 
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    # LSH bands are tuned a little below the threshold so that pairs just above it are not missed
+    # (banding has false negatives near its own threshold); the estimate below is the decision.
+    lsh = MinHashLSH(threshold=max(0.05, threshold - 0.1), num_perm=num_perm)
     hashes: dict[int, MinHash] = {}
     out = []
     for i, t in enumerate(texts):
