@@ -131,19 +131,42 @@ def test_jsonl_with_the_wrong_field_says_which_field(tmp_path, make_cfg):
         run_stage(CURATE, tmp_path / "run", make_cfg(tmp_path / "docs"), STAGES, quiet=True)
 
 
-def test_ray_on_two_cores_is_refused_and_auto_picks_inprocess(make_cfg, tmp_path):
+def test_executor_choice(make_cfg, tmp_path):
     from domain_embed.curate.cleaning import choose_executor
 
     cfg = make_cfg(tmp_path)
     assert choose_executor(cfg, 10) == "inprocess"
-    cfg_ray = make_cfg(tmp_path, "curate.executor=ray")
-    if (os.cpu_count() or 1) <= 2:
-        with pytest.raises(UserError, match="more than 2 CPU cores"):
-            choose_executor(cfg_ray, 10)
-    else:
-        assert choose_executor(cfg_ray, 10) == "ray"
+    many = "ray" if (os.cpu_count() or 1) > 2 else "inprocess"
+    assert choose_executor(make_cfg(tmp_path, "curate.ray_min_files=5"), 10) == many
+    assert choose_executor(make_cfg(tmp_path, "curate.executor=ray"), 10) == "ray"
     with pytest.raises(UserError, match="not one of"):
         choose_executor(make_cfg(tmp_path, "curate.executor=spark"), 10)
+
+
+@pytest.mark.slow
+def test_ray_executor_gives_the_same_documents_as_inprocess(corpus, make_cfg):
+    """Curator's RayDataExecutor on a local Ray, against the in-process executor, on the same batches."""
+    import pandas as pd
+    import ray
+
+    from domain_embed.curate.cleaning import run_cleaning
+    from domain_embed.curate.readers import discover, read_corpus
+
+    cfg = make_cfg(corpus)
+    docs = read_corpus(corpus, discover(corpus, ["**/*.md", "**/*.html", "**/*.txt"])).docs
+    frame = pd.DataFrame({"source": [d.source for d in docs], "title": [d.title for d in docs],
+                          "text": [d.text for d in docs], "order_path": [d.order[0] for d in docs],
+                          "order_pos": [0] * len(docs)})
+    local = run_cleaning(frame, cfg, "inprocess", batch_size=2)
+    try:
+        remote = run_cleaning(frame, cfg, "ray", batch_size=2)
+    finally:
+        ray.shutdown()
+    key = ["source", "text", "score_word_count", "score_non_alphanumeric", "score_repeated_lines"]
+    a = local[key].sort_values("source").reset_index(drop=True)
+    b = remote[key].sort_values("source").reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b, check_dtype=False)
+    assert "café" in " ".join(b.text)
 
 
 def test_cli_missing_corpus_exits_2_with_one_line(tmp_path):

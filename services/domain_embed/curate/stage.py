@@ -13,6 +13,7 @@ sorted by source path, then position in the document.
 
 from __future__ import annotations
 
+import os
 import statistics
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     })
     executor = choose_executor(cfg, len(files))
     counts["executor"] = executor
+    if executor == "ray" and (os.cpu_count() or 1) <= 2:
+        ctx.log(f"warning: curate.executor=ray on {os.cpu_count()} cores; Ray adds start-up time here, inprocess is faster")
     ctx.log(f"cleaning {len(frame)} documents with NeMo Curator ({executor})")
     cleaned = run_cleaning(frame, cfg, executor)
     # executors may reorder batches; the output order is ours to fix
