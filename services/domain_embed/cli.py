@@ -176,7 +176,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    # argparse cannot give a trailing nargs="*" positional the key=value items that follow an
+    # option (`serve RUN --port 1 a=b`); take them here, and reject anything else as before.
+    stray = [u for u in unknown if u.startswith("-") or "=" not in u or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if unknown:
+        args.overrides = [*args.overrides, *unknown]
     try:
         if args.command == "run":
             return cmd_run(args)

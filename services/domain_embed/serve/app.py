@@ -1,0 +1,191 @@
+"""The NIM-compatible HTTP API: routes only. Limits, errors, metrics and the Triton client live in
+their own modules (limits.py, errors.py, metrics.py, triton_client.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import json
+import time
+from contextlib import asynccontextmanager
+from typing import Any, Literal, Optional, Union
+
+import numpy as np
+from fastapi import FastAPI, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response
+
+from . import errors
+from .errors import BadRequest, ModelNotFound, TritonUnavailable, Unauthorized
+from .limits import BodyLimitMiddleware, BoundedQueue
+from .metrics import GatewayMetrics
+from .settings import ServeSettings
+from .triton_client import TritonEmbedder
+
+WARMUP_TEXT = "readiness probe"
+
+
+class EmbeddingsRequest(BaseModel):
+    """POST /v1/embeddings, as NVIDIA's embedding NIM (and the OpenAI API) take it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    input: Union[str, list[str]] = Field(description="a text or a list of texts")
+    model: str = Field(description="the served model name, optionally with a -query or -passage suffix")
+    input_type: Optional[Literal["query", "passage"]] = Field(
+        None, description="query or passage; required for asymmetric models unless the model name has the suffix")
+    truncate: Optional[Literal["NONE", "START", "END"]] = Field(
+        None, description="NONE rejects over-length input; START/END drop tokens from that side")
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Optional[int] = Field(None, ge=1, description="Matryoshka: keep the first N dims, renormalise")
+    user: Optional[str] = None
+
+
+class Gateway:
+    """State shared by the routes: settings, the encoding spec, the Triton client, limits, metrics."""
+
+    def __init__(self, settings: ServeSettings, spec: dict[str, Any], embedder: TritonEmbedder | None = None):
+        self.s = settings
+        self.spec = spec
+        self.dim = int(spec["dim"])
+        self.asymmetric = spec.get("query_prefix", "") != spec.get("passage_prefix", "")
+        self.metrics = GatewayMetrics()
+        self.embedder = embedder or TritonEmbedder(settings.triton_url, settings.triton_model,
+                                                   settings.request_timeout_s, settings.retry_after_s)
+        self.queue: BoundedQueue | None = None
+        self.ready = False
+
+    def check_auth(self, request: Request) -> None:
+        key = self.s.api_key()
+        if key is None:
+            return
+        got = request.headers.get("authorization", "")
+        token = got[7:].strip() if got.lower().startswith("bearer ") else ""
+        if not token or not hmac.compare_digest(token.encode(), key.encode()):
+            raise Unauthorized("missing or wrong API key; send it as 'Authorization: Bearer <key>'")
+
+    def resolve_model(self, model: str, input_type: str | None) -> str:
+        name, kind = model, None
+        for suffix in ("query", "passage"):
+            if model.endswith(f"-{suffix}"):
+                name, kind = model[: -len(suffix) - 1], suffix
+        if name != self.s.served_name:
+            raise ModelNotFound(f"model {model!r} is not served here; use {self.s.served_name!r} "
+                                f"(or with a -query/-passage suffix); see GET /v1/models")
+        if kind and input_type and kind != input_type:
+            raise BadRequest(f"the model suffix says {kind!r} but input_type is {input_type!r}; give one of them")
+        chosen = input_type or kind
+        if chosen is None:
+            if self.asymmetric:
+                raise BadRequest("input_type is required for this asymmetric model: set input_type to 'query' or "
+                                 "'passage', or call the model as "
+                                 f"'{self.s.served_name}-query' / '{self.s.served_name}-passage'")
+            chosen = "passage"
+        return chosen
+
+    async def probe(self) -> bool:
+        """A real inference through Triton; readiness depends on it."""
+        try:
+            await self.embedder.embed([WARMUP_TEXT], "query", "END")
+            self.ready = True
+            self.metrics.triton_up.set(1)
+        except Exception:
+            self.ready = False
+            self.metrics.triton_up.set(0)
+        return self.ready
+
+
+def create_app(settings: ServeSettings, spec: dict[str, Any], embedder: TritonEmbedder | None = None) -> FastAPI:
+    gw = Gateway(settings, spec, embedder)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        gw.queue = BoundedQueue(settings.max_queue, settings.retry_after_s, on_change=gw.metrics.queue_depth.set)
+        await gw.probe()
+        yield
+        # uvicorn has stopped accepting; let what is in flight finish before the channel closes
+        await gw.queue.drained(settings.shutdown_grace_s)
+        await gw.embedder.close()
+
+    app = FastAPI(title="domain-embed gateway", version="1",
+                  description="NIM-compatible text-embedding API in front of Triton", lifespan=lifespan)
+    app.state.gateway = gw
+    errors.install(app)
+
+    def count(route: str, status: int) -> None:
+        gw.metrics.requests.labels(route, str(status)).inc()
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):
+        response = await call_next(request)
+        count(request.url.path, response.status_code)
+        return response
+
+    @app.post("/v1/embeddings", responses={400: {}, 401: {}, 404: {}, 413: {}, 422: {}, 429: {}, 503: {}})
+    async def embeddings(req: EmbeddingsRequest, request: Request) -> Response:
+        t0 = time.perf_counter()
+        gw.check_auth(request)
+        texts = [req.input] if isinstance(req.input, str) else list(req.input)
+        if not texts:
+            raise BadRequest("input is empty; send a string or a non-empty list of strings")
+        if len(texts) > settings.max_batch_items:
+            raise BadRequest(f"input has {len(texts)} items, over the limit of {settings.max_batch_items}; "
+                             f"split it into several requests")
+        input_type = gw.resolve_model(req.model, req.input_type)
+        if req.dimensions is not None and req.dimensions > gw.dim:
+            raise BadRequest(f"dimensions={req.dimensions} is more than the model's {gw.dim}")
+        truncate = req.truncate or settings.default_truncate
+        async with gw.queue.slot():
+            try:
+                vecs, tokens = await gw.embedder.embed(texts, input_type, truncate)
+            except TritonUnavailable:
+                gw.ready = False
+                gw.metrics.triton_up.set(0)
+                raise
+        gw.ready = True
+        gw.metrics.triton_up.set(1)
+        if req.dimensions is not None and req.dimensions < vecs.shape[1]:
+            vecs = vecs[:, : req.dimensions]
+            vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+        vecs = np.ascontiguousarray(vecs, dtype="<f4")
+        if req.encoding_format == "base64":
+            data = [{"object": "embedding", "index": i, "embedding": base64.b64encode(v.tobytes()).decode()}
+                    for i, v in enumerate(vecs)]
+        else:
+            data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vecs.tolist())]
+        body = {"object": "list", "data": data, "model": req.model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        gw.metrics.batch.observe(len(texts))
+        gw.metrics.tokens.inc(tokens)
+        gw.metrics.latency.observe(time.perf_counter() - t0)
+        return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict[str, Any]:
+        gw.check_auth(request)
+        return {"object": "list", "data": [
+            {"id": settings.served_name, "object": "model", "owned_by": "domain-embed", "created": 0,
+             "dimensions": gw.dim, "max_input_tokens": {"query": gw.spec["max_query_length"],
+                                                         "passage": gw.spec["max_passage_length"]}}]}
+
+    @app.get("/v1/health/live")
+    async def live() -> dict[str, str]:
+        return {"object": "health.response", "message": "live"}
+
+    @app.get("/v1/health/ready", responses={503: {}})
+    async def ready() -> Response:
+        if not gw.ready:
+            await asyncio.wait_for(gw.probe(), timeout=settings.request_timeout_s)
+        if gw.ready:
+            return Response(json.dumps({"object": "health.response", "message": "ready"}), media_type="application/json")
+        return errors.error_response(503, "not ready: no inference through Triton has succeeded yet", "unavailable",
+                                     {"Retry-After": str(settings.retry_after_s)})
+
+    @app.get("/v1/metrics")
+    async def metrics() -> Response:
+        return Response(gw.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    # outermost, so an oversized body is refused before anything parses it
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    return app

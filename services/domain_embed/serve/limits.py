@@ -1,0 +1,101 @@
+"""Admission control: a bounded queue of in-flight requests (429 when full) and a body-size cap (413)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from contextlib import asynccontextmanager
+
+from .errors import QueueFull
+
+
+class BoundedQueue:
+    """At most ``limit`` requests wait on or run in Triton; the next one is refused at once.
+
+    Triton's dynamic batcher is the real queue; this bound keeps the gateway from piling up
+    unbounded work (and memory) when clients send faster than the model can embed.
+    """
+
+    def __init__(self, limit: int, retry_after_s: int, on_change=None):
+        self.limit, self.retry_after_s = limit, retry_after_s
+        self.depth = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._on_change = on_change or (lambda depth: None)
+
+    @asynccontextmanager
+    async def slot(self):
+        if self.depth >= self.limit:
+            raise QueueFull(f"the request queue is full ({self.limit} requests in flight); retry after "
+                            f"{self.retry_after_s}s or raise serve.max_queue",
+                            headers={"Retry-After": str(self.retry_after_s)})
+        self.depth += 1
+        self._idle.clear()
+        self._on_change(self.depth)
+        try:
+            yield
+        finally:
+            self.depth -= 1
+            self._on_change(self.depth)
+            if self.depth == 0:
+                self._idle.set()
+
+    async def drained(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+
+class BodyLimitMiddleware:
+    """Pure ASGI: refuse a body over ``max_bytes`` by Content-Length or by counting a chunked body."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def _reject(self, send) -> None:
+        body = json.dumps({"object": "error", "message": f"request body is over the limit of {self.max_bytes} "
+                           f"bytes; send fewer or shorter inputs per request (serve.max_body_bytes)",
+                           "type": "body_too_large", "code": 413}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for k, v in scope.get("headers", []):
+            if k == b"content-length":
+                try:
+                    if int(v) > self.max_bytes:
+                        return await self._reject(send)
+                except ValueError:
+                    pass
+        if scope.get("method") not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        # Read the (bounded) body first, then replay it: counting chunked bodies as they stream
+        # would surface as a parse error deep inside FastAPI instead of a clean 413.
+        chunks, seen = [], 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            body = msg.get("body", b"")
+            seen += len(body)
+            if seen > self.max_bytes:
+                return await self._reject(send)
+            chunks.append(body)
+            if not msg.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
