@@ -1,0 +1,152 @@
+"""Training examples and a deterministic, resumable batch plan with no duplicate passages per batch.
+
+A *global batch* (``per_device * world_size`` examples) never holds the same passage twice and never
+holds a passage that is a positive of another query in it: either would make the in-batch softmax
+push a query away from its own positive. Each rank takes its slice of the global batch, so in-batch
+negatives gathered across devices are duplicate-free too.
+
+The plan is a pure function of (seed, epoch), and the dataset starts at any micro-batch index, so a
+run resumed from a checkpoint sees exactly the batches the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class Example:
+    query: str
+    positives: tuple[int, ...]     # corpus rows
+    negatives: tuple[int, ...]     # corpus rows, hardest first
+
+
+def load_examples(mined_rows: list[dict], corpus_ids: list[str]) -> tuple[list[Example], int]:
+    row_of = {cid: i for i, cid in enumerate(corpus_ids)}
+    out, dropped = [], 0
+    for r in mined_rows:
+        pos = tuple(row_of[p["id"]] for p in r.get("pos", []) if p["id"] in row_of)
+        neg = tuple(row_of[n["id"]] for n in r.get("neg", []) if n["id"] in row_of)
+        if not pos or not str(r.get("query", "")).strip():
+            dropped += 1
+            continue
+        out.append(Example(str(r["query"]), pos, neg))
+    return out, dropped
+
+
+@dataclass(frozen=True)
+class PlannedItem:
+    example: int
+    positive: int
+    negatives: tuple[int, ...]
+
+
+class BatchPlan:
+    """Epoch-by-epoch plan of global batches; ``batch(b)`` is the b-th global micro-batch of the run."""
+
+    def __init__(self, examples: list[Example], n_passages: int, global_batch: int, num_negatives: int, seed: int):
+        if len(examples) < global_batch:
+            raise UserError(f"{len(examples)} training queries cannot fill one batch of {global_batch} "
+                            f"(train.batch_size x devices); lower train.batch_size or synthesize more queries")
+        self.examples = examples
+        self.n_passages = n_passages
+        self.global_batch = global_batch
+        self.k = num_negatives
+        self.seed = seed
+        self._epochs: list[list[list[PlannedItem]]] = []
+
+    def _plan_epoch(self, epoch: int) -> list[list[PlannedItem]]:
+        rng = np.random.default_rng([self.seed, epoch])
+        items: list[PlannedItem] = []
+        for i in rng.permutation(len(self.examples)):
+            ex = self.examples[int(i)]
+            pos = ex.positives[epoch % len(ex.positives)]   # cycle through a query's positives
+            negs = list(ex.negatives[: self.k])
+            banned = set(ex.positives) | set(negs)
+            tries = 0
+            while len(negs) < self.k and tries < 100 * self.k:  # top up short queries with random passages
+                c = int(rng.integers(self.n_passages))
+                tries += 1
+                if c not in banned:
+                    negs.append(c)
+                    banned.add(c)
+            if len(negs) < self.k:
+                raise UserError(f"the training corpus has too few passages for train.num_negatives={self.k}")
+            items.append(PlannedItem(int(i), pos, tuple(negs)))
+        batches: list[list[PlannedItem]] = []
+        pool = items
+        while len(pool) >= self.global_batch:
+            batch: list[PlannedItem] = []
+            seen: set[int] = set()        # passages in the batch
+            batch_pos: set[int] = set()   # every positive of every query in the batch
+            rest: list[PlannedItem] = []
+            for it in pool:
+                if len(batch) == self.global_batch:
+                    rest.append(it)
+                    continue
+                ex = self.examples[it.example]
+                passages = {it.positive, *it.negatives}
+                if passages & seen or set(ex.positives) & seen or passages & batch_pos:
+                    rest.append(it)
+                    continue
+                batch.append(it)
+                seen |= passages
+                batch_pos |= set(ex.positives)
+            if len(batch) < self.global_batch:
+                break  # what is left cannot form a duplicate-free batch; it comes back next epoch
+            batches.append(batch)
+            pool = rest
+        if not batches:
+            raise UserError("no duplicate-free batch could be formed (queries share too many passages); "
+                            "lower train.batch_size or train.num_negatives")
+        return batches
+
+    def epoch(self, e: int) -> list[list[PlannedItem]]:
+        while len(self._epochs) <= e:
+            self._epochs.append(self._plan_epoch(len(self._epochs)))
+        return self._epochs[e]
+
+    def batch(self, b: int) -> list[PlannedItem]:
+        e = 0
+        while b >= len(self.epoch(e)):
+            b -= len(self.epoch(e))
+            e += 1
+        return self.epoch(e)[b]
+
+    def batches_in(self, epochs: int) -> int:
+        return sum(len(self.epoch(e)) for e in range(epochs))
+
+
+class PlannedBatches(torch.utils.data.IterableDataset):
+    """Yields this rank's tokenised slice of global micro-batch ``start()``, ``start()+1``, ..."""
+
+    def __init__(self, plan: BatchPlan, texts: list[str], collate: Callable[[list[str], list[str]], dict],
+                 rank: int, world: int, total: int, start: Callable[[], int]):
+        self.plan, self.texts, self.collate = plan, texts, collate
+        self.rank, self.world, self.total, self.start = rank, world, total, start
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        per = self.plan.global_batch // self.world
+        for b in range(self.start(), self.total):
+            items = self.plan.batch(b)[self.rank * per : (self.rank + 1) * per]
+            queries = [self.plan.examples[it.example].query for it in items]
+            passages, ids = [], []
+            for it in items:
+                for p in (it.positive, *it.negatives):
+                    passages.append(self.texts[p])
+                    ids.append(p)
+            width = max(len(self.plan.examples[it.example].positives) for it in items)
+            pos_sets = torch.full((len(items), width), -1, dtype=torch.long)
+            for i, it in enumerate(items):
+                ps = self.plan.examples[it.example].positives
+                pos_sets[i, : len(ps)] = torch.tensor(ps)
+            batch = self.collate(queries, passages)
+            batch["passage_ids"] = torch.tensor(ids, dtype=torch.long)
+            batch["pos_sets"] = pos_sets
+            yield batch

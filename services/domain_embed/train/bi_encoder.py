@@ -1,0 +1,173 @@
+"""The Lightning bi-encoder: a Hugging Face encoder, :func:`encoding.pool`, InfoNCE.
+
+Validation encodes the held-out slice (split/val_beir) with the same spec and logs ``val_ndcg@10``;
+the corpus is sharded over ranks and gathered, so every rank computes the same number.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from ..config import EncodingSpec
+from ..encoding import apply_prefix, pool
+from ..evaluate.metrics import evaluate as beir_evaluate
+from .info_nce import info_nce
+
+
+def load_encoder(spec: EncodingSpec, tcfg) -> torch.nn.Module:
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(spec.model_path)
+    # BERT-style pooler heads are not used by token pooling; frozen, DDP need not hunt for unused parameters
+    for name, param in model.named_parameters():
+        if name.startswith("pooler.") or ".pooler." in name:
+            param.requires_grad_(False)
+    if bool(tcfg.gradient_checkpointing):
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    if bool(tcfg.lora.enabled):
+        from peft import LoraConfig, get_peft_model
+
+        targets = list(tcfg.lora.get("target_modules") or []) or None
+        lcfg = LoraConfig(r=int(tcfg.lora.r), lora_alpha=int(tcfg.lora.alpha), lora_dropout=float(tcfg.lora.dropout),
+                          target_modules=targets)
+        model = get_peft_model(model, lcfg)
+    # from_pretrained returns eval mode; fine-tuning wants dropout like the original training did
+    model.train()
+    return model
+
+
+class BiEncoder(L.LightningModule):
+    def __init__(self, spec: EncodingSpec, tcfg, tokenizer, total_steps: int, val=None, metrics_log=None):
+        super().__init__()
+        self.spec = spec
+        self.tcfg = tcfg
+        self.tokenizer = tokenizer
+        self.model = load_encoder(spec, tcfg)
+        self.total_steps = total_steps
+        self.val = val                      # evaluate.retrieval.BeirDataset or None
+        self.metrics_log = metrics_log      # rank 0: AppendLog for train/metrics.jsonl
+        self.resume_batch = 0
+        dims = sorted({int(d) for d in spec.matryoshka_dims if int(d) <= spec.dim}, reverse=True)
+        self.dims = dims if bool(tcfg.matryoshka) and dims else [spec.dim]
+
+    # ------------------------------------------------------------------ encoding
+    def tokenize(self, texts: list[str], input_type: str) -> dict[str, torch.Tensor]:
+        return self.tokenizer(apply_prefix(texts, self.spec, input_type), max_length=self.spec.max_length(input_type),
+                              truncation=True, padding=True, return_tensors="pt")
+
+    def embed(self, input_ids, attention_mask, normalize: bool | None = None) -> torch.Tensor:
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        norm = self.spec.normalize if normalize is None else normalize
+        return pool(hidden, attention_mask, self.spec.pooling, norm)
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        q = self.embed(batch["q_input_ids"], batch["q_attention_mask"], normalize=False)
+        p = self.embed(batch["p_input_ids"], batch["p_attention_mask"], normalize=False)
+        ids, pos_sets = batch["passage_ids"], batch["pos_sets"]
+        B = q.shape[0]
+        group = p.shape[0] // B
+        offset = 0
+        gather = bool(self.tcfg.in_batch_negatives) and bool(self.tcfg.gather_across_devices) and self.trainer.world_size > 1
+        if gather:
+            p = self.all_gather(p, sync_grads=True).reshape(-1, p.shape[-1])
+            ids = self.all_gather(ids).reshape(-1)
+            offset = self.global_rank * B
+        loss = q.new_zeros((), dtype=torch.float32)
+        for d in self.dims:
+            qd, pd = q[:, :d].float(), p[:, :d].float()
+            if self.spec.normalize:
+                qd, pd = F.normalize(qd, dim=-1), F.normalize(pd, dim=-1)
+            loss = loss + info_nce(qd, pd, ids, pos_sets, group, offset, float(self.tcfg.temperature),
+                                   bool(self.tcfg.in_batch_negatives))
+        self.log("train_loss", loss, prog_bar=True, batch_size=B)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.metrics_log is None or self.trainer.global_rank != 0:
+            return
+        if (batch_idx + 1) % max(1, int(self.tcfg.grad_accum)) != 0:
+            return
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        self.metrics_log.append({"step": int(self.global_step), "loss": round(float(loss), 6), "lr": float(lr)})
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=float(self.tcfg.learning_rate), weight_decay=float(self.tcfg.weight_decay))
+        warmup = int(round(float(self.tcfg.warmup_ratio) * self.total_steps))
+        total = max(1, self.total_steps)
+
+        def lr_at(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = (step - warmup) / max(1, total - warmup)
+            return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------------ validation
+    def val_ndcg(self) -> float:
+        """nDCG@10 on the validation slice; every rank encodes a shard of the corpus."""
+        from ..mine.mining import search
+        import faiss
+        import numpy as np
+
+        ds = self.val
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        n = len(ds.corpus_texts)
+        per = math.ceil(n / world)
+        mine = ds.corpus_texts[rank * per : (rank + 1) * per]
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            local = self._encode(mine, "passage")
+            if local.shape[0] < per:
+                local = torch.cat([local, local.new_zeros(per - local.shape[0], local.shape[1])])
+            allp = self.all_gather(local).reshape(-1, local.shape[-1])[:n] if world > 1 else local[:n]
+            q = self._encode(ds.query_texts, "query")
+        self.model.train(was_training)
+        index = faiss.IndexFlatIP(allp.shape[1])
+        index.add(np.ascontiguousarray(allp.float().cpu().numpy()))
+        scores, idx = search(index, q.float().cpu().numpy(), 10)
+        run = {qid: {ds.corpus_ids[j]: float(s) for j, s in zip(idx[i], scores[i]) if j >= 0}
+               for i, qid in enumerate(ds.query_ids)}
+        return float(beir_evaluate(ds.qrels, run, [10]).get("ndcg@10", 0.0))
+
+    def _encode(self, texts: list[str], input_type: str, bs: int = 64) -> torch.Tensor:
+        out = [torch.zeros(0, self.spec.dim, device=self.device)]
+        for s in range(0, len(texts), bs):
+            t = self.tokenize(texts[s : s + bs], input_type)
+            out.append(self.embed(t["input_ids"].to(self.device), t["attention_mask"].to(self.device)).float())
+        return torch.cat(out)
+
+    def validation_step(self, batch, batch_idx) -> None:
+        v = self.val_ndcg()
+        self.log("val_ndcg@10", v, prog_bar=True, batch_size=1, sync_dist=False)
+        if self.metrics_log is not None and self.trainer.global_rank == 0:
+            self.metrics_log.append({"step": int(self.global_step), "val_ndcg@10": round(v, 6)})
+
+    def on_train_start(self) -> None:
+        # The base model's validation score (step 0) is what training has to beat.
+        if self.val is not None and self.global_step == 0:
+            v = self.val_ndcg()
+            if self.metrics_log is not None and self.trainer.global_rank == 0:
+                self.metrics_log.append({"step": 0, "val_ndcg@10": round(v, 6)})
+
+    # ------------------------------------------------------------------ resume
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["domain_embed"] = {"torch_rng": torch.get_rng_state(),
+                                      "micro_batches": int(self.global_step) * max(1, int(self.tcfg.grad_accum))}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("domain_embed") or {}
+        self.resume_batch = int(state.get("micro_batches", 0))
+        if "torch_rng" in state:
+            torch.set_rng_state(state["torch_rng"])

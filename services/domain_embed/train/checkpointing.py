@@ -1,0 +1,61 @@
+"""Checkpoints that survive a kill: write to a temporary file, then rename.
+
+``last.ckpt`` (full state: weights, optimizer, scheduler, loops, RNG) every N optimizer steps, for
+resuming; ``best.ckpt`` (weights only) whenever validation nDCG@10 improves, for the exported model.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+
+class AtomicCheckpoints(L.Callback):
+    def __init__(self, dirpath: Path, every_n_steps: int, monitor: str = "val_ndcg@10"):
+        self.dir = Path(dirpath)
+        self.every = max(1, int(every_n_steps))
+        self.monitor = monitor
+        self.best_score: float | None = None
+        self.best_step: int | None = None
+
+    @property
+    def last(self) -> Path:
+        return self.dir / "last.ckpt"
+
+    @property
+    def best(self) -> Path:
+        return self.dir / "best.ckpt"
+
+    def _save(self, trainer: L.Trainer, path: Path, weights_only: bool = False) -> None:
+        tmp = path.with_name(f".{path.name}.tmp")
+        trainer.save_checkpoint(tmp, weights_only=weights_only)   # collective; rank 0 writes
+        trainer.strategy.barrier()
+        if trainer.is_global_zero:
+            os.replace(tmp, path)
+        trainer.strategy.barrier()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        accum = trainer.accumulate_grad_batches
+        if (batch_idx + 1) % accum == 0 and trainer.global_step > 0 and trainer.global_step % self.every == 0:
+            self._save(trainer, self.last)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        score = trainer.callback_metrics.get(self.monitor)
+        if score is None:
+            return
+        score = float(score)
+        if self.best_score is None or score > self.best_score:
+            self.best_score, self.best_step = score, int(trainer.global_step)
+            self._save(trainer, self.best, weights_only=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_score": self.best_score, "best_step": self.best_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best_score = state_dict.get("best_score")
+        self.best_step = state_dict.get("best_step")

@@ -1,0 +1,44 @@
+"""InfoNCE over a positive, mined hard negatives and (optionally) in-batch negatives.
+
+Inputs (one rank's view):
+
+=================  ===============================  =============================================
+name               shape                            meaning
+=================  ===============================  =============================================
+``q``              [B, D]                           this rank's query embeddings (normalised)
+``p``              [N, D]                           passages of ALL ranks, ``1 + K`` per query,
+                                                    grouped by query, this rank's block at
+                                                    ``offset`` (gathered with gradients)
+``passage_ids``    [N]                              corpus row of each passage
+``pos_sets``       [B, P]                           every positive row of each query (-1 = pad)
+=================  ===============================  =============================================
+
+Query ``i``'s target is column ``(offset + i) * (1 + K)``. Another column holding one of the
+query's positives is masked (it is not a negative). Without in-batch negatives only the query's
+own ``1 + K`` columns are scored.
+
+Temperature 0.02 (the recipe's) is the default; MultipleNegativesRankingLoss's scale 20 is 0.05.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def info_nce(q: torch.Tensor, p: torch.Tensor, passage_ids: torch.Tensor, pos_sets: torch.Tensor, group: int,
+             offset: int = 0, temperature: float = 0.02, in_batch: bool = True) -> torch.Tensor:
+    B = q.shape[0]
+    logits = (q @ p.T).float() / temperature                       # [B, N]
+    rows = torch.arange(B, device=q.device)
+    target = (offset + rows) * group
+    # columns that are one of the query's positives but not its target
+    is_pos = (passage_ids[None, :, None] == pos_sets[:, None, :]).any(-1)  # [B, N]
+    mask = is_pos.clone()
+    mask[rows, target] = False
+    if not in_batch:
+        cols = torch.arange(p.shape[0], device=q.device)
+        own = (cols[None, :] >= target[:, None]) & (cols[None, :] < target[:, None] + group)
+        mask |= ~own
+    logits = logits.masked_fill(mask, float("-inf"))
+    return F.cross_entropy(logits, target)

@@ -1,0 +1,137 @@
+"""Real Lightning training at tiny size: the model directory, DDP on 2 gloo processes, kill-and-resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from domain_embed.config import EncodingSpec, load_config
+from domain_embed.rundir import read_jsonl, run_stage
+from domain_embed.stages import STAGES
+from split_fixture import write_split
+
+CLI = str(Path(sys.executable).parent / "domain-embed")
+TINY = ["model.max_query_length=32", "model.max_passage_length=64", "mine.num_negatives=3", "mine.top_k=10",
+        "train.batch_size=2", "train.num_negatives=2", "train.max_steps=6", "train.checkpoint_every_n_steps=2",
+        "train.val_every_n_steps=3", "train.learning_rate=5e-5", "train.accelerator=cpu", "train.devices=1"]
+
+
+def _env(**kw):
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **kw}
+
+
+def _train(run: Path, *over: str, env=None, timeout=400):
+    return subprocess.run([CLI, "train", "--run-dir", str(run), "--quiet", *over], capture_output=True, text=True,
+                          env=env or _env(), timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def mined_run(tmp_path_factory) -> Path:
+    run = write_split(tmp_path_factory.mktemp("mined") / "run")
+    cfg = load_config(run, TINY)  # saved in the run dir, so the CLI below sees the same overrides
+    run_stage(STAGES["mine"], run, cfg, STAGES, quiet=True)
+    return run
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def trained(mined_run, tmp_path_factory) -> Path:
+    run = _copy(mined_run, tmp_path_factory.mktemp("trained") / "run")
+    p = _train(run)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return run
+
+
+def _weights(model_dir: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+def test_model_dir_loads_in_sentence_transformers_and_matches_our_encoder(trained, minilm_path):
+    from sentence_transformers import SentenceTransformer
+
+    from domain_embed.encoding import Encoder
+
+    cfg = load_config(trained, [], save=False)
+    spec = EncodingSpec.from_config(cfg)
+    model_dir = trained / "train" / "model"
+    st = SentenceTransformer(str(model_dir), device="cpu")
+    ours = Encoder(spec, model_dir, device="cpu")
+    queries = ["How do I undo a transaction?", "Which file controls client authentication?"]
+    passages = ["ROLLBACK discards every change made since the transaction began.", "VACUUM reclaims storage."]
+    for texts, kind in ((queries, "query"), (passages, "passage")):
+        a = st.encode(texts, prompt_name=kind, convert_to_numpy=True, normalize_embeddings=False)
+        b = ours.encode(texts, kind)
+        assert np.abs(a - b).max() < 1e-4, kind
+    prompts = json.loads((model_dir / "config_sentence_transformers.json").read_text())["prompts"]
+    assert prompts == {"query": spec.query_prefix, "passage": spec.passage_prefix}
+    # plain transformers too
+    from transformers import AutoModel, AutoTokenizer
+
+    AutoModel.from_pretrained(str(model_dir)), AutoTokenizer.from_pretrained(str(model_dir))
+    # it actually trained: weights moved away from the base model
+    base, tuned = _weights(minilm_path), _weights(model_dir)
+    common = [k for k in tuned if k in base]
+    assert common and max(float(np.abs(base[k] - tuned[k]).max()) for k in common) > 1e-4
+    card = (model_dir / "README.md").read_text()
+    assert "all-MiniLM-L6-v2" in card and "validation nDCG@10" in card and "learning_rate" in card
+
+
+def test_metrics_log_has_every_step_and_validations(trained):
+    rows = list(read_jsonl(trained / "train" / "metrics.jsonl"))
+    steps = [r["step"] for r in rows if "loss" in r]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert all(np.isfinite(r["loss"]) and r["lr"] >= 0 for r in rows if "loss" in r)
+    vals = [r["step"] for r in rows if "val_ndcg@10" in r]
+    assert vals == [0, 3, 6]
+    m = json.loads((trained / "train" / "manifest.json").read_text())
+    assert m["counts"]["steps"] == 6 and m["counts"]["best_step"] in (3, 6)
+
+
+def test_ddp_two_gloo_processes_end_with_identical_weights(mined_run, tmp_path):
+    run = _copy(mined_run, tmp_path / "run")
+    p = _train(run, "train.strategy=ddp", "train.devices=2", "train.max_steps=3", "train.val_every_n_steps=3",
+               env=_env(DOMAIN_EMBED_WEIGHT_HASH="1"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    h0 = json.loads((run / "train" / ".weights_rank0.json").read_text())["sha256"]
+    h1 = json.loads((run / "train" / ".weights_rank1.json").read_text())["sha256"]
+    assert h0 == h1, "DDP ranks diverged"
+    summary = json.loads((run / "train" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 3
+
+
+def test_killed_training_resumes_and_matches_the_uninterrupted_run(mined_run, trained, tmp_path):
+    run = _copy(mined_run, tmp_path / "run")
+    last = run / "train" / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen([CLI, "train", "--run-dir", str(run), "--quiet"], env=_env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert last.exists(), proc.stderr.read()[-2000:] if proc.poll() is not None else "no checkpoint in time"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "train" / "model").exists(), "the run finished before it could be killed"
+    p = _train(run)
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.loads((run / "train" / "summary.json").read_text())
+    assert summary["resumed"] and summary["steps"] == 6
+    a, b = _weights(trained / "train" / "model"), _weights(run / "train" / "model")
+    diff = max(float(np.abs(a[k] - b[k]).max()) for k in a)
+    assert diff < 1e-4, f"resumed weights differ from the uninterrupted run by {diff}"
+    steps = [r["step"] for r in read_jsonl(run / "train" / "metrics.jsonl") if "loss" in r]
+    assert steps == [1, 2, 3, 4, 5, 6]

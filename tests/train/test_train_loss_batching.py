@@ -1,0 +1,85 @@
+"""InfoNCE masking and the duplicate-free, resumable batch plan (no model needed)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from domain_embed.errors import UserError
+from domain_embed.train.batching import BatchPlan, Example
+from domain_embed.train.info_nce import info_nce
+
+
+def test_info_nce_scores_own_group_only_without_in_batch_negatives():
+    torch.manual_seed(0)
+    q = F.normalize(torch.randn(3, 8), dim=-1)
+    p = F.normalize(torch.randn(9, 8), dim=-1)  # 3 queries x (1 pos + 2 neg)
+    ids = torch.arange(9)
+    pos_sets = torch.tensor([[0], [3], [6]])
+    got = info_nce(q, p, ids, pos_sets, group=3, temperature=0.05, in_batch=False)
+    want = sum(F.cross_entropy((q[i] @ p[3 * i : 3 * i + 3].T)[None] / 0.05, torch.tensor([0])) for i in range(3)) / 3
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    full = info_nce(q, p, ids, pos_sets, group=3, temperature=0.05, in_batch=True)
+    assert full.item() > got.item()  # more negatives, larger loss
+
+
+def test_info_nce_never_treats_another_positive_as_a_negative():
+    torch.manual_seed(1)
+    q = F.normalize(torch.randn(2, 8), dim=-1)
+    p = F.normalize(torch.randn(4, 8), dim=-1)  # group of 2 per query
+    ids = torch.tensor([10, 11, 12, 13])
+    # query 0's positives are 10 (its target) AND 12 (query 1's target passage)
+    pos_sets = torch.tensor([[10, 12], [12, -1]])
+    got = info_nce(q, p, ids, pos_sets, group=2, temperature=0.1)
+    l0 = q[0] @ p.T / 0.1
+    l0_masked = torch.cat([l0[:2], l0[3:]])  # column of passage 12 removed
+    l1 = q[1] @ p.T / 0.1
+    want = (F.cross_entropy(l0_masked[None], torch.tensor([0])) + F.cross_entropy(l1[None], torch.tensor([2]))) / 2
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    assert math.isfinite(got.item())
+
+
+def _examples(n=24, n_passages=30):
+    # each query: positive i, negatives from a small shared pool so collisions are common
+    return [Example(f"q{i}", (i,), ((i + 1) % n, (i + 2) % n, 25 + i % 5)) for i in range(n)], n_passages
+
+
+def test_batches_hold_no_duplicate_passage_and_no_other_positive():
+    ex, n = _examples()
+    plan = BatchPlan(ex, n, global_batch=4, num_negatives=3, seed=7)
+    for e in range(3):
+        assert plan.epoch(e), "no batch planned"
+        for batch in plan.epoch(e):
+            passages = [p for it in batch for p in (it.positive, *it.negatives)]
+            assert len(passages) == len(set(passages)), "a passage appears twice in one batch"
+            positives = {p for it in batch for p in ex[it.example].positives}
+            for it in batch:
+                others = set(passages) - {it.positive, *it.negatives}
+                assert not others & set(ex[it.example].positives)
+            assert len(positives) == len(batch)
+
+
+def test_plan_is_deterministic_and_addressable_by_global_index():
+    ex, n = _examples()
+    a = BatchPlan(ex, n, 4, 3, seed=3)
+    b = BatchPlan(ex, n, 4, 3, seed=3)
+    flat = [bt for e in range(2) for bt in a.epoch(e)]
+    assert [b.batch(i) for i in range(len(flat))] == flat   # what a resumed run asks for
+    assert BatchPlan(ex, n, 4, 3, seed=4).epoch(0) != a.epoch(0)
+
+
+def test_short_queries_are_topped_up_with_random_non_positives():
+    ex = [Example(f"q{i}", (i,), ()) for i in range(8)]
+    plan = BatchPlan(ex, 40, 2, 3, seed=0)
+    for batch in plan.epoch(0):
+        for it in batch:
+            assert len(it.negatives) == 3 and it.positive not in it.negatives
+
+
+def test_too_few_queries_for_one_batch_is_a_user_error():
+    ex, n = _examples(3)
+    with pytest.raises(UserError, match="batch_size"):
+        BatchPlan(ex, n, 8, 2, seed=0)
