@@ -164,6 +164,11 @@ class Chunker:
             prev = u
         return f"{head}\n{body}" if head else body
 
+    def _lens(self, texts: list[str]) -> list[int]:
+        if not texts:
+            return []
+        return [len(ids) for ids in self.tok(texts, add_special_tokens=False, truncation=False)["input_ids"]]
+
     def chunk_document(self, title: str, text: str) -> list[Chunk]:
         out: list[Chunk] = []
         pos = 0
@@ -172,12 +177,12 @@ class Chunker:
             room = self.max_tokens - self.count(head + "\n" if head else "") - 2  # 2: join slack, checked below
             # units too long for any chunk are cut at token boundaries first
             fitted: list[Unit] = []
-            for u in units:
-                if self._ntok(u.text) > room:
+            for u, n in zip(units, self._lens([u.text for u in units])):
+                if n > room:
                     if u.kind == "code" and "\n" in u.text:
                         lines = [Unit(ln, "code", u.block) for ln in u.text.split("\n") if ln.strip()]
-                        for ln in lines:
-                            if self._ntok(ln.text) > room:
+                        for ln, m in zip(lines, self._lens([ln.text for ln in lines])):
+                            if m > room:
                                 fitted.extend(Unit(p, "code", u.block) for p in self._cut(ln.text, room))
                             else:
                                 fitted.append(ln)
@@ -194,26 +199,38 @@ class Chunker:
         return kept
 
     def _pack(self, head: str, units: list[Unit]) -> list[tuple[str, int]]:
+        """Greedy packing on summed unit lengths, with the exact count checked on every chunk closed.
+
+        Summed lengths equal the exact count for word-level tokenizers (WordPiece); for others they
+        may be off by a token per join, so a chunk over the limit gives back units until it fits.
+        """
         chunks: list[tuple[str, int]] = []
+        head_n = self.count(head + "\n" if head else "")
+        lens = self._lens([u.text for u in units])
         i = 0
         while i < len(units):
-            j = i
-            best: tuple[str, int] | None = None
-            sentences = 0
-            while j < len(units):
-                cand = self._join(head, units[i : j + 1])
-                n = self.count(cand)
-                if n > self.max_tokens:
-                    break
-                best = (cand, n)
-                sentences += 1 if units[j].kind == "prose" else (0.5 if units[j].kind == "table" else 1)
+            j, est, sentences = i, head_n, 0.0
+            while j < len(units) and est + lens[j] <= self.max_tokens:
+                est += lens[j]
+                sentences += 0.5 if units[j].kind == "table" else 1.0
                 j += 1
                 if sentences >= self.chunk_sentences:
                     break
+            best: tuple[str, int] | None = None
+            while j > i:
+                cand = self._join(head, units[i:j])
+                n = self.count(cand)
+                if n <= self.max_tokens:
+                    best = (cand, n)
+                    break
+                j -= 1
             if best is None:
                 # a single unit (joined with the context line) over budget: cut it harder
-                cand_units = self._cut(units[i].text, max(8, (self.max_tokens - self.count(head)) - 4))
-                units[i : i + 1] = [Unit(p, units[i].kind, units[i].block) for p in cand_units]
+                pieces = self._cut(units[i].text, max(8, (self.max_tokens - head_n) - 4 - (1 if j == i else 0)))
+                if len(pieces) == 1 and pieces[0] == units[i].text:
+                    pieces = self._cut(units[i].text, max(1, self._ntok(units[i].text) // 2))
+                units[i : i + 1] = [Unit(p, units[i].kind, units[i].block) for p in pieces]
+                lens[i : i + 1] = self._lens(pieces)
                 continue
             # a tiny last chunk of a section merges into the previous one when it fits
             if j >= len(units) and chunks and best[1] < self.min_chunk_tokens:
