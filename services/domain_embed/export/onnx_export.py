@@ -88,7 +88,14 @@ def export_onnx(model_path: str | Path, spec: EncodingSpec, out: Path, opset: in
                 torch.onnx.export(module, args, str(tmp), **kw)
             import onnx
 
-            onnx.checker.check_model(str(tmp))
+            # The exporter leaves the vector width symbolic; pin it so Triton and clients see [batch, dim].
+            model = onnx.load(str(tmp))
+            dims = model.graph.output[0].type.tensor_type.shape.dim
+            dims[0].dim_param = "batch"
+            dims[1].Clear()
+            dims[1].dim_value = spec.dim
+            onnx.save(model, str(tmp))
+            onnx.checker.check_model(str(tmp), full_check=True)
             tmp.replace(out)
             return "dynamo" if dynamo else "torchscript"
         except Exception as exc:  # try the other exporter, report both if neither works
