@@ -276,8 +276,11 @@ def run_stage(stage: Stage, run_dir: Path, cfg: DictConfig, stages: dict[str, St
     chash = config_hash(cfg, stage.config_keys)
     ctx = StageContext(stage=stage, run_dir=run_dir, cfg=cfg, force=force, quiet=quiet, extra=extra or {})
 
+    # Command-line extras (e.g. evaluate --dataset/--endpoint) change the outputs too.
+    extra_sig = json.dumps(extra or {}, sort_keys=True, default=str)
     old = read_manifest(run_dir, stage.folder)
-    if old is not None and not force and old.get("config_hash") == chash and old.get("inputs") == inputs:
+    if (old is not None and not force and old.get("config_hash") == chash and old.get("inputs") == inputs
+            and old.get("extra", "{}") == extra_sig):
         outs_ok = all((run_dir / rel).exists() and sha256_path(run_dir / rel) == h
                       for rel, h in old.get("outputs", {}).items())
         if outs_ok:
@@ -308,6 +311,7 @@ def run_stage(stage: Stage, run_dir: Path, cfg: DictConfig, stages: dict[str, St
         "inputs": inputs,
         "outputs": outputs,
         "counts": counts,
+        "extra": extra_sig,
         "wall_time_s": round(wall, 3),
         "started_at": datetime.fromtimestamp(started, timezone.utc).isoformat(),
         "finished_at": datetime.now(timezone.utc).isoformat(),

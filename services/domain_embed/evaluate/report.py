@@ -1,0 +1,90 @@
+"""report.md and curves.png: what a person looks at before reading numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..rundir import atomic_open, atomic_write_text, read_jsonl
+
+MD_METRICS = ["ndcg@10", "recall@10", "map@10", "precision@10", "ndcg@1", "recall@100"]
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, (int, float)) else "-"
+
+
+def write_markdown(path: Path, report: dict[str, Any]) -> None:
+    g = report["gate"]
+    lines = ["# Evaluation report", ""]
+    verdict = "PASSED" if g["passed"] else "FAILED"
+    lines += [f"**Quality gate: {verdict}** -- {g['reason']}", ""]
+    ep = report.get("endpoint")
+    if ep:
+        lines += [f"**Endpoint {ep['url']}: {'PASSED' if ep['passed'] else 'FAILED'}** -- max(1 - cosine) vs the "
+                  f"checkpoint {ep['max_drift']:.2e} (tolerance {ep['tolerance']:.0e}) over {ep['texts_compared']} texts", ""]
+    for name, ds in report["datasets"].items():
+        systems = [s for s in ("base", "tuned", "bm25", "endpoint") if s in ds]
+        info = ds.get("info", {})
+        lines += [f"## {name}", "", f"{info.get('queries', '?')} queries, {info.get('corpus', '?')} passages "
+                  f"(`{info.get('path', '')}`)", ""]
+        lines += ["| metric | " + " | ".join(systems) + " | tuned - base |",
+                  "|---|" + "---|" * (len(systems) + 1)]
+        for m in MD_METRICS:
+            vals = [ds[s].get(m) for s in systems]
+            d = (ds["tuned"].get(m, 0) - ds["base"].get(m, 0)) if "tuned" in ds and "base" in ds else None
+            lines.append(f"| {m} | " + " | ".join(_fmt(v) for v in vals) + f" | {'+' if d and d > 0 else ''}{_fmt(d)} |")
+        lines.append("")
+    lines += ["All metrics at k in " + ", ".join(str(k) for k in report.get("k_values", [])) + " are in report.json. "
+              "Curves: curves.png.", ""]
+    atomic_write_text(path, "\n".join(lines))
+
+
+def write_curves(path: Path, report: dict[str, Any], metrics_jsonl: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = list(read_jsonl(metrics_jsonl)) if metrics_jsonl.is_file() else []
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    ax = axes[0]
+    names = list(report["datasets"])
+    systems = [s for s in ("bm25", "base", "tuned") if any(s in report["datasets"][n] for n in names)]
+    width = 0.8 / max(1, len(systems))
+    x = np.arange(len(names))
+    colors = {"bm25": "#999999", "base": "#4c72b0", "tuned": "#dd8452"}
+    for i, s in enumerate(systems):
+        vals = [report["datasets"][n].get(s, {}).get("ndcg@10", 0.0) for n in names]
+        bars = ax.bar(x + i * width - 0.4 + width / 2, vals, width, label=s, color=colors[s])
+        ax.bar_label(bars, fmt="%.3f", fontsize=8)
+    ax.set_xticks(x, names)
+    ax.set_ylabel("nDCG@10")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("retrieval quality (higher is better)")
+    ax.legend(loc="lower right")
+    loss = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    val = [(r["step"], r["val_ndcg@10"]) for r in rows if "val_ndcg@10" in r]
+    ax = axes[1]
+    if loss:
+        ax.plot(*zip(*loss), color="#dd8452")
+    else:
+        ax.text(0.5, 0.5, "no training log", ha="center", transform=ax.transAxes)
+    ax.set_xlabel("step")
+    ax.set_ylabel("InfoNCE loss")
+    ax.set_title("training loss")
+    ax = axes[2]
+    if val:
+        ax.plot(*zip(*val), marker="o", color="#55a868")
+        ax.axhline(val[0][1], ls="--", color="#4c72b0", label="base (step 0)")
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no validation log", ha="center", transform=ax.transAxes)
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation nDCG@10")
+    ax.set_title("validation (held-out slice of training docs)")
+    fig.tight_layout()
+    with atomic_open(path, "wb", encoding=None) as fh:
+        fig.savefig(fh, format="png", dpi=100)
+    plt.close(fig)

@@ -1,0 +1,142 @@
+"""The ``evaluate`` stage: base vs tuned (and BM25) on the held-out split and any BEIR dataset,
+a report, the quality gate, and optionally the drift of a live /v1/embeddings endpoint.
+
+Both models embed with the one shared spec (prefixes, lengths, pooling), so the comparison measures
+the weights and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import QualityGateFailed, UserError
+from ..rundir import StageContext, atomic_write_json, read_jsonl
+from .metrics import evaluate as beir_evaluate
+from .report import write_curves, write_markdown
+from .retrieval import BeirDataset, bm25_run, dense_run, load_beir, read_qrels
+
+
+def _real_queries(ctx: StageContext, heldout: BeirDataset) -> BeirDataset | None:
+    rq, qr = ctx.extra.get("real_queries"), ctx.extra.get("qrels")
+    if not rq:
+        return None
+    if not qr:
+        raise UserError("--real-queries needs --qrels (TSV: query-id, corpus-id, score) to be scored")
+    qrels = read_qrels(Path(qr))
+    ids, texts = [], []
+    for r in read_jsonl(Path(rq)):
+        qid = str(r.get("_id") or r.get("id") or "")
+        text = str(r.get("text") or r.get("query") or "")
+        if qid in qrels and text:
+            ids.append(qid)
+            texts.append(text)
+    if not ids:
+        raise UserError(f"no query in {rq} has an id in {qr}; the files must share query ids")
+    return BeirDataset("real", heldout.corpus_ids, heldout.corpus_texts, ids, texts, qrels)
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    from ..encoding import Encoder
+
+    ec = ctx.cfg.evaluate
+    spec = ctx.spec()
+    ks = sorted(int(k) for k in ec.k_values)
+    top = max(ks)
+    tuned_dir = ctx.path("train/model")
+    heldout = load_beir(ctx.path("split/eval_beir"), "test", "heldout")
+    datasets: list[tuple[BeirDataset, str]] = [(heldout, str(ctx.path("split/eval_beir")))]
+    real = _real_queries(ctx, heldout)
+    if real is not None:
+        datasets.append((real, str(ctx.extra["real_queries"])))
+    names = {"heldout", "real"}
+    for p in ctx.extra.get("dataset") or []:
+        ds = load_beir(Path(p))
+        while ds.name in names:
+            ds.name += "_"
+        names.add(ds.name)
+        datasets.append((ds, str(p)))
+
+    base = Encoder(spec, batch_size=int(ec.batch_size))
+    tuned = Encoder(spec, tuned_dir, batch_size=int(ec.batch_size))
+    report: dict[str, Any] = {"datasets": {}, "k_values": ks, "spec": spec.to_dict(),
+                              "tuned_model": str(tuned_dir), "base_model": spec.model_path}
+    for ds, path in datasets:
+        ctx.log(f"{ds.name}: {len(ds.query_ids)} queries over {len(ds.corpus_ids)} passages")
+        entry: dict[str, Any] = {"info": {"queries": len(ds.query_ids), "corpus": len(ds.corpus_ids), "path": path}}
+        for label, enc in (("base", base), ("tuned", tuned)):
+            run_ = dense_run(ds, lambda t, kind, e=enc: e.encode(t, kind), top)
+            entry[label] = beir_evaluate(ds.qrels, run_, ks)
+        if bool(ec.bm25):
+            entry["bm25"] = beir_evaluate(ds.qrels, bm25_run(ds, top), ks)
+        report["datasets"][ds.name] = entry
+
+    # ---- quality gate on the held-out split
+    g = ec.gate
+    metric = str(g.metric)
+    b = report["datasets"]["heldout"]["base"].get(metric)
+    t = report["datasets"]["heldout"]["tuned"].get(metric)
+    if b is None or t is None:
+        raise UserError(f"evaluate.gate.metric={metric!r} is not computed; use one of "
+                        f"{sorted(report['datasets']['heldout']['base'])}")
+    tol = float(g.tolerance)
+    if not bool(g.enabled):
+        passed, reason = True, "gate disabled (evaluate.gate.enabled=false)"
+    elif t >= b - tol:
+        passed, reason = True, f"tuned {metric} {t:.4f} >= base {b:.4f} - tolerance {tol}"
+    else:
+        passed, reason = False, (f"tuned {metric} {t:.4f} is below base {b:.4f} by {b - t:.4f}, more than the tolerance "
+                                 f"{tol}; check the training data, learning rate and temperature (train/metrics.jsonl)")
+    report["gate"] = {"passed": passed, "metric": metric, "base": b, "tuned": t, "tolerance": tol, "reason": reason}
+
+    # ---- live endpoint: drift vs the checkpoint, and its own metrics
+    endpoint_ok = True
+    if ctx.extra.get("endpoint"):
+        endpoint_ok = _check_endpoint(ctx, str(ctx.extra["endpoint"]), heldout, tuned, report, ks, top)
+
+    atomic_write_json(ctx.dir / "report.json", report)
+    write_markdown(ctx.dir / "report.md", report)
+    write_curves(ctx.dir / "curves.png", report, ctx.path("train/metrics.jsonl"))
+    h = report["datasets"]["heldout"]
+    counts = {"queries": len(heldout.query_ids), "base_ndcg@10": round(h["base"]["ndcg@10"], 4),
+              "tuned_ndcg@10": round(h["tuned"]["ndcg@10"], 4),
+              "bm25_ndcg@10": round(h["bm25"]["ndcg@10"], 4) if "bm25" in h else None,
+              "gate_passed": passed, "datasets": list(report["datasets"])}
+    if "endpoint" in report:
+        counts["endpoint_max_drift"] = report["endpoint"]["max_drift"]
+    ctx.log(f"held-out nDCG@10: base {counts['base_ndcg@10']}, tuned {counts['tuned_ndcg@10']}, "
+            f"bm25 {counts['bm25_ndcg@10']}; gate {'passed' if passed else 'FAILED'}")
+    if not passed:
+        raise QualityGateFailed(f"quality gate failed: {reason}; see {ctx.dir / 'report.md'}", counts)
+    if not endpoint_ok:
+        ep = report["endpoint"]
+        raise QualityGateFailed(f"endpoint {ep['url']} drifts from the checkpoint: max(1 - cosine) {ep['max_drift']:.2e} "
+                                f"> tolerance {ep['tolerance']:.0e}; is it serving {tuned_dir} with the same spec?", counts)
+    return counts
+
+
+def _check_endpoint(ctx: StageContext, url: str, heldout: BeirDataset, tuned, report: dict, ks, top) -> bool:
+    import numpy as np
+
+    from .endpoint import EndpointEncoder, api_key_from_env, max_cosine_drift
+
+    e = ctx.cfg.evaluate.endpoint
+    enc = EndpointEncoder(url, str(ctx.cfg.model.served_name), int(e.batch_size), float(e.timeout_s),
+                          api_key_from_env(e.get("api_key_env")))
+    try:
+        n = int(e.max_texts)
+        drifts = []
+        for texts, kind in ((heldout.query_texts[:n], "query"), (heldout.corpus_texts[:n], "passage")):
+            drifts.append(max_cosine_drift(enc.encode(texts, kind), tuned.encode(texts, kind)))
+        drift = float(max(drifts))
+        tol = float(e.tolerance)
+        report["endpoint"] = {"url": enc.url, "model": enc.model, "max_drift": drift, "tolerance": tol,
+                              "passed": drift <= tol,
+                              "texts_compared": len(heldout.query_texts[:n]) + len(heldout.corpus_texts[:n])}
+        if bool(e.metrics):
+            run_ = dense_run(heldout, lambda t, kind: enc.encode(t, kind), top)
+            report["datasets"]["heldout"]["endpoint"] = beir_evaluate(heldout.qrels, run_, ks)
+        return bool(drift <= tol) and bool(np.isfinite(drift))
+    finally:
+        enc.close()

@@ -1,0 +1,170 @@
+"""Evaluation: metrics match pytrec_eval, the report, the gate failing on a worse model (exit 3),
+extra BEIR datasets, and drift of a live /v1/embeddings endpoint served on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from domain_embed.config import EncodingSpec, load_config
+from domain_embed.errors import QualityGateFailed
+from domain_embed.evaluate.metrics import evaluate as beir_evaluate
+from domain_embed.rundir import atomic_write_json, run_stage, sha256_path
+from domain_embed.stages import STAGES
+from split_fixture import write_split
+
+CLI = str(Path(sys.executable).parent / "domain-embed")
+SMALL = ["model.max_query_length=32", "model.max_passage_length=64"]
+
+
+def test_metrics_match_pytrec_eval():
+    pytrec_eval = pytest.importorskip("pytrec_eval")
+    rng = np.random.default_rng(0)
+    docs = [f"d{i}" for i in range(60)]
+    qrels = {f"q{i}": {d: int(rng.integers(1, 3)) for d in rng.choice(docs, size=int(rng.integers(1, 6)), replace=False)}
+             for i in range(25)}
+    run = {q: {d: float(rng.random()) for d in rng.choice(docs, size=40, replace=False)} for q in qrels}
+    ks = [1, 5, 10, 100]
+    ours = beir_evaluate(qrels, run, ks)
+    measures = {f"ndcg_cut.{','.join(map(str, ks))}", f"recall.{','.join(map(str, ks))}",
+                f"map_cut.{','.join(map(str, ks))}", f"P.{','.join(map(str, ks))}"}
+    ref = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)
+    for k in ks:
+        for ours_key, ref_key in ((f"ndcg@{k}", f"ndcg_cut_{k}"), (f"recall@{k}", f"recall_{k}"),
+                                  (f"map@{k}", f"map_cut_{k}"), (f"precision@{k}", f"P_{k}")):
+            want = np.mean([ref[q][ref_key] for q in qrels])
+            assert ours[ours_key] == pytest.approx(want, abs=1e-9), ours_key
+    assert 0 < ours["ndcg@10"] < 1  # not a degenerate case
+
+
+def _install_model(run: Path, model, spec: EncodingSpec) -> None:
+    """Put ``model`` at train/model with a manifest, as the train stage would."""
+    from transformers import AutoTokenizer
+
+    from domain_embed.train.model_dir import save_model_dir
+
+    tok = AutoTokenizer.from_pretrained(spec.model_path)
+    save_model_dir(model, tok, spec, run / "train" / "model", {"base_model_name": "test"})
+    atomic_write_json(run / "train" / "manifest.json", {"stage": "train", "inputs": {}, "counts": {},
+                                                        "outputs": {"train/model": sha256_path(run / "train" / "model")}})
+
+
+@pytest.fixture(scope="module")
+def spec_small():
+    return EncodingSpec.from_config(load_config(None, SMALL, save=False))
+
+
+@pytest.fixture
+def run_same_as_base(tmp_path, spec_small) -> Path:
+    from transformers import AutoModel
+
+    run = write_split(tmp_path / "run")
+    load_config(run, SMALL)
+    _install_model(run, AutoModel.from_pretrained(spec_small.model_path), spec_small)
+    return run
+
+
+def test_gate_fails_with_exit_3_on_a_randomly_initialised_model(tmp_path, spec_small):
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    run = write_split(tmp_path / "run")
+    load_config(run, SMALL)
+    torch.manual_seed(0)
+    _install_model(run, AutoModel.from_config(AutoConfig.from_pretrained(spec_small.model_path)), spec_small)
+    p = subprocess.run([CLI, "evaluate", "--run-dir", str(run), "--quiet"], capture_output=True, text=True,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert p.returncode == 3, p.stderr[-2000:]
+    assert "quality gate failed" in p.stderr and "ndcg@10" in p.stderr
+    rep = json.loads((run / "eval" / "report.json").read_text())
+    g = rep["gate"]
+    assert g["passed"] is False and g["tuned"] < g["base"] - g["tolerance"] and "below base" in g["reason"]
+    assert "FAILED" in (run / "eval" / "report.md").read_text()
+    man = json.loads((run / "eval" / "manifest.json").read_text())
+    assert man["counts"]["gate_passed"] is False
+
+
+def test_report_base_tuned_bm25_and_extra_dataset(run_same_as_base):
+    run = run_same_as_base
+    p = subprocess.run([CLI, "evaluate", "--run-dir", str(run), "--quiet", "--dataset", str(run / "split" / "val_beir")],
+                       capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    rep = json.loads((run / "eval" / "report.json").read_text())
+    assert set(rep["datasets"]) == {"heldout", "val_beir"}
+    held = rep["datasets"]["heldout"]
+    for system in ("base", "tuned", "bm25"):
+        assert {f"{m}@{k}" for m in ("ndcg", "recall", "map", "precision") for k in (1, 5, 10, 100)} <= set(held[system])
+    # same weights, same spec: identical numbers; the gate passes
+    assert held["tuned"] == pytest.approx(held["base"])
+    assert rep["gate"]["passed"] is True
+    assert held["base"]["ndcg@10"] > 0.3, "MiniLM should find these passages"
+    png = (run / "eval" / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert "| ndcg@10 |" in (run / "eval" / "report.md").read_text()
+
+
+class _EmbeddingServer:
+    """A tiny /v1/embeddings server over a model directory (the real gateway is tested in tests/serve)."""
+
+    def __init__(self, spec: EncodingSpec, model_dir: Path, noise: float = 0.0):
+        from domain_embed.encoding import Encoder
+
+        enc = Encoder(spec, model_dir, device="cpu")
+        rng = np.random.default_rng(0)
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+                emb = enc.encode(texts, body["input_type"])
+                if noise:
+                    emb = emb + noise * rng.normal(size=emb.shape).astype(np.float32)
+                out = json.dumps({"object": "list", "model": body["model"],
+                                  "data": [{"object": "embedding", "index": i, "embedding": e.tolist()}
+                                           for i, e in enumerate(emb)],
+                                  "usage": {"prompt_tokens": 0, "total_tokens": 0}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.parametrize("noise,ok", [(0.0, True), (0.05, False)])
+def test_live_endpoint_drift(run_same_as_base, spec_small, noise, ok):
+    run = run_same_as_base
+    srv = _EmbeddingServer(spec_small, run / "train" / "model", noise)
+    try:
+        cfg = load_config(run, [], save=False)
+        if ok:
+            m = run_stage(STAGES["evaluate"], run, cfg, STAGES, quiet=True, extra={"endpoint": srv.url})
+            assert m["counts"]["endpoint_max_drift"] < 1e-4
+            rep = json.loads((run / "eval" / "report.json").read_text())
+            assert rep["endpoint"]["passed"] and rep["datasets"]["heldout"]["endpoint"]["ndcg@10"] == pytest.approx(
+                rep["datasets"]["heldout"]["tuned"]["ndcg@10"], abs=1e-6)
+        else:
+            with pytest.raises(QualityGateFailed, match="drifts from the checkpoint"):
+                run_stage(STAGES["evaluate"], run, cfg, STAGES, quiet=True, extra={"endpoint": srv.url})
+            rep = json.loads((run / "eval" / "report.json").read_text())
+            assert rep["endpoint"]["passed"] is False and rep["endpoint"]["max_drift"] > 1e-3
+    finally:
+        srv.close()
