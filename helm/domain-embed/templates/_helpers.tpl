@@ -1,0 +1,214 @@
+{{/* Names ------------------------------------------------------------------------------ */}}
+{{- define "de.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "de.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "de.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "de.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "de.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "de.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "de.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "de.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "de.servingSelectorLabels" -}}
+{{ include "de.selectorLabels" . }}
+app.kubernetes.io/component: serving
+{{- end -}}
+
+{{/* Run identity ------------------------------------------------------------------------
+The run name is a hash of .Values.pipeline.run only (corpus, base model, LLM, hyperparameters,
+revision). toJson sorts map keys, so the hash is stable. Scale-out knobs (nodes, GPUs,
+launcher) live outside pipeline.run and do not rename the run. */}}
+{{- define "de.runName" -}}
+{{- printf "r-%s" (toJson .Values.pipeline.run | sha256sum | trunc 10) -}}
+{{- end -}}
+
+{{- define "de.runDir" -}}
+{{- printf "/data/runs/%s" (include "de.runName" .) -}}
+{{- end -}}
+
+{{/* Images: a digest wins over the tag; a tag is always required. */}}
+{{- define "de.image" -}}
+{{- $img := index .root.Values.images .name -}}
+{{- $tag := required (printf "images.%s.tag is required (pin a full version)" .name) $img.tag -}}
+{{- if $img.digest -}}
+{{- printf "%s@%s" $img.repository $img.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $img.repository $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Job names carry the run name, so a retune creates new Jobs instead of mutating old ones. */}}
+{{- define "de.jobName" -}}
+{{- printf "%s-%s-%s" (include "de.fullname" .root | trunc 30 | trimSuffix "-") .stage (include "de.runName" .root) -}}
+{{- end -}}
+
+{{- define "de.claimName" -}}
+{{- default (printf "%s-data" (include "de.fullname" .)) .Values.storage.existingClaim -}}
+{{- end -}}
+
+{{/* Hydra overrides for every stage: the pipeline.run values as key=value arguments. */}}
+{{- define "de.hydraOverrides" -}}
+{{- $r := .Values.pipeline.run -}}
+- {{ printf "name=%s" (include "de.runName" .) | quote }}
+- {{ printf "model=%s" $r.modelConfig | quote }}
+- {{ printf "model.path=%s" $r.baseModelPath | quote }}
+- {{ printf "corpus.path=%s" $r.corpusPath | quote }}
+- "llm=nim"
+{{- if eq $r.llm.mode "nim" }}
+- {{ printf "llm.base_url=%s" $r.llm.nimUrl | quote }}
+{{- else }}
+- "llm.base_url=https://integrate.api.nvidia.com/v1"
+{{- end }}
+- {{ printf "llm.model=%s" $r.llm.model | quote }}
+{{- range $k, $v := $r.overrides }}
+- {{ printf "%s=%v" $k $v | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* Pod-level boilerplate shared by every pod. */}}
+{{- define "de.podCommon" -}}
+serviceAccountName: {{ include "de.serviceAccountName" . }}
+automountServiceAccountToken: false
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- with .Values.images.pullSecrets }}
+imagePullSecrets:
+{{- range . }}
+  - name: {{ . }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "de.containerSecurity" -}}
+securityContext:
+  {{- toYaml .Values.containerSecurityContext | nindent 2 }}
+{{- end -}}
+
+{{/* Environment every Python container gets: no bytecode on a read-only root, HOME on /tmp,
+and no hub downloads at run time. */}}
+{{- define "de.pythonEnv" -}}
+- name: PYTHONDONTWRITEBYTECODE
+  value: "1"
+- name: PYTHONUNBUFFERED
+  value: "1"
+- name: HOME
+  value: /tmp
+- name: HF_HUB_OFFLINE
+  value: "1"
+- name: TRANSFORMERS_OFFLINE
+  value: "1"
+{{- end -}}
+
+{{/* An init container that waits for an upstream stage's manifest.json on the volume.
+Args: root, stage (the upstream stage folder), image (images key). */}}
+{{- define "de.waitFor" -}}
+- name: wait-{{ .stage }}
+  image: {{ include "de.image" (dict "root" .root "name" (default "pipeline" .image)) }}
+  imagePullPolicy: {{ .root.Values.images.pullPolicy }}
+  command: ["python", "/scripts/model_repo.py", "wait",
+            "--path", {{ printf "%s/%s/manifest.json" (include "de.runDir" .root) .stage | quote }},
+            {{- if .gate }}
+            "--gate-report", {{ printf "%s/eval/report.json" (include "de.runDir" .root) | quote }},
+            {{- end }}
+            "--timeout", {{ .root.Values.pipeline.waitTimeoutSeconds | quote }}]
+  env:
+    {{- include "de.pythonEnv" .root | nindent 4 }}
+  {{- include "de.containerSecurity" .root | nindent 2 }}
+  resources:
+    requests: {cpu: 50m, memory: 64Mi, ephemeral-storage: 64Mi}
+    limits: {cpu: 200m, memory: 128Mi, ephemeral-storage: 128Mi}
+  volumeMounts:
+    - {name: data, mountPath: /data, readOnly: true}
+    - {name: scripts, mountPath: /scripts, readOnly: true}
+    - {name: tmp, mountPath: /tmp}
+{{- end -}}
+
+{{/* A pipeline stage container. Args: root, name, image, command (list), resources, extraEnv. */}}
+{{- define "de.stageContainer" -}}
+- name: {{ .name }}
+  image: {{ include "de.image" (dict "root" .root "name" (default "pipeline" .image)) }}
+  imagePullPolicy: {{ .root.Values.images.pullPolicy }}
+  command:
+    {{- toYaml .command | nindent 4 }}
+  args:
+    - "--run-dir"
+    - {{ include "de.runDir" .root | quote }}
+    {{- include "de.hydraOverrides" .root | nindent 4 }}
+    {{- with .extraArgs }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  env:
+    {{- include "de.pythonEnv" .root | nindent 4 }}
+    {{- if eq .root.Values.pipeline.run.llm.mode "buildNvidia" }}
+    - name: NVIDIA_API_KEY
+      valueFrom:
+        secretKeyRef:
+          name: {{ required "secrets.nvidiaApiKey.existingSecret is required when pipeline.run.llm.mode=buildNvidia" .root.Values.secrets.nvidiaApiKey.existingSecret }}
+          key: {{ .root.Values.secrets.nvidiaApiKey.key }}
+    {{- end }}
+    {{- with .extraEnv }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- include "de.containerSecurity" .root | nindent 2 }}
+  resources:
+    {{- toYaml .resources | nindent 4 }}
+  volumeMounts:
+    - {name: data, mountPath: /data}
+    - {name: tmp, mountPath: /tmp}
+    - {name: shm, mountPath: /dev/shm}
+{{- end -}}
+
+{{- define "de.pipelineVolumes" -}}
+- name: data
+  persistentVolumeClaim:
+    claimName: {{ include "de.claimName" . }}
+- name: scripts
+  configMap:
+    name: {{ include "de.fullname" . }}-scripts
+    defaultMode: 0555
+- name: tmp
+  emptyDir:
+    sizeLimit: 4Gi
+- name: shm
+  emptyDir:
+    medium: Memory
+    sizeLimit: 8Gi
+{{- end -}}
+
+{{- define "de.pipelineLabels" -}}
+{{ include "de.labels" .root }}
+app.kubernetes.io/component: pipeline
+domain-embed/run: {{ include "de.runName" .root }}
+domain-embed/stage: {{ .stage }}
+{{- end -}}
