@@ -81,3 +81,19 @@ class GatewayThread:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def helpers():
+    """GatewayThread and free_port for test modules (importlib mode cannot import conftest directly)."""
+    import types
+
+    return types.SimpleNamespace(GatewayThread=GatewayThread, free_port=free_port)

@@ -1,0 +1,265 @@
+"""The NIM-compatible API against the real tritonserver and real gateways on 127.0.0.1.
+
+One Triton for the module; several gateways (default, API key, tiny body, tiny queue) share it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+
+import httpx
+import numpy as np
+import pytest
+
+from domain_embed.serve.app import create_app
+from domain_embed.serve.settings import ServeSettings
+from domain_embed.serve.triton_process import TritonProcess
+
+
+MODEL = "domain-embed-minilm"
+LONG = " ".join(f"word{i} and more text about vacuum" for i in range(80))  # well over 256 tokens
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _helpers(helpers):
+    global GatewayThread, free_port
+    GatewayThread, free_port = helpers.GatewayThread, helpers.free_port
+
+
+@pytest.fixture(scope="module")
+def triton(_helpers, exported_run, tmp_path_factory):
+    t = TritonProcess(exported_run / "triton", free_port(), free_port(), free_port(),
+                      log_path=tmp_path_factory.mktemp("triton") / "tritonserver.log").start()
+    try:
+        t.wait_ready()
+        yield t
+    finally:
+        t.stop()
+
+
+def _settings(triton, **kw) -> ServeSettings:
+    s = ServeSettings(served_name=MODEL, triton_url=triton.url, **kw)
+    return s
+
+
+@pytest.fixture(scope="module")
+def gateway(triton, served_spec):
+    with GatewayThread(create_app(_settings(triton), served_spec), free_port()) as g:
+        yield g
+
+
+@pytest.fixture(scope="module")
+def http(gateway):
+    with httpx.Client(base_url=gateway.url, timeout=60) as c:
+        yield c
+
+
+def embed(http, **body):
+    body.setdefault("model", MODEL)
+    return http.post("/v1/embeddings", json=body)
+
+
+def vecs(resp) -> np.ndarray:
+    assert resp.status_code == 200, resp.text
+    return np.asarray([d["embedding"] for d in resp.json()["data"]], dtype=np.float32)
+
+
+def assert_error(resp, status: int, *words: str):
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert isinstance(body["message"], str) and body["message"]
+    for w in words:
+        assert w in body["message"], body["message"]
+
+
+# ------------------------------------------------------------------ clients and vectors
+def test_openai_client_model_suffix_and_extra_body(gateway, reference_encoder):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0)
+    texts = ["How do I create an index concurrently?", "What does VACUUM FULL lock?"]
+    r = client.embeddings.create(model=f"{MODEL}-query", input=texts)  # the client asks for base64 by default
+    got = np.asarray([d.embedding for d in r.data], dtype=np.float32)
+    ref = reference_encoder.encode_queries(texts)
+    assert got.shape == (2, 384)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-4)
+    assert (got * ref).sum(1).min() > 0.999
+    assert r.usage.prompt_tokens == sum(len(reference_encoder.tokenize([t], "query")["input_ids"][0]) for t in texts)
+
+    r = client.embeddings.create(model=MODEL, input="VACUUM reclaims storage.", encoding_format="float",
+                                 extra_body={"input_type": "passage"})
+    ref = reference_encoder.encode_passages(["VACUUM reclaims storage."])[0]
+    assert float(np.asarray(r.data[0].embedding) @ ref) > 0.999
+    assert r.model == MODEL and r.data[0].index == 0
+
+
+def test_base64_decodes_to_the_float_vectors(http):
+    texts = ["alpha", "beta gamma", ""]
+    f = vecs(embed(http, input=texts, input_type="passage"))
+    r = embed(http, input=texts, input_type="passage", encoding_format="base64")
+    assert r.status_code == 200
+    b = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in r.json()["data"]])
+    np.testing.assert_array_equal(b, f)
+
+
+def test_dimensions_truncate_then_renormalise(http):
+    full = vecs(embed(http, input=["checkpoint tuning"], input_type="query"))[0]
+    for d in (256, 64):
+        small = vecs(embed(http, input=["checkpoint tuning"], input_type="query", dimensions=d))[0]
+        assert small.shape == (d,)
+        assert abs(float(np.linalg.norm(small)) - 1) < 1e-5
+        np.testing.assert_allclose(small, full[:d] / np.linalg.norm(full[:d]), atol=1e-6)
+    assert_error(embed(http, input=["x"], input_type="query", dimensions=385), 400, "385", "384")
+
+
+def test_truncate_none_start_end(http, reference_encoder):
+    import torch
+
+    from domain_embed.encoding import pool
+
+    assert_error(embed(http, input=["ok", LONG], input_type="passage", truncate="NONE"), 400, "256", "input 1")
+    assert_error(embed(http, input=[LONG], input_type="passage"), 400, "256")  # NONE is the default, as in NIM
+    tok = reference_encoder.tokenizer
+    n_full = len(tok("passage: " + LONG)["input_ids"])
+    msg = embed(http, input=[LONG], input_type="passage", truncate="NONE").json()["message"]
+    assert str(n_full) in msg
+
+    end = embed(http, input=[LONG], input_type="passage", truncate="END")
+    assert end.json()["usage"]["prompt_tokens"] == 256
+    ref_end = reference_encoder.encode_passages([LONG])[0]  # HF truncation keeps the start
+    assert float(vecs(end)[0] @ ref_end) > 0.999
+
+    start = embed(http, input=[LONG], input_type="passage", truncate="START")
+    assert start.json()["usage"]["prompt_tokens"] == 256
+    prefix = tok("passage: ", add_special_tokens=False)["input_ids"]
+    body = tok(LONG, add_special_tokens=False)["input_ids"]
+    ids = [tok.cls_token_id, *prefix, *body[-(256 - 2 - len(prefix)):], tok.sep_token_id]
+    t = torch.tensor([ids])
+    with torch.inference_mode():
+        h = reference_encoder.model(input_ids=t, attention_mask=torch.ones_like(t)).last_hidden_state
+        ref_start = pool(h, torch.ones_like(t)).numpy()[0]
+    assert float(vecs(start)[0] @ ref_start) > 0.999
+    assert float(vecs(start)[0] @ ref_end) < 0.999  # the two ends really differ
+
+
+def test_usage_counts_tokens_truthfully(http, reference_encoder):
+    texts = ["one", "two words", "a longer sentence with several more tokens in it"]
+    r = embed(http, input=texts, input_type="query")
+    want = sum(len(reference_encoder.tokenize([t], "query")["input_ids"][0]) for t in texts)
+    assert r.json()["usage"] == {"prompt_tokens": want, "total_tokens": want}
+
+
+def test_list_over_tritons_batch_is_split_and_kept_in_order(http, reference_encoder):
+    texts = [f"item number {i} about replication slots" for i in range(100)]  # Triton max_batch_size is 64
+    got = vecs(embed(http, input=texts, input_type="passage"))
+    ref = reference_encoder.encode_passages(texts)
+    assert got.shape == (100, 384) and (got * ref).sum(1).min() > 0.999
+
+
+# ------------------------------------------------------------------ errors
+def test_bad_input_errors_are_json(http):
+    assert_error(embed(http, input=[], input_type="query"), 400, "empty")
+    assert_error(embed(http, input=["x"]), 400, "input_type")
+    assert_error(embed(http, input=["x"], model=f"{MODEL}-query", input_type="passage"), 400, "suffix")
+    assert_error(embed(http, input=["x"] * 129, input_type="query"), 400, "128")
+    assert_error(embed(http, input=["x"], model="someone-else", input_type="query"), 404, MODEL)
+    assert_error(embed(http, input=[1, 2], input_type="query"), 422, "input")
+    assert_error(http.post("/v1/embeddings", json={"input": "x"}), 422, "model")
+    assert_error(embed(http, input="x", input_type="document"), 422, "input_type")
+    assert_error(embed(http, input="x", input_type="query", truncate="MIDDLE"), 422, "truncate")
+    assert_error(http.post("/v1/embeddings", content=b"{not json", headers={"content-type": "application/json"}), 422)
+
+
+def test_api_key_401(triton, served_spec, monkeypatch):
+    monkeypatch.setenv("DE_TEST_GATEWAY_KEY", "s3cret")
+    with GatewayThread(create_app(_settings(triton, api_key_env="DE_TEST_GATEWAY_KEY"), served_spec), free_port()) as g:
+        body = {"input": "x", "model": MODEL, "input_type": "query"}
+        assert_error(httpx.post(f"{g.url}/v1/embeddings", json=body), 401, "API key")
+        assert_error(httpx.post(f"{g.url}/v1/embeddings", json=body, headers={"Authorization": "Bearer wrong"}), 401)
+        ok = httpx.post(f"{g.url}/v1/embeddings", json=body, headers={"Authorization": "Bearer s3cret"}, timeout=60)
+        assert ok.status_code == 200
+        assert httpx.get(f"{g.url}/v1/health/live").status_code == 200  # probes need no key
+
+
+def test_body_too_large_413(triton, served_spec):
+    with GatewayThread(create_app(_settings(triton, max_body_bytes=2000), served_spec), free_port()) as g:
+        body = {"input": ["y" * 3000], "model": MODEL, "input_type": "query"}
+        assert_error(httpx.post(f"{g.url}/v1/embeddings", json=body), 413, "2000")
+
+        def chunked():  # no Content-Length: the body is counted as it arrives
+            yield b'{"input": ["'
+            for _ in range(10):
+                yield b"z" * 500
+            yield b'"], "model": "m"}'
+
+        r = httpx.post(f"{g.url}/v1/embeddings", content=chunked(), headers={"content-type": "application/json"})
+        assert_error(r, 413)
+
+
+def test_queue_full_429_with_retry_after(triton, served_spec):
+    with GatewayThread(create_app(_settings(triton, max_queue=1, retry_after_s=2), served_spec), free_port()) as g:
+        body = {"input": [LONG[:1000]] * 64, "model": MODEL, "input_type": "passage", "truncate": "END"}
+
+        async def burst():
+            async with httpx.AsyncClient(timeout=120) as c:
+                return await asyncio.gather(*[c.post(f"{g.url}/v1/embeddings", json=body) for _ in range(6)])
+
+        rs = asyncio.run(burst())
+        codes = sorted(r.status_code for r in rs)
+        assert 200 in codes and 429 in codes, codes
+        full = next(r for r in rs if r.status_code == 429)
+        assert full.headers["retry-after"] == "2"
+        assert_error(full, 429, "queue")
+
+
+def test_triton_unreachable_gives_503_and_not_ready(served_spec, _helpers):
+    s = ServeSettings(served_name=MODEL, triton_url=f"127.0.0.1:{free_port()}", request_timeout_s=5)
+    with GatewayThread(create_app(s, served_spec), free_port()) as g:
+        assert httpx.get(f"{g.url}/v1/health/live").status_code == 200
+        assert_error(httpx.get(f"{g.url}/v1/health/ready", timeout=30), 503, "not ready")
+        r = httpx.post(f"{g.url}/v1/embeddings", json={"input": "x", "model": MODEL, "input_type": "query"}, timeout=30)
+        assert_error(r, 503, "unavailable")
+        assert "retry-after" in r.headers
+
+
+# ------------------------------------------------------------------ other endpoints
+def test_models_health_metrics(http):
+    m = http.get("/v1/models").json()
+    assert m["data"][0]["id"] == MODEL and m["data"][0]["dimensions"] == 384
+    assert http.get("/v1/health/live").status_code == 200
+    assert http.get("/v1/health/ready").json()["message"] == "ready"
+    embed(http, input=["metrics please", "two"], input_type="query")
+    text = http.get("/v1/metrics").text
+    assert 'embed_requests_total{route="/v1/embeddings",status="200"}' in text
+    assert 'embed_requests_total{route="/v1/embeddings",status="400"}' in text
+    for name in ("embed_request_latency_seconds_bucket", "embed_batch_size_bucket", "embed_tokens_total",
+                 "embed_queue_depth", "embed_triton_up 1.0"):
+        assert name in text
+    tokens = [ln for ln in text.splitlines() if ln.startswith("embed_tokens_total")]
+    assert float(tokens[0].split()[-1]) > 0
+
+
+def test_fuzz_openapi_finds_no_5xx(gateway):
+    """schemathesis generates requests from the gateway's own OpenAPI; none may produce a 5xx."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+
+    schema = schemathesis.openapi.from_url(f"{gateway.url}/openapi.json")
+    seen = []
+    for path, method in (("/v1/embeddings", "POST"), ("/v1/models", "GET"), ("/v1/health/ready", "GET")):
+        op = schema[path][method]
+
+        @given(case=op.as_strategy())
+        @settings(max_examples=40 if method == "POST" else 5, deadline=None, derandomize=True,
+                  suppress_health_check=list(HealthCheck))
+        def check(case):
+            r = case.call(base_url=gateway.url, timeout=60)
+            seen.append(r.status_code)
+            assert r.status_code < 500, (case.body, r.text)
+            if r.status_code >= 400:
+                assert "message" in r.json()
+
+        check()
+    assert len(seen) >= 40
