@@ -71,10 +71,19 @@ def _server_argv(cfg: DictConfig, host: str, port: int, ready_file: Path | None)
         "--ctx-size", str(int(loc.ctx_size)),
         "--n-parallel", str(int(loc.n_parallel)),
         "--threads", str(int(loc.threads)),
+        "--poll", str(int(loc.get("poll", 0))),
     ]
     if ready_file is not None:
         argv += ["--ready-file", str(ready_file)]
     return argv
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM it when the parent dies (even by SIGKILL)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _get(url: str, timeout: float = 2.0) -> int:
@@ -126,7 +135,7 @@ def start_local_server(cfg: DictConfig, host: str | None = None, port: int | Non
     log = open(log_path, "ab")
     env = dict(os.environ)
     proc = subprocess.Popen(_server_argv(cfg, host, port, ready), stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, env=env)
+                            stdin=subprocess.DEVNULL, env=env, preexec_fn=_die_with_parent)
     log.close()
     deadline = time.monotonic() + float(loc.startup_timeout_s)
     address = None
@@ -194,6 +203,7 @@ def _child(argv: list[str] | None = None) -> int:
     ap.add_argument("--ctx-size", type=int, default=4096)
     ap.add_argument("--n-parallel", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--poll", type=int, default=0, help="busy-wait level 0..100 of llama.cpp's threads")
     ap.add_argument("--ready-file", default=None)
     a = ap.parse_args(argv)
 
@@ -209,6 +219,10 @@ def _child(argv: list[str] | None = None) -> int:
     p.n_parallel = a.n_parallel
     p.cpuparams.n_threads = a.threads
     p.cpuparams_batch.n_threads = a.threads
+    # llama.cpp's threads spin while they wait (poll=50). On a shared CPU that is busy elsewhere,
+    # spinning threads preempt each other and generation slows 10-100x; poll=0 makes them sleep.
+    p.cpuparams.poll = a.poll
+    p.cpuparams_batch.poll = a.poll
     p.warmup = False
     stop = {"flag": False}
 
@@ -224,7 +238,9 @@ def _child(argv: list[str] | None = None) -> int:
         Path(tmp).write_text(address)
         os.replace(tmp, a.ready_file)
     print(json.dumps({"listening": address}), flush=True)
-    while not stop["flag"]:
+    parent = os.getppid()
+    # Besides PDEATHSIG (Linux only): stop when the process that started us is gone.
+    while not stop["flag"] and os.getppid() == parent:
         time.sleep(0.2)
     del server
     return 0

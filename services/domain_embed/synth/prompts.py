@@ -1,0 +1,166 @@
+"""Prompts for each query type, in two styles: chat (instruct models) and completion (base models).
+
+Few-shot examples come from the user's own corpus -- structure-derived (heading, section) pairs of
+*other* documents -- so that a small model imitates the form of the examples without copying one
+fixed topic into every query.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from typing import Any
+
+QUERY_TYPES = ("factual", "keyword", "procedural", "structural", "multi_hop")
+
+# Bump when prompts change: generations keyed under an older version are not reused on resume.
+PROMPT_VERSION = "3"
+
+INSTRUCTIONS = {
+    "factual": "Write one specific question that a user of this documentation would ask and that the passage "
+               "answers. Use your own words; do not copy sentences from the passage.",
+    "keyword": "Write a short search-box query (2 to 6 words, no question mark) that a user would type to find "
+               "this passage.",
+    "procedural": "Write one 'How do I ...' question about a task that the passage explains how to do.",
+    "structural": "Write one question about what this part of the documentation covers, naming its topic.",
+    "multi_hop": "Write one question that needs facts from BOTH passages to answer. Use your own words.",
+}
+
+QA_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "question": {"type": "string", "minLength": 2, "maxLength": 400},
+        "answer": {"type": "string", "maxLength": 1200},
+    },
+    "required": ["question"],
+}
+
+JUDGE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "relevance": {"type": "integer", "minimum": 1, "maximum": 10},
+        "answerability": {"type": "integer", "minimum": 1, "maximum": 10},
+        "clarity": {"type": "integer", "minimum": 1, "maximum": 10},
+    },
+    "required": ["relevance", "answerability", "clarity"],
+}
+
+SYSTEM = ("You write search queries for technical documentation. Answer with one JSON object "
+          '{"question": "...", "answer": "..."} and nothing else.')
+
+
+def _words(text: str, n: int) -> str:
+    w = text.split()
+    return " ".join(w[:n]) + (" ..." if len(w) > n else "")
+
+
+def _first_sentence(text: str, max_words: int = 30) -> str:
+    body = text.split("\n", 1)[-1]
+    m = re.search(r"(.+?[.!?])(\s|$)", body)
+    return _words(m.group(1) if m else body, max_words)
+
+
+def example_question(qtype: str, heading: str, title: str, other_heading: str | None = None) -> str:
+    """A clean question of ``qtype`` built from a heading: the shape we want the model to imitate."""
+    h = heading
+    if qtype == "keyword":
+        return h
+    if qtype == "procedural":
+        return f"How do I use {h} in {title}?" if title.lower() != h.lower() else f"How do I use {h}?"
+    if qtype == "structural":
+        return f"Which part of the {title} documentation describes {h}?"
+    if qtype == "multi_hop" and other_heading:
+        return f"How does {h} relate to {other_heading}?"
+    return f"What is {h}?"
+
+
+def build_examples(structure_rows: list[dict[str, Any]], chunks_by_id: dict[str, dict[str, Any]],
+                   qtype: str, exclude_doc: str, n: int, seed: int) -> list[dict[str, str]]:
+    """``n`` few-shot examples from documents other than ``exclude_doc``, chosen deterministically."""
+    pool = [r for r in structure_rows if r["doc_ids"][0] != exclude_doc and r["query_type"] == "heading"]
+    if not pool:
+        return []
+    rng = random.Random(f"{seed}:{qtype}:{exclude_doc}")
+    picks = rng.sample(pool, min(n, len(pool)))
+    out = []
+    for r in picks:
+        c = chunks_by_id[r["segment_ids"][0]]
+        other = None
+        passages = [_words(c["text"], 60)]
+        if qtype == "multi_hop":
+            same_doc = [q for q in pool if q["doc_ids"] == r["doc_ids"] and q is not r]
+            if same_doc:
+                o = rng.choice(same_doc)
+                other = o["question"]
+                passages.append(_words(chunks_by_id[o["segment_ids"][0]]["text"], 60))
+        out.append({
+            "passages": passages,
+            "question": example_question(qtype, r["question"], str(c.get("title") or ""), other),
+            "answer": _first_sentence(c["text"]),
+        })
+    return out
+
+
+def _passage_block(passages: list[str]) -> str:
+    if len(passages) == 1:
+        return f"Passage:\n{passages[0]}"
+    return "\n\n".join(f"Passage {i + 1}:\n{p}" for i, p in enumerate(passages))
+
+
+def chat_messages(qtype: str, passages: list[str], examples: list[dict[str, str]]) -> list[dict[str, str]]:
+    import json
+
+    msgs = [{"role": "system", "content": SYSTEM}]
+    for ex in examples:
+        msgs.append({"role": "user", "content": f"{_passage_block(ex['passages'])}\n\n{INSTRUCTIONS[qtype]}"})
+        msgs.append({"role": "assistant", "content": json.dumps({"question": ex["question"], "answer": ex["answer"]})})
+    msgs.append({"role": "user", "content": f"{_passage_block(passages)}\n\n{INSTRUCTIONS[qtype]}"})
+    return msgs
+
+
+COMPLETION_LABEL = {"factual": "Question", "keyword": "Search query", "procedural": "How-to question",
+                    "structural": "Question about this section", "multi_hop": "Question using both passages"}
+
+
+def completion_prompt(qtype: str, passages: list[str], examples: list[dict[str, str]]) -> str:
+    """Few-shot text for a base model; it continues after the label and stops at the newline."""
+    label = COMPLETION_LABEL[qtype]
+    parts = [f"Technical documentation passages, each with a {label.lower()} a user would ask.\n"]
+    for ex in examples:
+        parts.append(f"{_passage_block(ex['passages'])}\n{label}: {ex['question']}\n")
+    parts.append(f"{_passage_block(passages)}\n{label}:")
+    return "\n".join(parts)
+
+
+def judge_messages(question: str, passages: list[str]) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": "You grade search queries for a documentation search engine. Answer with one "
+                                      'JSON object {"relevance": n, "answerability": n, "clarity": n}, each 1 to 10.'},
+        {"role": "user", "content": f"{_passage_block(passages)}\n\nQuery: {question}\n\n"
+                                    "relevance: is the query about this passage? answerability: does the passage "
+                                    "answer it? clarity: is it a clear, self-contained query? Grade 1 to 10."},
+    ]
+
+
+def parse_judge(text: str) -> dict[str, int] | None:
+    """Scores from a judge answer: JSON if possible, else 'relevance: 7'-style text (tiny models ramble)."""
+    from ..llm.client import extract_json, validate
+
+    try:
+        obj = extract_json(text)
+        if isinstance(obj, dict) and validate(obj, JUDGE_SCHEMA) is None:
+            return {k: int(obj[k]) for k in ("relevance", "answerability", "clarity")}
+    except ValueError:
+        pass
+    out = {}
+    for k in ("relevance", "answerability", "clarity"):
+        m = re.search(rf"{k}\W{{0,4}}(\d{{1,2}})", text, re.I)
+        if m and 1 <= int(m.group(1)) <= 10:
+            out[k] = int(m.group(1))
+    return out if len(out) == 3 else None
+
+
+def request_seed(key: str) -> int:
+    """A per-request sampling seed, so a rerun of the same key asks for the same sample."""
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)

@@ -1,0 +1,99 @@
+"""The real local LLM server (llama.cpp from the xllamacpp wheel, SmolLM2-135M-Instruct GGUF)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from domain_embed.config import load_config
+from domain_embed.errors import UserError
+from domain_embed.llm.client import LLMClient
+from domain_embed.llm.server import local_llm
+
+
+@pytest.fixture(scope="module")
+def llm_url():
+    cfg = load_config(None, [], save=False)
+    with local_llm(cfg) as url:
+        yield url
+
+
+def test_real_server_answers_chat_completion(llm_url):
+    assert llm_url.startswith("http://127.0.0.1:") and llm_url.endswith("/v1")
+    models = httpx.get(f"{llm_url}/models", timeout=30).json()
+    assert any(m["id"] == "SmolLM2-135M-Instruct" for m in models["data"])
+
+    async def go():
+        async with LLMClient(llm_url, "SmolLM2-135M-Instruct", timeout_s=300) as c:
+            comp = await c.chat([{"role": "user", "content": "Name one SQL command."}], max_tokens=8, temperature=0)
+            return comp, c.stats
+    comp, stats = asyncio.run(go())
+    assert comp.text.strip()
+    assert 0 < comp.completion_tokens <= 8 and comp.prompt_tokens > 0
+    assert stats.requests == 1 and stats.completion_tokens == comp.completion_tokens
+
+
+def test_real_server_json_schema_answer(llm_url):
+    schema = {"type": "object", "properties": {"question": {"type": "string", "minLength": 2, "maxLength": 80}},
+              "required": ["question"]}
+
+    async def go():
+        async with LLMClient(llm_url, "SmolLM2-135M-Instruct", timeout_s=300, structured_output=True) as c:
+            return await c.chat_json([{"role": "user", "content": "Write a question about database indexes as JSON."}],
+                                     schema, max_tokens=40, temperature=0)
+    obj, _ = asyncio.run(go())
+    assert isinstance(obj["question"], str) and len(obj["question"]) >= 2
+
+
+def test_local_llm_stops_its_server():
+    cfg = load_config(None, [], save=False)
+    with local_llm(cfg) as url:
+        assert httpx.get(url.rsplit("/v1", 1)[0] + "/health", timeout=30).status_code == 200
+    with pytest.raises(httpx.TransportError):
+        httpx.get(url.rsplit("/v1", 1)[0] + "/health", timeout=5)
+
+
+def test_server_child_dies_with_its_parent(tmp_path):
+    """A killed pipeline must not leave a llama.cpp server behind (PDEATHSIG + parent watch)."""
+    code = ("import time; from domain_embed.config import load_config; from domain_embed.llm.server import "
+            "start_local_server as s; srv = s(load_config(None, [], save=False)); "
+            "print(srv.proc.pid, flush=True); time.sleep(600)")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child_pid = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child_pid, 0)
+        except ProcessLookupError:
+            break
+        # reap if it became our zombie (it is not our child, so just poll)
+        time.sleep(0.2)
+    else:
+        os.kill(child_pid, 9)
+        pytest.fail("the LLM server outlived its parent")
+
+
+def test_remote_without_key_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("DE_TEST_MISSING_KEY", raising=False)
+    cfg = load_config(None, ["llm=nim", "llm.api_key_env=DE_TEST_MISSING_KEY"], save=False)
+    with pytest.raises(UserError, match="DE_TEST_MISSING_KEY"):
+        with local_llm(cfg):
+            pass
+    monkeypatch.setenv("DE_TEST_MISSING_KEY", "k")
+    with local_llm(cfg) as url:
+        assert url == "https://integrate.api.nvidia.com/v1"
+
+
+def test_missing_weights_is_a_clear_error(tmp_path):
+    cfg = load_config(None, [f"llm.local.weights={tmp_path}/nope.gguf"], save=False)
+    with pytest.raises(UserError, match="not a file"):
+        with local_llm(cfg):
+            pass
