@@ -42,7 +42,7 @@ def main(run_dir: Path) -> int:
     from ..errors import UserError
     from ..evaluate.retrieval import load_beir
     from ..rundir import AppendLog, atomic_write_json, read_jsonl, sha256_path
-    from .batching import BatchPlan, PlannedBatches, load_examples
+    from .batching import BatchPlan, PlannedBatches, load_examples, make_collate
     from .bi_encoder import BiEncoder
     from .checkpointing import AtomicCheckpoints
     from .model_dir import save_model_dir
@@ -99,13 +99,7 @@ def main(run_dir: Path) -> int:
 
     tokenizer = AutoTokenizer.from_pretrained(spec.model_path)
 
-    def collate(queries, passages):
-        q = tokenizer([spec.query_prefix + t for t in queries], max_length=spec.max_query_length, truncation=True,
-                      padding=True, return_tensors="pt")
-        p = tokenizer([spec.passage_prefix + t for t in passages], max_length=spec.max_passage_length,
-                      truncation=True, padding=True, return_tensors="pt")
-        return {"q_input_ids": q["input_ids"], "q_attention_mask": q["attention_mask"],
-                "p_input_ids": p["input_ids"], "p_attention_mask": p["attention_mask"]}
+    collate = make_collate(tokenizer, spec)
 
     # Resume only from a checkpoint of this very config and these very inputs.
     fp_blob = json.dumps({"cfg": OmegaConf.to_container(cfg.train), "model": OmegaConf.to_container(cfg.model),
