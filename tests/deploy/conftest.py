@@ -67,7 +67,8 @@ def pod_specs(doc: dict[str, Any]) -> list[dict[str, Any]]:
         return [r["template"]["spec"] for r in spec["pytorchReplicaSpecs"].values()]
     if kind == "RayJob":
         rc = spec["rayClusterSpec"]
-        return [rc["headGroupSpec"]["template"]["spec"]] + [w["template"]["spec"] for w in rc["workerGroupSpecs"]]
+        return ([rc["headGroupSpec"]["template"]["spec"]] + [w["template"]["spec"] for w in rc["workerGroupSpecs"]]
+                + [spec["submitterPodTemplate"]["spec"]])
     return []
 
 
