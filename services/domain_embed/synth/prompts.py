@@ -15,7 +15,7 @@ from typing import Any
 QUERY_TYPES = ("factual", "keyword", "procedural", "structural", "multi_hop")
 
 # Bump when prompts change: generations keyed under an older version are not reused on resume.
-PROMPT_VERSION = "3"
+PROMPT_VERSION = "4"
 
 INSTRUCTIONS = {
     "factual": "Write one specific question that a user of this documentation would ask and that the passage "
@@ -48,6 +48,14 @@ JUDGE_SCHEMA: dict[str, Any] = {
 
 SYSTEM = ("You write search queries for technical documentation. Answer with one JSON object "
           '{"question": "...", "answer": "..."} and nothing else.')
+SYSTEM_NO_ANSWER = ("You write search queries for technical documentation. Answer with one JSON object "
+                    '{"question": "..."} and nothing else.')
+
+
+def qa_schema(with_answer: bool) -> dict[str, Any]:
+    if with_answer:
+        return {**QA_SCHEMA, "required": ["question", "answer"]}
+    return {"type": "object", "properties": {"question": QA_SCHEMA["properties"]["question"]}, "required": ["question"]}
 
 
 def _words(text: str, n: int) -> str:
@@ -76,7 +84,7 @@ def example_question(qtype: str, heading: str, title: str, other_heading: str | 
 
 
 def build_examples(structure_rows: list[dict[str, Any]], chunks_by_id: dict[str, dict[str, Any]],
-                   qtype: str, exclude_doc: str, n: int, seed: int) -> list[dict[str, str]]:
+                   qtype: str, exclude_doc: str, n: int, seed: int, words_per_passage: int = 50) -> list[dict[str, str]]:
     """``n`` few-shot examples from documents other than ``exclude_doc``, chosen deterministically."""
     pool = [r for r in structure_rows if r["doc_ids"][0] != exclude_doc and r["query_type"] == "heading"]
     if not pool:
@@ -87,13 +95,13 @@ def build_examples(structure_rows: list[dict[str, Any]], chunks_by_id: dict[str,
     for r in picks:
         c = chunks_by_id[r["segment_ids"][0]]
         other = None
-        passages = [_words(c["text"], 60)]
+        passages = [_words(c["text"], words_per_passage)]
         if qtype == "multi_hop":
             same_doc = [q for q in pool if q["doc_ids"] == r["doc_ids"] and q is not r]
             if same_doc:
                 o = rng.choice(same_doc)
                 other = o["question"]
-                passages.append(_words(chunks_by_id[o["segment_ids"][0]]["text"], 60))
+                passages.append(_words(chunks_by_id[o["segment_ids"][0]]["text"], words_per_passage))
         out.append({
             "passages": passages,
             "question": example_question(qtype, r["question"], str(c.get("title") or ""), other),
@@ -108,13 +116,17 @@ def _passage_block(passages: list[str]) -> str:
     return "\n\n".join(f"Passage {i + 1}:\n{p}" for i, p in enumerate(passages))
 
 
-def chat_messages(qtype: str, passages: list[str], examples: list[dict[str, str]]) -> list[dict[str, str]]:
+def chat_messages(qtype: str, passages: list[str], examples: list[dict[str, str]],
+                  with_answer: bool = True) -> list[dict[str, str]]:
+    """Chat prompt. Without answers the model spends its tokens on the question only (a 135M model
+    rambles in the answer field, and nothing downstream trains on the answer)."""
     import json
 
-    msgs = [{"role": "system", "content": SYSTEM}]
+    msgs = [{"role": "system", "content": SYSTEM if with_answer else SYSTEM_NO_ANSWER}]
     for ex in examples:
+        shot = {"question": ex["question"], "answer": ex["answer"]} if with_answer else {"question": ex["question"]}
         msgs.append({"role": "user", "content": f"{_passage_block(ex['passages'])}\n\n{INSTRUCTIONS[qtype]}"})
-        msgs.append({"role": "assistant", "content": json.dumps({"question": ex["question"], "answer": ex["answer"]})})
+        msgs.append({"role": "assistant", "content": json.dumps(shot)})
     msgs.append({"role": "user", "content": f"{_passage_block(passages)}\n\n{INSTRUCTIONS[qtype]}"})
     return msgs
 

@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import json
 import random
+import time
 from collections import Counter, OrderedDict, defaultdict
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,8 @@ def fingerprint(cfg: DictConfig, *extra: Any) -> str:
     llm, sc = cfg.llm, cfg.synth
     parts = [llm.kind, llm.model, llm.local.get("weights") if llm.kind == "local" else llm.base_url,
              llm.local.prompt_style, llm.temperature, llm.max_tokens, llm.get("structured_output", False),
-             sc.few_shot, sc.max_prompt_words, P.PROMPT_VERSION, cfg.seed, *extra]
+             sc.few_shot, sc.few_shot_words, sc.max_prompt_words, sc.with_answer, sc.max_tokens, P.PROMPT_VERSION,
+             cfg.seed, *extra]
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:12]
 
 
@@ -108,8 +110,9 @@ async def _generate(ctx: StageContext, base_url: str, todo: list[dict[str, Any]]
         async def one(t: dict[str, Any]) -> None:
             passages = [_clip(by_id[s]["text"], int(sc.max_prompt_words)) for s in t["segment_ids"]]
             examples = P.build_examples(struct_rows, by_id, t["query_type"], t["doc_id"], int(sc.few_shot),
-                                        int(cfg.seed))
-            params = {"temperature": float(cfg.llm.temperature), "max_tokens": int(cfg.llm.max_tokens),
+                                        int(cfg.seed), int(sc.few_shot_words))
+            params = {"temperature": float(cfg.llm.temperature),
+                      "max_tokens": min(int(cfg.llm.max_tokens), int(sc.max_tokens or cfg.llm.max_tokens)),
                       "seed": P.request_seed(f"{fp}|{t['key']}")}
             rec = {"key": t["key"], "fp": fp, "chunk_id": t["chunk_id"], "query_type": t["query_type"],
                    "attempt": t["attempt"], "segment_ids": t["segment_ids"], "model": str(cfg.llm.model),
@@ -120,8 +123,9 @@ async def _generate(ctx: StageContext, base_url: str, todo: list[dict[str, Any]]
                                                  stop=["\n"], **params)
                     rec.update(ok=True, question=F.clean_question(comp.text), answer="")
                 else:
-                    obj, comp = await client.chat_json(P.chat_messages(t["query_type"], passages, examples),
-                                                       P.QA_SCHEMA, repair_attempts=int(sc.repair_attempts),
+                    with_answer = bool(sc.with_answer)
+                    obj, comp = await client.chat_json(P.chat_messages(t["query_type"], passages, examples, with_answer),
+                                                       P.qa_schema(with_answer), repair_attempts=int(sc.repair_attempts),
                                                        **params)
                     rec.update(ok=True, question=F.clean_question(str(obj.get("question", ""))),
                                answer=str(obj.get("answer", "")).strip())
@@ -251,8 +255,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     try:
         if todo:
+            url = ensure_server()
+            t0 = time.perf_counter()
             with AppendLog(gen_path) as log:
-                asyncio.run(_generate(ctx, ensure_server(), todo, by_id, struct_rows, fp, log, llm_stats))
+                asyncio.run(_generate(ctx, url, todo, by_id, struct_rows, fp, log, llm_stats))
+            llm_stats["generate"]["wall_s"] = round(time.perf_counter() - t0, 3)
             done = load_done()
 
         # ------------------------------------------------ candidates
@@ -353,8 +360,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
                         judged[rec["key"]] = rec
             pending = [r for r in to_judge if f"{jfp}|{r['id']}" not in judged]
             if pending:
+                url = ensure_server()
+                t0 = time.perf_counter()
                 with AppendLog(judge_path) as jlog:
-                    judged.update(asyncio.run(_judge(ctx, ensure_server(), pending, by_id, jfp, jlog, llm_stats)))
+                    judged.update(asyncio.run(_judge(ctx, url, pending, by_id, jfp, jlog, llm_stats)))
+                llm_stats["judge"]["wall_s"] = round(time.perf_counter() - t0, 3)
             thr = float(sc.judge.threshold)
             on_fail = str(sc.judge.on_failure)
 

@@ -1,0 +1,126 @@
+"""The synthesize stage against the real local llama.cpp server, at a tiny size.
+
+sample_chunks.jsonl holds ten chunks of four pages of the bundled PostgreSQL sample corpus
+(data/sample, PostgreSQL licence)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from domain_embed.config import load_config
+from domain_embed.rundir import read_jsonl, run_stage
+from domain_embed.stages import STAGES
+
+HERE = Path(__file__).parent
+BIN = Path(sys.executable).parent / "domain-embed"
+QA_KEYS = {"id", "question", "answer", "query_type", "reasoning_type", "hop_count", "segment_ids", "doc_ids",
+           "source", "quality"}
+TYPES = {"factual", "keyword", "procedural", "structural", "multi_hop", "heading", "title"}
+
+
+def make_run(run_dir: Path, overrides: list[str]) -> None:
+    """A run directory whose curate stage 'wrote' the sample chunks (with a real manifest)."""
+    cfg = load_config(run_dir, overrides)
+
+    def curate(ctx):
+        shutil.copy(HERE / "sample_chunks.jsonl", ctx.dir / "chunks.jsonl")
+        return {}
+
+    run_stage(dataclasses.replace(STAGES["curate"], fn=curate), run_dir, cfg, STAGES, quiet=True)
+
+
+def test_synthesize_real_server_then_resume_without_requests(tmp_path):
+    rd = tmp_path / "run"
+    make_run(rd, ["synth.max_chunks=3", "synth.types.factual=1", "synth.types.keyword=1",
+                  "synth.types.multi_hop=1", "synth.judge.enabled=true", "synth.round_trip_top_k=5"])
+    cfg = load_config(rd, [])
+    man = run_stage(STAGES["synthesize"], rd, cfg, STAGES, quiet=True)
+    c = man["counts"]
+    chunk_ids = {json.loads(l)["id"] for l in (HERE / "sample_chunks.jsonl").read_text().splitlines()}
+
+    # every planned generation was attempted, and accounted for
+    assert c["generations_planned"] in (8, 9)  # no multi-hop task for a one-chunk document
+    assert c["generations_ok"] + sum(c["generations_failed"].values()) == c["generations_planned"]
+    gen = c["llm"]["generate"]
+    assert gen["requests"] >= c["generations_ok"] and gen["completion_tokens"] > 0
+    # filters chain: each one's input is the previous one's output
+    f = c["filters"]
+    assert list(f) == ["format", "copy", "dedup", "round_trip", "judge"]
+    names = list(f)
+    for a, b in zip(names, names[1:]):
+        assert f[a]["kept"] == f[b]["in"]
+        assert f[a]["in"] - f[a]["kept"] == sum(f[a]["dropped"].values())
+    assert f["format"]["in"] == c["candidates"]
+
+    qa = list(read_jsonl(rd / "synth" / "qa.jsonl"))
+    assert len(qa) == c["pairs"] == f["judge"]["kept"] > 0
+    for r in qa:
+        assert set(r) == QA_KEYS and r["id"].startswith("q_") and len(r["id"]) == 18
+        assert r["query_type"] in TYPES and set(r["segment_ids"]) <= chunk_ids
+        assert r["source"]["kind"] in ("llm", "structure")
+        assert r["quality"]["round_trip_rank"] <= 5
+        if r["source"]["kind"] == "llm":
+            assert r["source"]["model"] == "SmolLM2-135M-Instruct"
+            judge = r["quality"]["judge"]
+            assert judge is None or judge["score"] >= 6
+    assert len({r["id"] for r in qa}) == len(qa)
+    dropped = list(read_jsonl(rd / "synth" / "dropped.jsonl"))
+    assert len(dropped) + len(qa) == c["candidates"]
+    assert all(d["reason"] and d["dropped_at"] in f for d in dropped)
+
+    # --force reruns the stage, but every generation and grade is reused from the logs: no requests
+    man2 = run_stage(STAGES["synthesize"], rd, cfg, STAGES, force=True, quiet=True)
+    assert man2["counts"]["generations_resumed"] == c["generations_ok"]
+    assert "generate" not in man2["counts"]["llm"]
+    assert [r["id"] for r in read_jsonl(rd / "synth" / "qa.jsonl")] == [r["id"] for r in qa]
+
+
+def _ok_keys(path: Path) -> list[str]:
+    return [r["key"] for r in read_jsonl(path) if r.get("ok")]
+
+
+def test_kill_mid_run_then_resume_loses_nothing_and_duplicates_nothing(tmp_path):
+    rd = tmp_path / "run"
+    make_run(rd, ["synth.max_chunks=4", "synth.types.factual=1", "synth.types.keyword=1",
+                  "synth.judge.enabled=false", "synth.round_trip_top_k=0", "synth.dedup_cosine=0",
+                  "llm.concurrency=2"])
+    gen = rd / "synth" / "generations.jsonl"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([str(BIN), "synthesize", "--run-dir", str(rd), "--quiet"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline and proc.poll() is None:
+        if gen.is_file() and len(_ok_keys(gen)) >= 2:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, f"the stage ended before it could be killed: {proc.stderr.read().decode()[-500:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = gen.read_text()
+    before_keys = _ok_keys(gen)
+    assert 2 <= len(before_keys) < 8
+    assert not (rd / "synth" / "manifest.json").exists()
+
+    done = subprocess.run([str(BIN), "synthesize", "--run-dir", str(rd), "--quiet"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-800:]
+    after = gen.read_text()
+    # lossless: everything appended before the kill is still there, byte for byte (a torn last line aside)
+    complete_before = before if before.endswith("\n") else before.rsplit("\n", 1)[0] + "\n"
+    assert after.startswith(complete_before)
+    keys = _ok_keys(gen)
+    assert len(keys) == len(set(keys)) == 8            # no key generated twice
+    assert set(before_keys) <= set(keys)
+    man = json.loads((rd / "synth" / "manifest.json").read_text())
+    assert man["counts"]["generations_resumed"] == len(before_keys)
+    assert man["counts"]["generations_ok"] == 8
