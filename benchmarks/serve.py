@@ -205,7 +205,8 @@ def setup_peer() -> None:
                            "transformers==4.57.6", "sentence-transformers==3.4.1", "tokenizers==0.22.2",
                            "huggingface_hub==0.36.2", "uvicorn==0.32.1", "typer==0.12.5", "rich==13.9.4",
                            "click==8.1.8", "orjson", "prometheus-fastapi-instrumentator==8.1.0", "posthog",
-                           "backoff", "distro", "python-dotenv", "httptools", "uvloop", "watchfiles", "websockets"])
+                           "backoff", "distro", "python-dotenv", "httptools", "uvloop", "watchfiles", "websockets",
+                           "datasets==3.6.0"])  # sentence-transformers 3 imports datasets; 3.6 works with hub 0.36
     peer_site = subprocess.check_output([str(py), "-c", "import site;print(site.getsitepackages()[0])"], text=True).strip()
     Path(peer_site, "zz_main_venv.pth").write_text(site.getsitepackages()[0] + "\n")
 
