@@ -1,0 +1,100 @@
+"""`domain-embed evaluate --real-queries FILE [--qrels FILE]` through the real CLI, on a run directory
+whose split/ and train/ hold real files (a tiny BEIR set, and the real MiniLM weights standing in
+for a tuned checkpoint) with the manifests those stages write."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from domain_embed.rundir import atomic_write_json, sha256_path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from realq_queries import CORPUS, REAL_KEYWORDS, SYNTH_QUESTIONS  # noqa: E402
+
+BIN = Path(sys.executable).parent / "domain-embed"
+
+
+def _manifest(run: Path, stage: str, folder: str, outputs: list[str]) -> None:
+    atomic_write_json(run / folder / "manifest.json",
+                      {"stage": stage, "outputs": {rel: sha256_path(run / rel) for rel in outputs}})
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, minilm_path) -> Path:
+    run = tmp_path_factory.mktemp("realq_cli") / "run"
+    beir = run / "split" / "eval_beir"
+    (beir / "qrels").mkdir(parents=True)
+    (beir / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"c{i}", "title": "", "text": t}) + "\n"
+                                               for i, t in enumerate(CORPUS)))
+    (beir / "queries.jsonl").write_text("".join(json.dumps({"_id": f"s{i}", "text": q}) + "\n"
+                                                for i, q in enumerate(SYNTH_QUESTIONS)))
+    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" +
+                                             "".join(f"s{i}\tc{i}\t1\n" for i in range(len(CORPUS))))
+    _manifest(run, "split", "split", ["split/eval_beir"])
+    shutil.copytree(minilm_path, run / "train" / "model")
+    _manifest(run, "train", "train", ["train/model"])
+    # what synthesize and curate wrote, for the drift report
+    (run / "synth").mkdir()
+    (run / "synth" / "qa.jsonl").write_text("".join(json.dumps(
+        {"id": f"s{i}", "question": q, "query_type": "factual", "segment_ids": [f"c{i}"], "doc_ids": [f"d{i}"],
+         "source": {"kind": "llm", "model": "test"}, "quality": {}}) + "\n" for i, q in enumerate(SYNTH_QUESTIONS)))
+    (run / "curate").mkdir()
+    (run / "curate" / "chunks.jsonl").write_text("".join(json.dumps(
+        {"id": f"c{i}", "doc_id": f"d{i}", "text": t, "title": "", "section": "", "source": "x", "n_tokens": 30}) + "\n"
+        for i, t in enumerate(CORPUS)))
+    (run / "real.jsonl").write_text("".join(json.dumps({"_id": f"r{i}", "text": q}) + "\n"
+                                            for i, q in enumerate(REAL_KEYWORDS)))
+    (run / "real_qrels.tsv").write_text("query-id\tcorpus-id\tscore\n" +
+                                        "".join(f"r{i}\tc{i}\t1\n" for i in range(len(REAL_KEYWORDS))))
+    return run
+
+
+def evaluate(run: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN), "evaluate", "--run-dir", str(run), "--force", "--quiet", "evaluate.bm25=false",
+                           "evaluate.gate.enabled=false", *args],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def test_real_queries_with_qrels_are_scored_beside_heldout(run_dir):
+    p = evaluate(run_dir, "--real-queries", str(run_dir / "real.jsonl"), "--qrels", str(run_dir / "real_qrels.tsv"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    rep = json.loads((run_dir / "eval" / "report.json").read_text())
+    assert {"heldout", "real"} <= set(rep["datasets"])
+    real = rep["datasets"]["real"]
+    assert real["info"]["queries"] == len(REAL_KEYWORDS)
+    for who in ("base", "tuned"):
+        assert 0.0 < real[who]["ndcg@10"] <= 1.0
+    # the same weights on both sides: base and "tuned" must agree exactly
+    assert real["base"]["ndcg@10"] == pytest.approx(real["tuned"]["ndcg@10"], abs=1e-6)
+
+
+def _evaluate_wires_drift() -> bool:
+    src = Path(__file__).resolve().parents[2] / "services" / "domain_embed" / "evaluate" / "stage.py"
+    return src.is_file() and "drift_for_run" in src.read_text()
+
+
+@pytest.mark.xfail(not _evaluate_wires_drift(), strict=True, run=False,
+                   reason="the evaluate stage does not call domain_embed.realq.drift_for_run yet (integrator: see issue 7 note)")
+def test_real_queries_without_qrels_report_drift(run_dir):
+    p = evaluate(run_dir, "--real-queries", str(run_dir / "real.jsonl"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    drift = json.loads((run_dir / "eval" / "drift.json").read_text())
+    assert {"style_keyword", "length_longer"} <= {f["code"] for f in drift["flags"]}
+    assert (run_dir / "eval" / "drift.png").read_bytes()[:4] == b"\x89PNG"
+    assert "synth.types.keyword" in (run_dir / "eval" / "report.md").read_text()
+
+
+def test_bad_real_query_file_is_one_line(run_dir, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"txt": "typo"}\n')
+    p = evaluate(run_dir, "--real-queries", str(bad), "--qrels", str(run_dir / "real_qrels.tsv"))
+    assert p.returncode == 2
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("domain-embed evaluate: error:") and str(bad) in last
