@@ -83,3 +83,16 @@ def test_too_few_queries_for_one_batch_is_a_user_error():
     ex, n = _examples(3)
     with pytest.raises(UserError, match="batch_size"):
         BatchPlan(ex, n, 8, 2, seed=0)
+
+
+def test_fit_plan_shrinks_batch_and_negatives_for_tiny_data():
+    from domain_embed.train.batching import fit_plan
+
+    # 3 passages, 3 queries sharing negatives: 4 negatives cannot fit, nor can a batch of 8
+    ex = [Example(f"q{i}", (i,), ((i + 1) % 3,)) for i in range(3)]
+    msgs = []
+    plan = fit_plan(ex, 3, per_device=8, world=1, num_negatives=4, seed=0, log=msgs.append)
+    assert plan.k == 2 and plan.global_batch < 8 and len(msgs) == 2
+    for batch in plan.epoch(0):
+        passages = [p for it in batch for p in (it.positive, *it.negatives)]
+        assert len(passages) == len(set(passages))

@@ -76,6 +76,13 @@ class BatchPlan:
                 if c not in banned:
                     negs.append(c)
                     banned.add(c)
+            if len(negs) < self.k:  # tiny corpus: walk a permutation instead of guessing
+                for c in rng.permutation(self.n_passages):
+                    if len(negs) == self.k:
+                        break
+                    if int(c) not in banned:
+                        negs.append(int(c))
+                        banned.add(int(c))
             if len(negs) < self.k:
                 raise UserError(f"the training corpus has too few passages for train.num_negatives={self.k}")
             items.append(PlannedItem(int(i), pos, tuple(negs)))
@@ -135,6 +142,32 @@ def make_collate(tokenizer, spec) -> Callable[[list[str], list[str]], dict]:
                 "p_input_ids": p["input_ids"], "p_attention_mask": p["attention_mask"]}
 
     return collate
+
+
+def fit_plan(examples: list[Example], n_passages: int, per_device: int, world: int, num_negatives: int, seed: int,
+             log=print) -> BatchPlan:
+    """The configured plan, or -- on data too small for it -- the largest batch and negative count that work.
+
+    Small runs (a handful of documents, a CI smoke test) should train, with a warning, rather than fail.
+    """
+    k = max(0, min(num_negatives, min(n_passages - len(e.positives) for e in examples)))
+    if k < num_negatives:
+        log(f"[train] only {k} negatives per query fit this corpus ({n_passages} passages); "
+            f"train.num_negatives={num_negatives} lowered")
+    b = per_device
+    while True:
+        try:
+            plan = BatchPlan(examples, n_passages, b * world, k, seed)
+            plan.epoch(0)
+        except UserError:
+            if b == 1:
+                raise
+            b = max(1, b // 2)
+            continue
+        if b < per_device:
+            log(f"[train] {len(examples)} queries cannot fill duplicate-free batches of {per_device} per device; "
+                f"using {b} (lower train.batch_size to silence this)")
+        return plan
 
 
 class PlannedBatches(torch.utils.data.IterableDataset):

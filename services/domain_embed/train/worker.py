@@ -42,7 +42,7 @@ def main(run_dir: Path) -> int:
     from ..errors import UserError
     from ..evaluate.retrieval import load_beir
     from ..rundir import AppendLog, atomic_write_json, read_jsonl, sha256_path
-    from .batching import BatchPlan, PlannedBatches, load_examples, make_collate
+    from .batching import PlannedBatches, fit_plan, load_examples, make_collate
     from .bi_encoder import BiEncoder
     from .checkpointing import AtomicCheckpoints
     from .model_dir import save_model_dir
@@ -92,7 +92,8 @@ def main(run_dir: Path) -> int:
     )
     world = trainer.world_size
     per_device = int(tc.batch_size)
-    plan = BatchPlan(examples, len(texts), per_device * world, int(tc.num_negatives), seed)
+    plan = fit_plan(examples, len(texts), per_device, world, int(tc.num_negatives), seed,
+                    log=lambda m: print(m, file=sys.stderr))
     accum = int(tc.grad_accum)
     total_steps = int(tc.max_steps) if int(tc.max_steps) > 0 else max(1, plan.batches_in(int(tc.epochs)) // accum)
     trainer.fit_loop.epoch_loop.max_steps = total_steps  # known only once the world size is
