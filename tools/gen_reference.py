@@ -42,6 +42,10 @@ ENV_DOCS = {
                        "Keep Hugging Face libraries off the network: models load from registry packages or local paths only."),
     "TRANSFORMERS_OFFLINE": ("1 (set by the CLI and the Makefile)", "The same, for older transformers releases."),
     "TOKENIZERS_PARALLELISM": ("false (set by the CLI)", "Silences the tokenizers fork warning in multi-process stages."),
+    "DOMAIN_EMBED_TRITONSERVER": ("the binary in the nvidia-pytriton wheel, else `tritonserver` on PATH",
+                                  "The tritonserver binary `domain-embed serve` starts."),
+    "DOMAIN_EMBED_WEIGHT_HASH": ("unset", "When set, each training rank writes a hash of its final weights "
+                                 "(to check DDP kept the ranks identical)."),
 }
 SERVE_TWIN_PREFIX = "DOMAIN_EMBED_SERVE_"
 
@@ -128,6 +132,13 @@ FALLBACK = {
     "train.lora.alpha": "LoRA alpha.",
     "train.lora.dropout": "LoRA dropout.",
     "train.matryoshka": "Add Matryoshka losses at model.matryoshka_dims.",
+    "evaluate.endpoint.timeout_s": "Seconds per request to the endpoint given with --endpoint.",
+    "serve.triton_model": "The model name in the Triton repository the gateway calls.",
+    "serve.retry_after_s": "The Retry-After header (seconds) sent with 429 when the queue is full.",
+    "serve.request_timeout_s": "Seconds a request may wait for Triton before it fails.",
+    "serve.shutdown_grace_s": "Seconds in-flight requests get to finish on shutdown.",
+    "train.weight_decay": "AdamW weight decay.",
+    "train.gradient_clip": "Gradient norm clipping.",
     "mine.ivf_nprobe": "IVF index: lists probed per search (more is more exact, slower).",
     "mine.hnsw_m": "HNSW index: neighbours per node.",
     "mine.seed": "Seed for sampling negatives.",
