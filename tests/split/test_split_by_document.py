@@ -42,7 +42,7 @@ def make_inputs(n_docs: int = 10, chunks_per_doc: int = 3) -> tuple[list[dict], 
     return chunks, qa
 
 
-def run_split(run_dir: Path, chunks: list[dict], qa: list[dict], overrides: list[str] = ()) -> dict:
+def run_split(run_dir: Path, chunks: list[dict], qa: list[dict], overrides: list[str] = (), quiet: bool = True) -> dict:
     cfg = load_config(run_dir, list(overrides))
 
     def curate(ctx):
@@ -55,7 +55,7 @@ def run_split(run_dir: Path, chunks: list[dict], qa: list[dict], overrides: list
 
     run_stage(dataclasses.replace(STAGES["curate"], fn=curate), run_dir, cfg, STAGES, quiet=True)
     run_stage(dataclasses.replace(STAGES["synthesize"], fn=synth), run_dir, cfg, STAGES, quiet=True)
-    return run_stage(STAGES["split"], run_dir, cfg, STAGES, quiet=True)
+    return run_stage(STAGES["split"], run_dir, cfg, STAGES, quiet=quiet)
 
 
 def _qrels(path: Path) -> list[tuple[str, str, str]]:
@@ -145,7 +145,6 @@ def test_tiny_corpora(tmp_path, capsys):
         assign_documents(["d_a", "d_b"], 1.5, 0.1, seed=1)
     # and the warning for a small test set
     chunks, qa = make_inputs(n_docs=3)
-    cfg = load_config(tmp_path, [])
-    run_split(tmp_path, chunks, qa)
-    man = json.loads((tmp_path / "split" / "manifest.json").read_text())
-    assert man["counts"]["queries"]["test"] < 50
+    man = run_split(tmp_path, chunks, qa, quiet=False)
+    assert man["counts"]["documents"]["test"] == 1 and man["counts"]["queries"]["test"] == 4
+    assert "WARNING: the test set has only 4 queries" in capsys.readouterr().err

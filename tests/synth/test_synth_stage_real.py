@@ -41,7 +41,7 @@ def make_run(run_dir: Path, overrides: list[str]) -> None:
 
 def test_synthesize_real_server_then_resume_without_requests(tmp_path):
     rd = tmp_path / "run"
-    make_run(rd, ["synth.max_chunks=3", "synth.types.factual=1", "synth.types.keyword=1",
+    make_run(rd, ["synth.max_chunks=2", "synth.types.factual=1", "synth.types.keyword=1",
                   "synth.types.multi_hop=1", "synth.judge.enabled=true", "synth.round_trip_top_k=5"])
     cfg = load_config(rd, [])
     man = run_stage(STAGES["synthesize"], rd, cfg, STAGES, quiet=True)
@@ -49,7 +49,7 @@ def test_synthesize_real_server_then_resume_without_requests(tmp_path):
     chunk_ids = {json.loads(l)["id"] for l in (HERE / "sample_chunks.jsonl").read_text().splitlines()}
 
     # every planned generation was attempted, and accounted for
-    assert c["generations_planned"] in (8, 9)  # no multi-hop task for a one-chunk document
+    assert c["generations_planned"] in (5, 6)  # no multi-hop task for a one-chunk document
     assert c["generations_ok"] + sum(c["generations_failed"].values()) == c["generations_planned"]
     gen = c["llm"]["generate"]
     assert gen["requests"] >= c["generations_ok"] and gen["completion_tokens"] > 0
@@ -72,7 +72,8 @@ def test_synthesize_real_server_then_resume_without_requests(tmp_path):
         if r["source"]["kind"] == "llm":
             assert r["source"]["model"] == "SmolLM2-135M-Instruct"
             judge = r["quality"]["judge"]
-            assert judge is None or judge["score"] >= 6
+            # a judge that grades everything alike is recorded but not used (the 135M model does that)
+            assert judge is None or judge["score"] >= 6 or "judge_degenerate" in c["llm"]
     assert len({r["id"] for r in qa}) == len(qa)
     dropped = list(read_jsonl(rd / "synth" / "dropped.jsonl"))
     assert len(dropped) + len(qa) == c["candidates"]
@@ -91,7 +92,7 @@ def _ok_keys(path: Path) -> list[str]:
 
 def test_kill_mid_run_then_resume_loses_nothing_and_duplicates_nothing(tmp_path):
     rd = tmp_path / "run"
-    make_run(rd, ["synth.max_chunks=4", "synth.types.factual=1", "synth.types.keyword=1",
+    make_run(rd, ["synth.max_chunks=3", "synth.types.factual=1", "synth.types.keyword=1",
                   "synth.judge.enabled=false", "synth.round_trip_top_k=0", "synth.dedup_cosine=0",
                   "llm.concurrency=2"])
     gen = rd / "synth" / "generations.jsonl"
@@ -108,7 +109,7 @@ def test_kill_mid_run_then_resume_loses_nothing_and_duplicates_nothing(tmp_path)
     proc.wait()
     before = gen.read_text()
     before_keys = _ok_keys(gen)
-    assert 2 <= len(before_keys) < 8
+    assert 2 <= len(before_keys) < 6
     assert not (rd / "synth" / "manifest.json").exists()
 
     done = subprocess.run([str(BIN), "synthesize", "--run-dir", str(rd), "--quiet"], env=env,
@@ -119,8 +120,8 @@ def test_kill_mid_run_then_resume_loses_nothing_and_duplicates_nothing(tmp_path)
     complete_before = before if before.endswith("\n") else before.rsplit("\n", 1)[0] + "\n"
     assert after.startswith(complete_before)
     keys = _ok_keys(gen)
-    assert len(keys) == len(set(keys)) == 8            # no key generated twice
+    assert len(keys) == len(set(keys)) == 6            # no key generated twice
     assert set(before_keys) <= set(keys)
     man = json.loads((rd / "synth" / "manifest.json").read_text())
     assert man["counts"]["generations_resumed"] == len(before_keys)
-    assert man["counts"]["generations_ok"] == 8
+    assert man["counts"]["generations_ok"] == 6

@@ -64,9 +64,13 @@ def _words(text: str, n: int) -> str:
 
 
 def _first_sentence(text: str, max_words: int = 30) -> str:
+    """The first real sentence of a chunk (past its context line and any section numbering)."""
     body = text.split("\n", 1)[-1]
-    m = re.search(r"(.+?[.!?])(\s|$)", body)
-    return _words(m.group(1) if m else body, max_words)
+    for m in re.finditer(r"(.+?[.!?])(\s|$)", body):
+        sent = re.sub(r"^\s*[\d.]+\s*", "", m.group(1)).strip()
+        if len(sent.split()) >= 3:
+            return _words(sent, max_words)
+    return _words(body, max_words)
 
 
 def example_question(qtype: str, heading: str, title: str, other_heading: str | None = None) -> str:

@@ -179,6 +179,27 @@ async def _judge(ctx: StageContext, base_url: str, pairs: list[dict[str, Any]], 
     return results
 
 
+def judge_enabled(cfg: DictConfig) -> bool:
+    """synth.judge.enabled: true | false | auto (on for remote endpoints, off for the tiny local model,
+    whose grades we measured to be constant -- SmolLM2-135M gives nearly every pair 1/1/1)."""
+    v = cfg.synth.judge.enabled
+    if isinstance(v, str) and v.lower() == "auto":
+        return cfg.llm.kind == "remote"
+    if isinstance(v, str):
+        raise UserError(f"synth.judge.enabled={v!r} is not one of true, false, auto")
+    return bool(v)
+
+
+def _degenerate(scores: list[dict[str, int]], max_same_fraction: float) -> str | None:
+    """A description of a judge that gives (almost) everything the same grade, else None."""
+    if len(scores) < 5 or max_same_fraction >= 1:
+        return None
+    common, n = Counter(tuple(sorted(s.items())) for s in scores).most_common(1)[0]
+    if n / len(scores) > max_same_fraction:
+        return f"the same grade {dict(common)} in {n} of {len(scores)} cases"
+    return None
+
+
 # ---------------------------------------------------------------- embeddings
 def _corpus_vectors(ctx: StageContext, encoder, chunks: list[dict[str, Any]]) -> np.ndarray:
     """Passage vectors of every chunk, cached beside the outputs (keyed by the chunks file and spec)."""
@@ -238,7 +259,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     ctx.log(f"{len(sampled)} chunks from {len({c['doc_id'] for c in sampled})} documents -> {len(tasks)} generations "
             f"({len(tasks) - len(todo)} already in {gen_path.name}); {len(struct_rows)} structure queries")
     llm_stats: dict[str, Any] = {}
-    judge_on = bool(sc.judge.enabled)
+    judge_on = judge_enabled(cfg)
     jfp = fingerprint(cfg, "judge", sc.judge.max_tokens)
 
     from ..llm.server import local_llm
@@ -367,6 +388,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 llm_stats["judge"]["wall_s"] = round(time.perf_counter() - t0, 3)
             thr = float(sc.judge.threshold)
             on_fail = str(sc.judge.on_failure)
+            scores = [judged[k]["scores"] for k in (f"{jfp}|{r['id']}" for r in to_judge) if k in judged]
+            degenerate = _degenerate(scores, float(sc.judge.max_same_fraction))
+            if degenerate:
+                ctx.log(f"WARNING: the judge gave {len(scores)} pairs {degenerate}; it cannot tell pairs apart, so its "
+                        f"scores are recorded but not used (synth.judge.max_same_fraction). Use a stronger judge model.")
+                llm_stats["judge_degenerate"] = degenerate
 
             def judge_reason(r: dict) -> str | None:
                 if r["source"]["kind"] != "llm" and not bool(sc.judge.structure):
@@ -378,6 +405,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 s = rec["scores"]
                 score = round(sum(s.values()) / 3, 2)
                 r["quality"]["judge"] = {**s, "score": score}
+                if degenerate:
+                    return None
                 return "judge_below_threshold" if score < thr else None
 
             rows = apply("judge", rows, judge_reason)
