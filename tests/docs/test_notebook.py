@@ -37,7 +37,7 @@ def test_outputs_are_stripped_and_parameters_tagged():
     tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1 and "OVERRIDES" in tagged[0].source
     src = "\n".join(c.source for c in code)
-    assert "run_stage(" in src and "subprocess.run(" not in src  # the Python API, not the shell
+    assert "run_stage" in src and "subprocess.run(" not in src  # the Python API, not the shell
 
 
 @pytest.mark.slow
