@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -49,6 +50,20 @@ def test_real_server_json_schema_answer(llm_url):
                                      schema, max_tokens=40, temperature=0)
     obj, _ = asyncio.run(go())
     assert isinstance(obj["question"], str) and len(obj["question"]) >= 2
+
+
+def test_real_server_completion_style_few_shot(llm_url):
+    """The base-model path (/v1/completions, few-shot text, one line) against the real server."""
+    from domain_embed.synth.prompts import completion_prompt
+
+    ex = [{"passages": ["VACUUM reclaims storage occupied by dead tuples."], "question": "What does VACUUM reclaim?"}]
+    prompt = completion_prompt("factual", ["A partial index is built over a subset of a table."], ex)
+
+    async def go():
+        async with LLMClient(llm_url, "SmolLM2-135M-Instruct", timeout_s=300) as c:
+            return await c.complete(prompt, max_tokens=24, temperature=0, stop=["\n"])
+    comp = asyncio.run(go())
+    assert "\n" not in comp.text and 0 < comp.completion_tokens <= 24
 
 
 def test_local_llm_stops_its_server():
@@ -97,3 +112,29 @@ def test_missing_weights_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="not a file"):
         with local_llm(cfg):
             pass
+
+
+def test_cli_llm_serve_answers_and_stops_on_ctrl_c(port):
+    bin_ = os.path.join(os.path.dirname(sys.executable), "domain-embed")
+    proc = subprocess.Popen([bin_, "llm", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        ok = False
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                ok = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
+            except httpx.TransportError:
+                ok = False
+            if ok:
+                break
+            time.sleep(0.2)
+        assert ok, proc.stderr.read() if proc.poll() is not None else "no /health answer"
+        r = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=30)
+        assert r.json()["data"][0]["id"] == "SmolLM2-135M-Instruct"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=60)
+    assert rc == 0
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)

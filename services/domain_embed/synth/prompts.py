@@ -15,7 +15,7 @@ from typing import Any
 QUERY_TYPES = ("factual", "keyword", "procedural", "structural", "multi_hop")
 
 # Bump when prompts change: generations keyed under an older version are not reused on resume.
-PROMPT_VERSION = "4"
+PROMPT_VERSION = "5"
 
 INSTRUCTIONS = {
     "factual": "Write one specific question that a user of this documentation would ask and that the passage "
@@ -23,7 +23,7 @@ INSTRUCTIONS = {
     "keyword": "Write a short search-box query (2 to 6 words, no question mark) that a user would type to find "
                "this passage.",
     "procedural": "Write one 'How do I ...' question about a task that the passage explains how to do.",
-    "structural": "Write one question about what this part of the documentation covers, naming its topic.",
+    "structural": "Write one question about what the section '{section}' of '{title}' covers, naming its topic.",
     "multi_hop": "Write one question that needs facts from BOTH passages to answer. Use your own words.",
 }
 
@@ -107,7 +107,7 @@ def build_examples(structure_rows: list[dict[str, Any]], chunks_by_id: dict[str,
                 other = o["question"]
                 passages.append(_words(chunks_by_id[o["segment_ids"][0]]["text"], words_per_passage))
         out.append({
-            "passages": passages,
+            "passages": passages, "title": str(c.get("title") or ""), "section": str(c.get("section") or ""),
             "question": example_question(qtype, r["question"], str(c.get("title") or ""), other),
             "answer": _first_sentence(c["text"]),
         })
@@ -120,8 +120,14 @@ def _passage_block(passages: list[str]) -> str:
     return "\n\n".join(f"Passage {i + 1}:\n{p}" for i, p in enumerate(passages))
 
 
+def instruction(qtype: str, title: str = "", section: str = "") -> str:
+    """The task line; the structural one names the section, so the model does not borrow the topic
+    of a few-shot example from another document (it did)."""
+    return INSTRUCTIONS[qtype].format(title=title or "the document", section=section or title or "this part")
+
+
 def chat_messages(qtype: str, passages: list[str], examples: list[dict[str, str]],
-                  with_answer: bool = True) -> list[dict[str, str]]:
+                  with_answer: bool = True, title: str = "", section: str = "") -> list[dict[str, str]]:
     """Chat prompt. Without answers the model spends its tokens on the question only (a 135M model
     rambles in the answer field, and nothing downstream trains on the answer)."""
     import json
@@ -129,9 +135,10 @@ def chat_messages(qtype: str, passages: list[str], examples: list[dict[str, str]
     msgs = [{"role": "system", "content": SYSTEM if with_answer else SYSTEM_NO_ANSWER}]
     for ex in examples:
         shot = {"question": ex["question"], "answer": ex["answer"]} if with_answer else {"question": ex["question"]}
-        msgs.append({"role": "user", "content": f"{_passage_block(ex['passages'])}\n\n{INSTRUCTIONS[qtype]}"})
+        ex_instr = instruction(qtype, ex.get("title", ""), ex.get("section", ""))
+        msgs.append({"role": "user", "content": f"{_passage_block(ex['passages'])}\n\n{ex_instr}"})
         msgs.append({"role": "assistant", "content": json.dumps(shot)})
-    msgs.append({"role": "user", "content": f"{_passage_block(passages)}\n\n{INSTRUCTIONS[qtype]}"})
+    msgs.append({"role": "user", "content": f"{_passage_block(passages)}\n\n{instruction(qtype, title, section)}"})
     return msgs
 
 

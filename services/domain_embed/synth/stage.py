@@ -124,7 +124,10 @@ async def _generate(ctx: StageContext, base_url: str, todo: list[dict[str, Any]]
                     rec.update(ok=True, question=F.clean_question(comp.text), answer="")
                 else:
                     with_answer = bool(sc.with_answer)
-                    obj, comp = await client.chat_json(P.chat_messages(t["query_type"], passages, examples, with_answer),
+                    first = by_id[t["chunk_id"]]
+                    msgs = P.chat_messages(t["query_type"], passages, examples, with_answer,
+                                           str(first.get("title") or ""), str(first.get("section") or ""))
+                    obj, comp = await client.chat_json(msgs,
                                                        P.qa_schema(with_answer), repair_attempts=int(sc.repair_attempts),
                                                        **params)
                     rec.update(ok=True, question=F.clean_question(str(obj.get("question", ""))),
@@ -325,7 +328,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 else:
                     reasons[why] += 1
                     dropped.append({**r, "dropped_at": name, "reason": why})
-            filt[name] = {"in": len(rows), "kept": len(kept), "dropped": dict(reasons)}
+            filt[name] = {"in": len(rows), "kept": len(kept), "dropped": dict(reasons),
+                          "kept_by_source": dict(Counter(r["source"]["kind"] for r in kept)),
+                          "kept_llm_by_type": dict(Counter(r["query_type"] for r in kept
+                                                           if r["source"]["kind"] == "llm"))}
             return kept
 
         # 1. format
