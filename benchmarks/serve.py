@@ -174,13 +174,21 @@ class Served:
 
     def __init__(self, run: Path):
         self.port = free_port()
+        self.triton_http = free_port()
         cmd = [str(Path(sys.executable).parent / "domain-embed"), "serve", str(run), "--host", "127.0.0.1",
                "--port", str(self.port), f"serve.triton_grpc_port={free_port()}",
-               f"serve.triton_http_port={free_port()}", f"serve.triton_metrics_port={free_port()}",
+               f"serve.triton_http_port={self.triton_http}", f"serve.triton_metrics_port={free_port()}",
                "serve.max_queue=256"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         wait_http(f"http://127.0.0.1:{self.port}/v1/health/ready", 180, self.proc)
         self.url = f"http://127.0.0.1:{self.port}/v1/embeddings"
+
+    def batching(self) -> bool:
+        """Whether the loaded model really has Triton's dynamic batcher (as Triton reports it)."""
+        import httpx
+
+        cfg = httpx.get(f"http://127.0.0.1:{self.triton_http}/v2/models/embed/config", timeout=10).json()
+        return "dynamic_batching" in cfg
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -265,6 +273,8 @@ def main() -> int:
         lat1 = lat16 = lat16_nob = None
         best = lambda a, b: b if a is None or b["rps"] > a["rps"] else a  # noqa: E731
         try:
+            if not served.batching() or nob.batching():
+                raise SystemExit("benchmark setup error: the two repositories do not differ in dynamic batching")
             for _ in range(args.rounds):
                 ort = max(ort, ort_throughput(run, texts, args.batch, spec))
                 gw1 = max(gw1, asyncio.run(http_throughput(served.url, texts, args.batch, 1, body)))

@@ -263,3 +263,12 @@ def test_fuzz_openapi_finds_no_5xx(gateway):
 
         check()
     assert len(seen) >= 40
+
+
+def test_triton_runs_the_generated_batching_config(triton):
+    """What Triton actually loaded (not just what the file says): dynamic batching, sizes, instances."""
+    cfg = httpx.get(f"http://127.0.0.1:{triton.ports[1]}/v2/models/embed/config", timeout=10).json()
+    assert cfg["max_batch_size"] == 64 and cfg["backend"] == "python"
+    assert cfg["dynamic_batching"]["preferred_batch_size"] == [8, 16, 32]
+    assert int(cfg["dynamic_batching"]["max_queue_delay_microseconds"]) == 2000
+    assert cfg["instance_group"][0]["count"] == 1 and cfg["instance_group"][0]["kind"] == "KIND_CPU"

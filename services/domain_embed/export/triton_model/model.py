@@ -61,9 +61,8 @@ def verify_repository(repo: Path, model_name: str) -> None:
 class TritonPythonModel:
     @staticmethod
     def auto_complete_config(auto_complete_model_config):
-        # config.pbtxt is generated complete; only make sure the batcher is on when it is absent.
-        if not auto_complete_model_config.as_dict().get("dynamic_batching"):
-            auto_complete_model_config.set_dynamic_batching()
+        # config.pbtxt is generated complete by the export stage (batching on or off as configured);
+        # nothing is added here, so what the file says is what runs.
         return auto_complete_model_config
 
     def initialize(self, args):
