@@ -54,7 +54,9 @@ def run_once(chunks: Path, concurrency: int, args: argparse.Namespace) -> dict:
     return {"concurrency": concurrency, "requests": g["requests"], "gen_wall_s": g["wall_s"],
             "req_per_s": g["requests"] / g["wall_s"], "tok_per_s": g["completion_tokens"] / g["wall_s"],
             "llm_pairs_per_doc": llm_pairs / n_docs, "pairs_per_doc": c["pairs"] / n_docs,
-            "stage_wall_s": wall, "failures": sum(g["failures"].values())}
+            "stage_wall_s": wall, "failures": sum(g["failures"].values()),
+            "failure_kinds": {**g["failures"], **{f"retried_{k}": v for k, v in g["transient_errors"].items()},
+                              "json_repairs": g["json_repairs"]}}
 
 
 def main() -> int:
@@ -75,6 +77,8 @@ def main() -> int:
     for r in rows:
         print("| " + " | ".join(f"{r[k]:.3g}" if isinstance(r[k], float) else str(r[k]) for k in cols) + " |")
     c1, c4 = rows
+    for r in rows:
+        print(f"c{r['concurrency']}: failures and retries by kind {r['failure_kinds']}")
     print(f"| c4/c1 | | | {c4['req_per_s'] / c1['req_per_s']:.2f}x | {c4['tok_per_s'] / c1['tok_per_s']:.2f}x | | | |")
     return 0
 

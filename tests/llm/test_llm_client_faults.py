@@ -150,3 +150,14 @@ def test_extract_json_variants():
         extract_json("no json here")
     with pytest.raises(ValueError):
         extract_json('{"a": 1')
+
+
+def test_rate_limit_spaces_request_starts():
+    """requests_per_minute=600 means starts at least 0.1 s apart, even with concurrency 4."""
+    with FaultServer([(200, {}, _chat_body("x"))] * 4) as srv:
+        async def go():
+            async with _client(srv.url, concurrency=4, requests_per_minute=600) as c:
+                await asyncio.gather(*(c.chat([{"role": "user", "content": "hi"}]) for _ in range(4)))
+        asyncio.run(go())
+    gaps = [b - a for a, b in zip(srv.arrivals, srv.arrivals[1:])]
+    assert len(gaps) == 3 and min(gaps) >= 0.09

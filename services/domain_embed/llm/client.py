@@ -190,7 +190,8 @@ class LLMClient:
         # Send the JSON schema as response_format (llama.cpp and NIM constrain decoding with it).
         self.structured_output = structured_output
         self.stats = Stats()
-        self._sem = asyncio.Semaphore(max(1, int(concurrency)))
+        self.concurrency = max(1, int(concurrency))
+        self._sem = asyncio.Semaphore(self.concurrency)
         self._rate = RateLimiter(requests_per_minute)
         self._http: httpx.AsyncClient | None = None
 
@@ -212,7 +213,7 @@ class LLMClient:
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        limits = httpx.Limits(max_connections=self._sem._value + 2)
+        limits = httpx.Limits(max_connections=self.concurrency + 2)
         self._http = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(self.timeout_s), limits=limits)
         return self
 
