@@ -116,3 +116,13 @@ def test_plot_and_run_files_written(tmp_path, encoder):
     # without embeddings the figure still renders
     out = plot_drift(drift_report(REAL_KEYWORDS, rows(SYNTH_QUESTIONS, "factual"), CORPUS, None), tmp_path / "x.png")
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_structure_dominated_synthetic_set_is_flagged():
+    heads = ["routine vacuuming", "table partitioning", "the pg_hba.conf file", "json types", "numeric types",
+             "foreign keys", "continuous archiving", "multicolumn indexes", "check constraints"]
+    synth = rows(heads, "heading") + rows(SYNTH_KEYWORDS[:1], "keyword")
+    rep = drift_report(REAL_KEYWORDS, synth, CORPUS, None)
+    msg = next(f["message"] for f in rep["flags"] if f["code"] == "structure_dominated")
+    assert msg.startswith("90% of synthetic queries are heading/title") and "only 1 came from the LLM" in msg
+    assert "structure_dominated" not in codes(drift_report(REAL_KEYWORDS, rows(SYNTH_KEYWORDS, "keyword"), CORPUS, None))

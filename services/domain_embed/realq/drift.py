@@ -49,6 +49,8 @@ COVERAGE_COS = 0.5        # a real query with no synthetic query this close is "
 COVERAGE_FRACTION = 0.3   # flag when this share of real queries is uncovered
 MMD_ALPHA = 0.01          # permutation-test level for "the sets differ in embedding space"
 NN_GAP = 0.1              # ...and real->synthetic similarity this far under synthetic->synthetic
+STRUCTURE_SHARE = 0.7     # flag when heading/title pseudo-queries are this much of the synthetic set
+STRUCTURE_TYPES = ("heading", "title")
 
 
 def words(text: str) -> list[str]:
@@ -290,6 +292,13 @@ def drift_flags(report: dict[str, Any]) -> list[dict[str, str]]:
             f"{_pct(s['vocab_overlap'])} for synthetic ones (missing: {miss}) — synthetic queries copy the documents' "
             f"wording; lower synth.max_copy_ngram, add paraphrasing examples via synth.style_examples_file, "
             f"and check the corpus covers what users ask")
+    by_type = report.get("by_type", {})
+    structure = sum(by_type.get(t, {}).get("share", 0.0) for t in STRUCTURE_TYPES)
+    if structure >= STRUCTURE_SHARE:
+        n_llm = sum(v["n"] for t, v in by_type.items() if t not in STRUCTURE_TYPES)
+        add("structure_dominated", f"{_pct(structure)} of synthetic queries are heading/title pseudo-queries and only "
+            f"{n_llm} came from the LLM — the generator's questions were mostly filtered out, so the held-out set "
+            f"mostly tests heading lookup; use a stronger LLM (llm=nim) or raise synth.max_chunks")
     e = report.get("embedding")
     if e:
         if e["uncovered_fraction"] >= COVERAGE_FRACTION:
@@ -304,7 +313,6 @@ def drift_flags(report: dict[str, Any]) -> list[dict[str, str]]:
                 f"against {e['nn_cosine_synthetic_to_synthetic']:.2f} among synthetic ones) — held-out metrics on synthetic "
                 f"queries may not predict what users see; evaluate with --real-queries and --qrels if you can")
         near = e.get("real_nearest_synthetic_type") or {}
-        by_type = report.get("by_type", {})
         for t, share in near.items():
             have = by_type.get(t, {}).get("share", 0.0)
             if share >= 0.5 and have <= share / 2 and t in TYPE_KNOB:
