@@ -108,3 +108,23 @@ def test_prompts_use_examples_from_other_documents():
 ])
 def test_judge_parsing_is_robust(text, expected):
     assert parse_judge(text) == expected
+
+
+def test_judge_auto_and_degenerate_judge_detection(base_cfg):
+    from omegaconf import OmegaConf
+
+    from domain_embed.errors import UserError
+    from domain_embed.synth.stage import _degenerate, judge_enabled
+
+    cfg = OmegaConf.create(OmegaConf.to_container(base_cfg))
+    assert cfg.synth.judge.enabled == "auto" and judge_enabled(cfg) is False  # local tiny model
+    cfg.llm.kind = "remote"
+    assert judge_enabled(cfg) is True
+    cfg.synth.judge.enabled = "sometimes"
+    with pytest.raises(UserError, match="auto"):
+        judge_enabled(cfg)
+    ones = {"relevance": 1, "answerability": 1, "clarity": 1}
+    assert _degenerate([ones] * 12, 0.9)                      # what SmolLM2-135M does
+    varied = [{"relevance": i % 10 + 1, "answerability": 5, "clarity": 7} for i in range(12)]
+    assert _degenerate(varied, 0.9) is None
+    assert _degenerate([ones] * 3, 0.9) is None                # too few to tell

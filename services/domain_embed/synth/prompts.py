@@ -63,7 +63,7 @@ def _words(text: str, n: int) -> str:
     return " ".join(w[:n]) + (" ..." if len(w) > n else "")
 
 
-def _first_sentence(text: str, max_words: int = 30) -> str:
+def first_sentence(text: str, max_words: int = 30) -> str:
     """The first real sentence of a chunk (past its context line and any section numbering)."""
     body = text.split("\n", 1)[-1]
     for m in re.finditer(r"(.+?[.!?])(\s|$)", body):
@@ -109,7 +109,7 @@ def build_examples(structure_rows: list[dict[str, Any]], chunks_by_id: dict[str,
         out.append({
             "passages": passages, "title": str(c.get("title") or ""), "section": str(c.get("section") or ""),
             "question": example_question(qtype, r["question"], str(c.get("title") or ""), other),
-            "answer": _first_sentence(c["text"]),
+            "answer": first_sentence(c["text"]),
         })
     return out
 

@@ -291,7 +291,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         if st.enabled:
             for r in struct_rows:
                 first = by_id[r["segment_ids"][0]]
-                cands.append({"question": r["question"], "answer": P._first_sentence(first["text"]),
+                cands.append({"question": r["question"], "answer": P.first_sentence(first["text"]),
                               "query_type": r["query_type"], "segment_ids": r["segment_ids"],
                               "doc_ids": r["doc_ids"], "source": {"kind": "structure", "model": "headings"}})
         gen_failed = Counter()
