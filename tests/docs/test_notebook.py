@@ -57,6 +57,7 @@ def test_walkthrough_executes_at_tiny_size(tmp_path):
     nb.cells.insert(idx + 1, params)
     NotebookClient(nb, timeout=900, kernel_name="python3",
                    resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+    nbformat.write(nb, tmp_path / "walkthrough.executed.ipynb")  # kept for reading the outputs after a run
 
     def text(cell):
         out = []
