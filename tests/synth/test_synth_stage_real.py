@@ -92,7 +92,7 @@ def _ok_keys(path: Path) -> list[str]:
 
 def test_kill_mid_run_then_resume_loses_nothing_and_duplicates_nothing(tmp_path):
     rd = tmp_path / "run"
-    make_run(rd, ["synth.max_chunks=3", "synth.types.factual=1", "synth.types.keyword=1",
+    make_run(rd, ["synth.max_chunks=3", "synth.types.factual=1", "synth.types.keyword=1", "synth.types.multi_hop=0",
                   "synth.judge.enabled=false", "synth.round_trip_top_k=0", "synth.dedup_cosine=0",
                   "llm.concurrency=2"])
     gen = rd / "synth" / "generations.jsonl"
