@@ -64,7 +64,8 @@ def python_config(name: str, spec: EncodingSpec, tcfg: Any, mode: str, pad_id: i
             f"input [\n{_strings_in()}\n]\noutput [\n{outs}\n]\n{_batching(tcfg)}"
             f"instance_group [ {{ count: {int(tcfg.instances)} kind: {kind} }} ]\n"
             + _params({"mode": mode, "pad_id": pad_id, "intra_op_threads": int(tcfg.get("intra_op_threads", 0)),
-                       "ort_batch": int(tcfg.get("ort_batch", 32))}))
+                       "ort_batch": int(tcfg.get("ort_batch", 32)),
+                       "bucket_ratio": float(tcfg.get("bucket_ratio", 1.25))}))
 
 
 def encoder_config(spec: EncodingSpec, tcfg: Any, platform: str, kind: str) -> str:

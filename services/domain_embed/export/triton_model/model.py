@@ -81,6 +81,7 @@ class TritonPythonModel:
         self.tokenizer.no_padding()
         self.pad_id = int(params.get("pad_id", "0"))
         self.chunk = int(params.get("ort_batch", "32"))
+        self.bucket_ratio = float(params.get("bucket_ratio", "1.25"))
         self.session = None
         if self.mode == "embed":
             import onnxruntime as ort
@@ -180,8 +181,7 @@ class TritonPythonModel:
             flat = [(ri, j, rows[j]) for ri, rows in parsed for j in range(len(rows))]
             order = sorted(range(len(flat)), key=lambda k: len(flat[k][2]))
             vectors = [None] * len(flat)
-            for s in range(0, len(order), self.chunk):
-                idx = order[s: s + self.chunk]
+            for idx in self._buckets(order, [len(f[2]) for f in flat]):
                 ids, mask = self._pad([flat[k][2] for k in idx])
                 emb = self.session.run(["embeddings"], {"input_ids": ids, "attention_mask": mask})[0]
                 for k, v in zip(idx, emb):
@@ -197,6 +197,20 @@ class TritonPythonModel:
             for ri, _ in parsed:
                 responses[ri] = self._error(f"inference failed: {type(exc).__name__}: {exc}")
         return responses
+
+    def _buckets(self, order, lengths):
+        """Runs of the length-sorted items, at most ``ort_batch`` long, whose longest is within
+        ``bucket_ratio`` of their shortest: on a CPU, compute grows with padded tokens, so merging a
+        short text into a long text's batch costs more than a separate call."""
+        out, cur = [], []
+        for k in order:
+            if cur and (len(cur) >= self.chunk or lengths[k] > self.bucket_ratio * lengths[cur[0]] + 4):
+                out.append(cur)
+                cur = []
+            cur.append(k)
+        if cur:
+            out.append(cur)
+        return out
 
     @staticmethod
     def _error(message, invalid=False):
