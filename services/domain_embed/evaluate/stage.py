@@ -19,22 +19,16 @@ from .retrieval import BeirDataset, bm25_run, dense_run, load_beir, read_qrels
 
 
 def _real_queries(ctx: StageContext, heldout: BeirDataset) -> BeirDataset | None:
+    """Real user queries with judgments, scored like the held-out set (None without --qrels)."""
+    from ..realq import load_qrels, load_real_queries, validate_qrels
+
     rq, qr = ctx.extra.get("real_queries"), ctx.extra.get("qrels")
-    if not rq:
+    if not rq or not qr:
         return None
-    if not qr:
-        raise UserError("--real-queries needs --qrels (TSV: query-id, corpus-id, score) to be scored")
-    qrels = read_qrels(Path(qr))
-    ids, texts = [], []
-    for r in read_jsonl(Path(rq)):
-        qid = str(r.get("_id") or r.get("id") or "")
-        text = str(r.get("text") or r.get("query") or "")
-        if qid in qrels and text:
-            ids.append(qid)
-            texts.append(text)
-    if not ids:
-        raise UserError(f"no query in {rq} has an id in {qr}; the files must share query ids")
-    return BeirDataset("real", heldout.corpus_ids, heldout.corpus_texts, ids, texts, qrels)
+    queries = load_real_queries(Path(rq))
+    qrels = validate_qrels(queries, load_qrels(Path(qr)), set(heldout.corpus_ids))
+    ids = [q for q in queries if q in qrels]
+    return BeirDataset("real", heldout.corpus_ids, heldout.corpus_texts, ids, [queries[q] for q in ids], qrels)
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -95,8 +89,20 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if ctx.extra.get("endpoint"):
         endpoint_ok = _check_endpoint(ctx, str(ctx.extra["endpoint"]), heldout, tuned, report, ks, top)
 
+    # ---- real queries without judgments: how far are the synthetic queries from them?
+    drift_md = ""
+    if ctx.extra.get("real_queries") and not ctx.extra.get("qrels"):
+        from ..realq.run import drift_for_run, drift_markdown
+
+        drift = drift_for_run(ctx.run_dir, ctx.extra["real_queries"], base, out_dir=ctx.dir)
+        report["drift"] = {"flags": drift.get("flags", []), "files": ["drift.json", "drift.md", "drift.png"]}
+        drift_md = drift_markdown(drift)
+
     atomic_write_json(ctx.dir / "report.json", report)
     write_markdown(ctx.dir / "report.md", report)
+    if drift_md:
+        with open(ctx.dir / "report.md", "a", encoding="utf-8") as fh:
+            fh.write("\n" + drift_md + "\n")
     write_curves(ctx.dir / "curves.png", report, ctx.path("train/metrics.jsonl"))
     h = report["datasets"]["heldout"]
     counts = {"queries": len(heldout.query_ids), "base_ndcg@10": round(h["base"]["ndcg@10"], 4),
