@@ -126,8 +126,17 @@ def instruction(qtype: str, title: str = "", section: str = "") -> str:
     return INSTRUCTIONS[qtype].format(title=title or "the document", section=section or title or "this part")
 
 
+def style_hint(style_queries: list[str] | None) -> str:
+    """A line showing real users' queries, so the generator matches their length and form."""
+    if not style_queries:
+        return ""
+    shown = "; ".join(f'"{q}"' for q in style_queries)
+    return f"\n\nReal users of this documentation write queries like: {shown}. Match their style."
+
+
 def chat_messages(qtype: str, passages: list[str], examples: list[dict[str, str]],
-                  with_answer: bool = True, title: str = "", section: str = "") -> list[dict[str, str]]:
+                  with_answer: bool = True, title: str = "", section: str = "",
+                  style_queries: list[str] | None = None) -> list[dict[str, str]]:
     """Chat prompt. Without answers the model spends its tokens on the question only (a 135M model
     rambles in the answer field, and nothing downstream trains on the answer)."""
     import json
@@ -138,7 +147,8 @@ def chat_messages(qtype: str, passages: list[str], examples: list[dict[str, str]
         ex_instr = instruction(qtype, ex.get("title", ""), ex.get("section", ""))
         msgs.append({"role": "user", "content": f"{_passage_block(ex['passages'])}\n\n{ex_instr}"})
         msgs.append({"role": "assistant", "content": json.dumps(shot)})
-    msgs.append({"role": "user", "content": f"{_passage_block(passages)}\n\n{instruction(qtype, title, section)}"})
+    msgs.append({"role": "user", "content": f"{_passage_block(passages)}\n\n{instruction(qtype, title, section)}"
+                                            f"{style_hint(style_queries)}"})
     return msgs
 
 
@@ -146,10 +156,12 @@ COMPLETION_LABEL = {"factual": "Question", "keyword": "Search query", "procedura
                     "structural": "Question about this section", "multi_hop": "Question using both passages"}
 
 
-def completion_prompt(qtype: str, passages: list[str], examples: list[dict[str, str]]) -> str:
+def completion_prompt(qtype: str, passages: list[str], examples: list[dict[str, str]],
+                      style_queries: list[str] | None = None) -> str:
     """Few-shot text for a base model; it continues after the label and stops at the newline."""
     label = COMPLETION_LABEL[qtype]
-    parts = [f"Technical documentation passages, each with a {label.lower()} a user would ask.\n"]
+    parts = [f"Technical documentation passages, each with a {label.lower()} a user would ask."
+             f"{style_hint(style_queries).strip() and ' ' + style_hint(style_queries).strip()}\n"]
     for ex in examples:
         parts.append(f"{_passage_block(ex['passages'])}\n{label}: {ex['question']}\n")
     parts.append(f"{_passage_block(passages)}\n{label}:")

@@ -82,13 +82,21 @@ def plan_tasks(sampled: list[dict[str, Any]], chunks: list[dict[str, Any]], type
     return tasks
 
 
+def _style_queries(cfg: DictConfig) -> list[str]:
+    """Real queries shown to the generator as style examples (synth.style_examples_file), if any."""
+    from ..realq import style_examples
+
+    path = cfg.synth.get("style_examples_file")
+    return style_examples(path, int(cfg.synth.get("style_examples_n", 5)), int(cfg.seed)) if path else []
+
+
 def fingerprint(cfg: DictConfig, *extra: Any) -> str:
     """What a generation depends on; records under another fingerprint are not reused."""
     llm, sc = cfg.llm, cfg.synth
     parts = [llm.kind, llm.model, llm.local.get("weights") if llm.kind == "local" else llm.base_url,
              llm.local.prompt_style, llm.temperature, llm.max_tokens, llm.get("structured_output", False),
              sc.few_shot, sc.few_shot_words, sc.max_prompt_words, sc.with_answer, sc.max_tokens, P.PROMPT_VERSION,
-             cfg.seed, *extra]
+             cfg.seed, *_style_queries(cfg), *extra]
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:12]
 
 
@@ -104,6 +112,7 @@ async def _generate(ctx: StageContext, base_url: str, todo: list[dict[str, Any]]
 
     cfg, sc = ctx.cfg, ctx.cfg.synth
     style = str(cfg.llm.local.prompt_style)
+    style_queries = _style_queries(cfg)
     async with LLMClient.from_config(cfg, base_url) as client:
         bar = ctx.progress(total=len(todo), desc="generate")
 
@@ -119,14 +128,15 @@ async def _generate(ctx: StageContext, base_url: str, todo: list[dict[str, Any]]
                    "prompt_style": style}
             try:
                 if style == "completion":
-                    comp = await client.complete(P.completion_prompt(t["query_type"], passages, examples),
+                    comp = await client.complete(P.completion_prompt(t["query_type"], passages, examples, style_queries),
                                                  stop=["\n"], **params)
                     rec.update(ok=True, question=F.clean_question(comp.text), answer="")
                 else:
                     with_answer = bool(sc.with_answer)
                     first = by_id[t["chunk_id"]]
                     msgs = P.chat_messages(t["query_type"], passages, examples, with_answer,
-                                           str(first.get("title") or ""), str(first.get("section") or ""))
+                                           str(first.get("title") or ""), str(first.get("section") or ""),
+                                           style_queries)
                     obj, comp = await client.chat_json(msgs,
                                                        P.qa_schema(with_answer), repair_attempts=int(sc.repair_attempts),
                                                        **params)
