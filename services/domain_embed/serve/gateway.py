@@ -21,7 +21,9 @@ from .settings import ServeSettings
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--encoding", type=Path, required=True, help="encoding.json from the model repository")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model-repository", type=Path, help="the Triton model repository (reads its encoding.json)")
+    src.add_argument("--encoding", type=Path, help="encoding.json from the model repository")
     ap.add_argument("--triton-url", default=None, help="Triton gRPC host:port (else serve.triton_url)")
     ap.add_argument("--host", default=None)
     ap.add_argument("--port", type=int, default=None)
@@ -44,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
                 setattr(s, key, getattr(args, key))
         if not s.served_name:
             raise UserError("no served model name: pass --served-name or set DOMAIN_EMBED_SERVE_SERVED_NAME")
+        if args.encoding is None:
+            args.encoding = args.model_repository / "encoding.json"
         if not args.encoding.is_file():
             raise UserError(f"{args.encoding} does not exist; point --encoding at triton/encoding.json of an export")
         spec = json.loads(args.encoding.read_text())
