@@ -148,3 +148,20 @@ def test_tiny_corpora(tmp_path, capsys):
     man = run_split(tmp_path, chunks, qa, quiet=False)
     assert man["counts"]["documents"]["test"] == 1 and man["counts"]["queries"]["test"] == 4
     assert "WARNING: the test set has only 4 queries" in capsys.readouterr().err
+
+
+def test_documents_without_queries_stay_in_training_and_test_always_has_queries(tmp_path):
+    chunks, qa = make_inputs(n_docs=12)
+    queried_docs = sorted({q["doc_ids"][0] for q in qa})[:4]
+    qa = [q for q in qa if q["doc_ids"][0] in queried_docs]   # 8 of 12 documents have no query
+    man = run_split(tmp_path / "a", chunks, qa)
+    split = json.loads((tmp_path / "a" / "split" / "split.json").read_text())
+    assert set(split["test_docs"]) <= set(queried_docs) and set(split["val_docs"]) <= set(queried_docs)
+    assert man["counts"]["queries"]["test"] > 0
+    unqueried = {c["doc_id"] for c in chunks} - set(queried_docs)
+    train_docs = {c["doc_id"] for c in read_jsonl(tmp_path / "a" / "split" / "train_corpus.jsonl")}
+    assert unqueried <= train_docs
+
+    one_doc = [q for q in qa if q["doc_ids"][0] == queried_docs[0]]
+    with pytest.raises(UserError, match="only 1 document"):
+        run_split(tmp_path / "b", chunks, one_doc)

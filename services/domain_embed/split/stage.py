@@ -70,7 +70,16 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if not chunks:
         raise UserError("curate/chunks.jsonl is empty; rerun curate on a corpus with text")
     chunk_doc = {c["id"]: c["doc_id"] for c in chunks}
-    assign = assign_documents(chunk_doc.values(), float(sc.test_fraction), float(sc.val_fraction), int(cfg.seed))
+    # Only documents with queries are drawn for test and validation: a test document without a
+    # query measures nothing and only shrinks the training corpus. The others stay in training
+    # (as passages and negatives) and in every evaluation corpus as distractors.
+    queried = {chunk_doc[s] for q in qa for s in q.get("segment_ids", []) if s in chunk_doc}
+    if len(queried) < 2:
+        raise UserError(f"only {len(queried)} document(s) have synthetic queries; the split needs at least 2 "
+                        f"(train and test) -- raise synth.max_chunks or add documents to corpus.path")
+    assign = assign_documents(queried, float(sc.test_fraction), float(sc.val_fraction), int(cfg.seed))
+    for d in chunk_doc.values():
+        assign.setdefault(d, "train")
 
     def qa_part(q: dict[str, Any]) -> str | None:
         """The part a query belongs to: test if any supporting chunk is in a test document."""
@@ -116,6 +125,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "unit": "document", "train_docs": docs["train"], "val_docs": docs["val"], "test_docs": docs["test"],
         "counts": counts,
     })
+    if not by_part["test"]:
+        raise UserError("the split left no test queries; raise synth.max_chunks or split.test_fraction")
     if len(by_part["test"]) < int(sc.min_test_queries_warning):
         ctx.log(f"WARNING: the test set has only {len(by_part['test'])} queries (< {sc.min_test_queries_warning}); "
                 f"metrics will be noisy -- raise synth.max_chunks or split.test_fraction")
