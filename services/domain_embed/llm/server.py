@@ -139,15 +139,20 @@ def start_local_server(cfg: DictConfig, host: str | None = None, port: int | Non
     log.close()
     deadline = time.monotonic() + float(loc.startup_timeout_s)
     address = None
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise UserError(f"the local LLM server exited with code {proc.returncode} while starting "
-                            f"({_log_tail(log_path)}); see {log_path}")
-        if address is None and ready.is_file():
-            address = ready.read_text().strip() or None
-        if address is not None and _get(address + "/health") == 200:
-            return LocalServer(proc, address, log_path)
-        time.sleep(0.1)
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise UserError(f"the local LLM server exited with code {proc.returncode} while starting "
+                                f"({_log_tail(log_path)}); see {log_path}")
+            if address is None and ready.is_file():
+                address = ready.read_text().strip() or None
+            if address is not None and _get(address + "/health") == 200:
+                return LocalServer(proc, address, log_path)
+            time.sleep(0.1)
+    except BaseException:  # Ctrl-C while starting: leave no server behind
+        proc.kill()
+        proc.wait()
+        raise
     proc.kill()
     proc.wait()
     raise UserError(f"the local LLM server did not become ready within llm.local.startup_timeout_s="
@@ -179,10 +184,13 @@ def local_llm(cfg: DictConfig, log_path: Path | None = None) -> Iterator[str]:
 
 def serve_forever(cfg: DictConfig, host: str, port: int) -> int:
     """`domain-embed llm serve`: run the server in the foreground until interrupted."""
-    server = start_local_server(cfg, host=host, port=port)
-    print(f"serving {cfg.llm.model} at {server.base_url} (OpenAI-compatible; log {server.log_path}); Ctrl-C stops it",
-          file=sys.stderr, flush=True)
+    # Ctrl-C may land while the server is still starting (the child can answer /health before
+    # start_local_server returns): that is a clean stop too, not an interrupted command.
+    server = None
     try:
+        server = start_local_server(cfg, host=host, port=port)
+        print(f"serving {cfg.llm.model} at {server.base_url} (OpenAI-compatible; log {server.log_path}); "
+              f"Ctrl-C stops it", file=sys.stderr, flush=True)
         while server.proc.poll() is None:
             time.sleep(0.5)
         print(f"the server exited with code {server.proc.returncode}; see {server.log_path}", file=sys.stderr)
@@ -190,7 +198,8 @@ def serve_forever(cfg: DictConfig, host: str, port: int) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
 
 
 # ---------------------------------------------------------------- the child process
