@@ -109,6 +109,16 @@ def test_report_base_tuned_bm25_and_extra_dataset(run_same_as_base):
     png = (run / "eval" / "curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     assert "| ndcg@10 |" in (run / "eval" / "report.md").read_text()
+    # per source:type breakdown of the held-out queries, each group scored on its own queries
+    groups = held["by_group"]
+    assert set(groups) == {"llm:factual", "llm:keyword"}
+    assert sum(g["queries"] for g in groups.values()) == held["info"]["queries"]
+    for g in groups.values():
+        assert g["tuned"]["ndcg@10"] == pytest.approx(g["base"]["ndcg@10"])
+    n = held["info"]["queries"]
+    mean = sum(g["base"]["ndcg@10"] * g["queries"] for g in groups.values()) / n
+    assert mean == pytest.approx(held["base"]["ndcg@10"]), "groups partition the held-out set"
+    assert "| llm:factual |" in (run / "eval" / "report.md").read_text()
 
 
 class _EmbeddingServer:

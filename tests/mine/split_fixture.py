@@ -85,7 +85,10 @@ def rows():
 
 def _beir(folder: Path, corpus, queries, split: str) -> None:
     _w(folder / "corpus.jsonl", [{"_id": c["id"], "title": c["title"], "text": c["text"]} for c in corpus])
-    _w(folder / "queries.jsonl", [{"_id": q["id"], "text": q["question"]} for q in queries])
+    # metadata as the split stage writes it (two types, so the report's per-type table has rows)
+    _w(folder / "queries.jsonl", [{"_id": q["id"], "text": q["question"],
+                                   "metadata": {"query_type": ("factual", "keyword")[i % 2], "source": "llm"}}
+                                  for i, q in enumerate(queries)])
     (folder / "qrels").mkdir(parents=True, exist_ok=True)
     lines = ["query-id\tcorpus-id\tscore"] + [f"{q['id']}\t{s}\t1" for q in queries for s in q["segment_ids"]]
     (folder / "qrels" / f"{split}.tsv").write_text("\n".join(lines) + "\n")

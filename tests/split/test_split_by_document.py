@@ -90,7 +90,7 @@ def test_no_test_chunk_in_training_files_and_beir_is_well_formed(tmp_path):
         corpus = list(read_jsonl(s / folder / "corpus.jsonl"))
         queries = list(read_jsonl(s / folder / "queries.jsonl"))
         assert all(set(r) == {"_id", "title", "text"} for r in corpus)
-        assert all(set(r) == {"_id", "text"} and r["_id"].startswith("q_") for r in queries)
+        assert all(set(r) == {"_id", "text", "metadata"} and r["_id"].startswith("q_") for r in queries)
         assert {chunk_doc[r["_id"]] for r in corpus} == corpus_docs
         qrels = _qrels(s / folder / "qrels" / f"{split_name}.tsv")
         cids, qids = {r["_id"] for r in corpus}, {r["_id"] for r in queries}
@@ -165,3 +165,11 @@ def test_documents_without_queries_stay_in_training_and_test_always_has_queries(
     one_doc = [q for q in qa if q["doc_ids"][0] == queried_docs[0]]
     with pytest.raises(UserError, match="only 1 document"):
         run_split(tmp_path / "b", chunks, one_doc)
+
+
+def test_beir_queries_carry_type_and_source(tmp_path):
+    chunks, qa = make_inputs(n_docs=6)
+    run_split(tmp_path, chunks, qa)
+    rows = list(read_jsonl(tmp_path / "split" / "eval_beir" / "queries.jsonl"))
+    assert rows and all(r["metadata"]["source"] == "llm" and r["metadata"]["query_type"] in ("factual", "multi_hop")
+                        for r in rows)

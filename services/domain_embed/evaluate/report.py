@@ -35,6 +35,18 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
             d = (ds["tuned"].get(m, 0) - ds["base"].get(m, 0)) if "tuned" in ds and "base" in ds else None
             lines.append(f"| {m} | " + " | ".join(_fmt(v) for v in vals) + f" | {'+' if d and d > 0 else ''}{_fmt(d)} |")
         lines.append("")
+        groups = ds.get("by_group") or {}
+        if groups:
+            gsys = [s for s in ("base", "tuned", "bm25") if s in ds]
+            lines += ["nDCG@10 by query source and type (what each source of synthetic queries contributes):", "",
+                      "| source:type | queries | " + " | ".join(gsys) + " | tuned - base |",
+                      "|---|---|" + "---|" * (len(gsys) + 1)]
+            for g, gd in groups.items():
+                vals = [gd[s].get("ndcg@10") for s in gsys]
+                d = gd["tuned"].get("ndcg@10", 0) - gd["base"].get("ndcg@10", 0)
+                lines.append(f"| {g} | {gd['queries']} | " + " | ".join(_fmt(v) for v in vals)
+                             + f" | {'+' if d > 0 else ''}{_fmt(d)} |")
+            lines.append("")
     lines += ["All metrics at k in " + ", ".join(str(k) for k in report.get("k_values", [])) + " are in report.json. "
               "Curves: curves.png.", ""]
     atomic_write_text(path, "\n".join(lines))

@@ -31,6 +31,18 @@ def _real_queries(ctx: StageContext, heldout: BeirDataset) -> BeirDataset | None
     return BeirDataset("real", heldout.corpus_ids, heldout.corpus_texts, ids, [queries[q] for q in ids], qrels)
 
 
+def _query_groups(folder: Path, query_ids: list[str]) -> dict[str, list[str]]:
+    """Held-out queries grouped by ``source:query_type`` from the split's BEIR metadata, so the
+    report shows what each source of synthetic queries contributed (empty for plain BEIR data)."""
+    wanted, groups = set(query_ids), {}
+    for q in read_jsonl(folder / "queries.jsonl"):
+        meta = q.get("metadata") or {}
+        if str(q.get("_id")) in wanted and meta.get("query_type"):
+            key = f"{meta.get('source') or '?'}:{meta['query_type']}"
+            groups.setdefault(key, []).append(str(q["_id"]))
+    return groups
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
     from ..encoding import Encoder
 
@@ -59,11 +71,18 @@ def run(ctx: StageContext) -> dict[str, Any]:
     for ds, path in datasets:
         ctx.log(f"{ds.name}: {len(ds.query_ids)} queries over {len(ds.corpus_ids)} passages")
         entry: dict[str, Any] = {"info": {"queries": len(ds.query_ids), "corpus": len(ds.corpus_ids), "path": path}}
+        runs: dict[str, dict] = {}
         for label, enc in (("base", base), ("tuned", tuned)):
-            run_ = dense_run(ds, lambda t, kind, e=enc: e.encode(t, kind), top)
-            entry[label] = beir_evaluate(ds.qrels, run_, ks)
+            runs[label] = dense_run(ds, lambda t, kind, e=enc: e.encode(t, kind), top)
+            entry[label] = beir_evaluate(ds.qrels, runs[label], ks)
         if bool(ec.bm25):
-            entry["bm25"] = beir_evaluate(ds.qrels, bm25_run(ds, top), ks)
+            runs["bm25"] = bm25_run(ds, top)
+            entry["bm25"] = beir_evaluate(ds.qrels, runs["bm25"], ks)
+        groups = _query_groups(Path(path), ds.query_ids) if ds.name == "heldout" else {}
+        if groups:
+            entry["by_group"] = {g: {"queries": len(qids), **{label: beir_evaluate(
+                {q: ds.qrels[q] for q in qids}, {q: r[q] for q in qids if q in r}, ks) for label, r in runs.items()}}
+                for g, qids in sorted(groups.items())}
         report["datasets"][ds.name] = entry
 
     # ---- quality gate on the held-out split

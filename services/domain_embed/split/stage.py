@@ -54,7 +54,11 @@ def write_beir(folder: Path, corpus: list[dict[str, Any]], queries: list[dict[st
     """BEIR layout: corpus.jsonl, queries.jsonl, qrels/<split>.tsv (header, score 1 for every supporting chunk)."""
     corpus_ids = {c["id"] for c in corpus}
     atomic_write_jsonl(folder / "corpus.jsonl", (_beir_corpus_row(c) for c in corpus))
-    atomic_write_jsonl(folder / "queries.jsonl", ({"_id": q["id"], "text": q["question"]} for q in queries))
+    # BEIR allows per-query metadata; the type and source let the report say what each contributed.
+    atomic_write_jsonl(folder / "queries.jsonl", (
+        {"_id": q["id"], "text": q["question"],
+         "metadata": {"query_type": q.get("query_type", ""), "source": (q.get("source") or {}).get("kind", "")}}
+        for q in queries))
     with atomic_open(folder / "qrels" / f"{split_name}.tsv") as fh:
         fh.write("query-id\tcorpus-id\tscore\n")
         for q in queries:
