@@ -72,13 +72,46 @@ def resolve_path(spec: str | None) -> Path | None:
     return path
 
 
+# The names sentence-transformers models use for their passage-side prompt.
+_PASSAGE_PROMPT_NAMES = ("passage", "document", "corpus", "doc")
+
+
+def model_prompts(model_path: str | Path | None) -> dict[str, str]:
+    """The query/passage prompts a model was trained with, from its ``config_sentence_transformers.json``.
+
+    Empty for a model that declares none (all-MiniLM-L6-v2): such a model is used without prefixes,
+    as its authors meant, so the base column of a report is not handicapped by prefixes it never saw.
+    """
+    if model_path is None:
+        return {}
+    f = Path(model_path) / "config_sentence_transformers.json"
+    try:
+        prompts = json.loads(f.read_text()).get("prompts") or {}
+    except (OSError, ValueError):
+        return {}
+    out = {}
+    if isinstance(prompts.get("query"), str):
+        out["query"] = prompts["query"]
+    passage = next((prompts[k] for k in _PASSAGE_PROMPT_NAMES if isinstance(prompts.get(k), str)), None)
+    if passage is not None:
+        out["passage"] = passage
+    return out
+
+
+def _prefix(value: Any, model_path: Path | None, input_type: str) -> str:
+    """``model.query_prefix``/``passage_prefix``: ``auto`` (or null) takes the model's own prompt, or none."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return model_prompts(model_path).get(input_type, "")
+    return str(value)
+
+
 @dataclass(frozen=True)
 class EncodingSpec:
     """How text becomes a vector. The single definition every stage reads."""
 
     model_path: str
-    query_prefix: str = "query: "
-    passage_prefix: str = "passage: "
+    query_prefix: str = ""
+    passage_prefix: str = ""
     max_query_length: int = 64
     max_passage_length: int = 256
     pooling: str = "mean"
@@ -94,8 +127,8 @@ class EncodingSpec:
             raise UserError(f"model.pooling={m.pooling!r} is not one of mean, cls, last")
         return cls(
             model_path=str(path),
-            query_prefix=str(m.query_prefix or ""),
-            passage_prefix=str(m.passage_prefix or ""),
+            query_prefix=_prefix(m.get("query_prefix"), path, "query"),
+            passage_prefix=_prefix(m.get("passage_prefix"), path, "passage"),
             max_query_length=int(m.max_query_length),
             max_passage_length=int(m.max_passage_length),
             pooling=str(m.pooling),

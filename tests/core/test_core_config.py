@@ -12,10 +12,28 @@ from domain_embed.errors import UserError
 
 def test_defaults_compose_and_spec(base_cfg):
     spec = EncodingSpec.from_config(base_cfg)
-    assert spec.query_prefix == base_cfg.model.query_prefix
     assert spec.max_passage_length == base_cfg.model.max_passage_length
     assert (resolve_path(base_cfg.model.path) / "config.json").is_file()
-    assert spec.prefix("query") != spec.prefix("passage")
+    # all-MiniLM-L6-v2 declares no prompts, so "auto" gives none: the base is used as its authors meant
+    assert base_cfg.model.query_prefix == "auto"
+    assert spec.prefix("query") == spec.prefix("passage") == ""
+
+
+def test_prefixes_follow_the_model_prompts_or_an_explicit_value(tmp_path, minilm_path):
+    import shutil
+
+    from domain_embed.config import model_prompts
+
+    model = tmp_path / "e5-like"
+    shutil.copytree(minilm_path, model)
+    (model / "config_sentence_transformers.json").write_text(
+        json.dumps({"prompts": {"query": "query: ", "document": "passage: "}}))
+    assert model_prompts(model) == {"query": "query: ", "passage": "passage: "}
+    spec = EncodingSpec.from_config(load_config(None, [f"model.path={model}"], save=False))
+    assert (spec.query_prefix, spec.passage_prefix) == ("query: ", "passage: ")
+    forced = EncodingSpec.from_config(load_config(None, ['model.query_prefix="q> "', 'model.passage_prefix=""'],
+                                                  save=False))
+    assert (forced.query_prefix, forced.passage_prefix) == ("q> ", "")
 
 
 def test_unknown_key_is_a_user_error():

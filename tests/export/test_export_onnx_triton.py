@@ -66,7 +66,7 @@ def test_triton_repository_manifest_and_spec(exported_run):
     for rel, digest in files.items():
         assert sha256_file(repo / rel) == digest
     spec = EncodingSpec.from_dict(json.loads((repo / "encoding.json").read_text()))
-    assert spec.query_prefix == "query: " and spec.max_passage_length == 256 and spec.dim == 384
+    assert spec.query_prefix == "" and spec.max_passage_length == 256 and spec.dim == 384  # MiniLM: no prompts
     cfg = (repo / "embed" / "config.pbtxt").read_text()
     assert "preferred_batch_size: [ 8, 16, 32 ]" in cfg and "max_queue_delay_microseconds: 2000" in cfg
 

@@ -122,7 +122,8 @@ def test_truncate_none_start_end(http, reference_encoder):
     assert_error(embed(http, input=["ok", LONG], input_type="passage", truncate="NONE"), 400, "256", "input 1")
     assert_error(embed(http, input=[LONG], input_type="passage"), 400, "256")  # NONE is the default, as in NIM
     tok = reference_encoder.tokenizer
-    n_full = len(tok("passage: " + LONG)["input_ids"])
+    pp = reference_encoder.spec.passage_prefix
+    n_full = len(tok(pp + LONG)["input_ids"])
     msg = embed(http, input=[LONG], input_type="passage", truncate="NONE").json()["message"]
     assert str(n_full) in msg
 
@@ -133,7 +134,7 @@ def test_truncate_none_start_end(http, reference_encoder):
 
     start = embed(http, input=[LONG], input_type="passage", truncate="START")
     assert start.json()["usage"]["prompt_tokens"] == 256
-    prefix = tok("passage: ", add_special_tokens=False)["input_ids"]
+    prefix = tok(pp, add_special_tokens=False)["input_ids"]
     body = tok(LONG, add_special_tokens=False)["input_ids"]
     ids = [tok.cls_token_id, *prefix, *body[-(256 - 2 - len(prefix)):], tok.sep_token_id]
     t = torch.tensor([ids])

@@ -49,7 +49,10 @@ class Gateway:
         self.s = settings
         self.spec = spec
         self.dim = int(spec["dim"])
-        self.asymmetric = spec.get("query_prefix", "") != spec.get("passage_prefix", "")
+        # A model without prefixes is still asymmetric when queries and passages have different
+        # limits: the input type decides how long an input may be before truncate applies.
+        self.asymmetric = (spec.get("query_prefix", "") != spec.get("passage_prefix", "")
+                           or spec.get("max_query_length") != spec.get("max_passage_length"))
         self.metrics = GatewayMetrics()
         self.embedder = embedder or TritonEmbedder(settings.triton_url, settings.triton_model,
                                                    settings.request_timeout_s, settings.retry_after_s)
