@@ -295,7 +295,8 @@ def _fuzz(url: str, headers: dict[str, str] | None = None) -> list[int]:
     import schemathesis
     from hypothesis import HealthCheck, given, settings
 
-    schema = schemathesis.openapi.from_url(f"{url}/openapi.json", headers=headers)
+    auth = {"headers": headers} if headers else {}
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json", **auth)
     seen = []
     for path, method in (("/v1/embeddings", "POST"), ("/v1/models", "GET"), ("/v1/health/ready", "GET")):
         op = schema[path][method]
@@ -304,7 +305,7 @@ def _fuzz(url: str, headers: dict[str, str] | None = None) -> list[int]:
         @settings(max_examples=40 if method == "POST" else 5, deadline=None, derandomize=True,
                   suppress_health_check=list(HealthCheck))
         def check(case):
-            r = case.call(base_url=url, timeout=60, headers=headers)
+            r = case.call(base_url=url, timeout=60, **auth)
             seen.append(r.status_code)
             assert r.status_code < 500, (case.body, r.text)
             if r.status_code >= 400:
