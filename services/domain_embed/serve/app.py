@@ -160,8 +160,9 @@ def create_app(settings: ServeSettings, spec: dict[str, Any], embedder: TritonEm
             response = errors.error_response(exc.status, exc.message, exc.kind)
         except Exception as exc:  # noqa: BLE001 - never a plain-text 500
             log.exception("unexpected error on %s %s", request.method, request.url.path)
-            response = errors.error_response(500, f"internal error ({type(exc).__name__}): {str(exc)[:200]}; "
-                                             f"the gateway log has the traceback", "internal_error")
+            # the type only: the exception text may hold internals a caller should not see
+            response = errors.error_response(500, f"internal error ({type(exc).__name__}) in the gateway; its log "
+                                             f"has the traceback", "internal_error")
         count(request.url.path, response.status_code)
         return response
 
@@ -182,7 +183,8 @@ def create_app(settings: ServeSettings, spec: dict[str, Any], embedder: TritonEm
         if not gw.ready and not await gw.probe():
             # known down or hung: answer at once (within ready_timeout_s) instead of holding a slot
             raise TritonUnavailable(f"the inference server is unavailable (not ready: no inference succeeded within "
-                                    f"{settings.ready_timeout_s:g}s); retry shortly", headers={"Retry-After": str(settings.retry_after_s)})
+                                    f"{settings.ready_timeout_s:g}s); retry shortly",
+                                    headers={"Retry-After": str(settings.retry_after_s)})
         async with gw.queue.slot():
             try:
                 vecs, tokens = await gw.embedder.embed(texts, input_type, truncate)

@@ -8,8 +8,9 @@ production image ``tritonserver`` is on PATH and has its own backends; set
 DOMAIN_EMBED_TRITONSERVER to use a specific binary.
 
 Each server runs in its own process group with its python-backend stubs. A server that crashes
-(SIGKILL, OOM) leaves its stub behind, and the stub ignores SIGTERM, so before a restart (and on
-stop) whatever is left of the old group is SIGKILLed. The python backend imports ``model.py``
+(SIGKILL, OOM) can leave its stub behind (issue 12 saw one alive 77 minutes later, ignoring
+SIGTERM, with its shared memory), so before a restart (and on stop) whatever is left of the old
+group is SIGKILLed and the stubs' /dev/shm regions unlinked. The python backend imports ``model.py``
 with an interpreter that ignores the environment (PYTHONDONTWRITEBYTECODE has no effect), so it
 writes ``__pycache__`` into the model repository; those caches are removed before each start (a
 planted ``.pyc`` with a matching stamp would otherwise shadow the verified ``model.py``) and
@@ -79,7 +80,8 @@ def backend_directory() -> Path | None:
 
 def available_backends(directory: Path | None = None) -> set[str]:
     """Names of the backends a tritonserver install can load: its backends/<name>/ folders that
-    hold a backend library (libtriton_<name>.so) or, for python, the backend's model.py/stub."""
+    hold a backend library (libtriton_<name>.so) or, for python, triton_python_backend_utils.py
+    (nvidia-pytriton ships the python backend that way)."""
     d = Path(directory) if directory else backend_directory()
     if d is None or not d.is_dir():
         return set()
