@@ -377,6 +377,28 @@ def run_pipeline(name: str, run_dir: Path, overrides: list[str]) -> dict[str, fl
     return times
 
 
+def interpolated(base_dir: Path, tuned_dir: Path, alpha: float, out_root: Path) -> Path:
+    """``alpha * tuned + (1 - alpha) * base`` weights (WiSE-FT style), written beside the tuned model's files."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    out = out_root / f"interp-{alpha:g}"
+    if (out / "model.safetensors").is_file():
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(tuned_dir, out)
+    base, tuned = load_file(str(Path(base_dir) / "model.safetensors")), load_file(str(Path(tuned_dir) / "model.safetensors"))
+    strip = lambda k: k.split(".", 1)[1] if k.split(".", 1)[0] in ("bert", "model") and "." in k else k  # noqa: E731
+    base_by = {strip(k): v for k, v in base.items()}
+    mixed = {}
+    for k, v in tuned.items():
+        b = base_by.get(strip(k))
+        mixed[k] = (alpha * v.float() + (1 - alpha) * b.float()).to(v.dtype) if b is not None and b.shape == v.shape else v
+    save_file(mixed, str(out / "model.safetensors"))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=["build", "run", "score"])
@@ -386,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-dir", type=Path, default=None, help="score: the run directory (one corpus)")
     p.add_argument("--model", action="append", default=[], metavar="[LABEL=]DIR",
                    help="score: extra model directories (default: <run-dir>/train/model as 'tuned')")
+    p.add_argument("--interpolate", default="", metavar="A,B,...",
+                   help="score: also score the tuned weights interpolated with the base at these mixing weights")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="run: pipeline overrides (dev tuning only)")
     a = p.parse_args(argv)
@@ -404,6 +428,13 @@ def main(argv: list[str] | None = None) -> int:
             models[label or Path(d).name] = Path(d)
         if not models and (run_dir / "train" / "model").is_dir():
             models["tuned"] = run_dir / "train" / "model"
+        if a.interpolate and "tuned" in models:
+            sys.path.insert(0, str(REPO / "services"))
+            from domain_embed.config import load_config, resolve_path
+
+            base_dir = resolve_path(load_config(run_dir, [], save=False).model.path)
+            for alpha in (float(x) for x in a.interpolate.split(",") if x.strip()):
+                models[f"interp-{alpha:g}"] = interpolated(base_dir, models["tuned"], alpha, run_dir / "realq-interp")
         results.append(score(name, run_dir, a.split, models))
     print(table(results))
     if timings:
