@@ -28,9 +28,12 @@ machine, with the parity figures beside it (``build.json``, ``int8-parity-*.json
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -128,6 +131,20 @@ def _parity(ref: Any, got: Any, texts: Sequence[str]) -> dict[str, Any]:
     return {"texts": int(len(cos)), "min_cosine": float(cos.min()), "mean_cosine": float(cos.mean())}
 
 
+@contextlib.contextmanager
+def _quiet_tools():
+    """The exporter's tracer warnings and the quantiser's root-logger advice say nothing a user can act on."""
+    root = logging.getLogger()
+    level = root.level
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        root.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            root.setLevel(level)
+
+
 def build_graph(model_path: str | Path, spec: EncodingSpec, root: Path, log: Callable[[str], None] = print,
                 texts: Sequence[str] | None = None) -> tuple[Path, dict[str, Any]]:
     """The fp32 pooled graph for ``model_path``, exported once and checked against torch; (path, build info)."""
@@ -142,7 +159,8 @@ def build_graph(model_path: str | Path, spec: EncodingSpec, root: Path, log: Cal
             pass
     t0 = time.perf_counter()
     log(f"building the ONNX inference graph for {model_path} (once per model; cached in {d})")
-    exporter = export_onnx(model_path, spec, path, opset=OPSET, log=log)
+    with _quiet_tools():
+        exporter = export_onnx(model_path, spec, path, opset=OPSET, log=log)
     export_s = time.perf_counter() - t0
     from .encoding import Encoder
 
@@ -162,7 +180,8 @@ def build_int8(fp32_path: Path, log: Callable[[str], None] = print) -> Path:
     path = fp32_path.with_name("model.int8.onnx")
     if not path.is_file():
         log(f"quantising {fp32_path.name} to int8 (dynamic, per-channel MatMul weights)")
-        quantize_int8(fp32_path, path)
+        with _quiet_tools():
+            quantize_int8(fp32_path, path)
     return path
 
 
