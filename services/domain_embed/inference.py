@@ -22,8 +22,9 @@ Config (``configs/model/*.yaml``)::
   Never on CUDA (the quantised MatMuls are CPU kernels).
 
 Built graphs are cached by the model's content fingerprint under :func:`onnx_cache_root`
-(``model.onnx_cache_dir``, default the user cache dir), so each model is exported once per
-machine, with the parity figures beside it (``build.json``, ``int8-parity-*.json``).
+(``model.onnx_cache_dir``, default the user cache dir), so each base model is exported once per
+machine, with the parity figures beside it (``build.json``, ``int8-parity-*.json``); a run's own
+trained model gets its graph in ``runs/<name>/embeddings/onnx/``.
 """
 
 from __future__ import annotations
@@ -218,7 +219,7 @@ def _choice(model_cfg: Any, key: str, default: str, allowed: Sequence[str]) -> s
 
 def inference_encoder(spec: EncodingSpec, model_cfg: Any = None, *, model_path: str | Path | None = None,
                       allow_int8: bool = False, parity_texts: Sequence[str] | None = None, batch_size: int = 64,
-                      log: Callable[[str], None] = print) -> Any:
+                      log: Callable[[str], None] = print, onnx_root: Path | None = None) -> Any:
     """The fastest encoder this machine has that matches the torch :class:`Encoder`.
 
     Returns an :class:`OnnxEncoder` (``backend`` "onnx", ``precision`` "fp32"/"int8") or the torch
@@ -258,7 +259,7 @@ def inference_encoder(spec: EncodingSpec, model_cfg: Any = None, *, model_path: 
 
     texts = list(parity_texts or [])[:32] + list(BUILTIN_SENTENCES)
     try:
-        fp32_path, build = build_graph(path, spec, onnx_cache_root(model_cfg), log, texts)
+        fp32_path, build = build_graph(path, spec, onnx_root or onnx_cache_root(model_cfg), log, texts)
     except Exception as exc:
         if backend == "onnx":
             raise
@@ -301,5 +302,9 @@ def stage_encoder(ctx: Any, spec: EncodingSpec | None = None, model_path: str | 
 
     texts, _ = parity_texts(ctx.path("curate/chunks.jsonl"))
     spec = spec or ctx.spec()
+    # The base model's graph is shared by every run on this machine (the user cache); a run's own
+    # trained model gets its graph inside the run, so it goes away with the run.
+    own = model_path is not None and Path(model_path).resolve().is_relative_to(Path(ctx.run_dir).resolve())
     return inference_encoder(spec, ctx.cfg.model, model_path=model_path, allow_int8=allow_int8,
-                             parity_texts=texts, batch_size=batch_size, log=ctx.log)
+                             parity_texts=texts, batch_size=batch_size, log=ctx.log,
+                             onnx_root=Path(ctx.run_dir) / "embeddings" / "onnx" if own else None)
