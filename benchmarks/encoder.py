@@ -49,6 +49,8 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--chunks", type=Path, help="a curate/chunks.jsonl to take texts from instead of data/sample")
     ap.add_argument("--input-type", default="passage", choices=["passage", "query"])
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="interleaved rounds; each backend's best is reported (a shared machine is noisy)")
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. model.max_passage_length=128")
     a = ap.parse_args()
 
@@ -75,23 +77,27 @@ def main() -> int:
     encoders = [("torch Encoder (fp32)", Encoder(spec, device="cpu", batch_size=a.batch_size)),
                 ("ONNX Runtime fp32", OnnxEncoder(spec, fp32_path, batch_size=a.batch_size)),
                 ("ONNX Runtime int8", OnnxEncoder(spec, int8_path, precision="int8", batch_size=a.batch_size))]
-    rows, ref = [], None
-    for name, enc in encoders:
+    for _, enc in encoders:
         enc.encode(texts[: a.batch_size], a.input_type)  # warm-up: first-run allocations, thread pools
-        t = time.perf_counter()
-        vec = enc.encode(texts, a.input_type)
-        secs = time.perf_counter() - t
-        if ref is None:
-            ref = vec
-        cos = cosine_rows(ref, vec)
+    best = [float("inf")] * len(encoders)
+    vecs: list = [None] * len(encoders)
+    for _ in range(max(1, a.rounds)):  # interleaved, so load from other jobs hits every backend alike
+        for i, (_, enc) in enumerate(encoders):
+            t = time.perf_counter()
+            vecs[i] = enc.encode(texts, a.input_type)
+            best[i] = min(best[i], time.perf_counter() - t)
+    rows = []
+    for (name, _), secs, vec in zip(encoders, best, vecs):
+        cos = cosine_rows(vecs[0], vec)
         rows.append((name, len(texts) / secs, secs, float(cos.min()), float(cos.mean())))
 
-    ntok = [min(len(encoders[0][1].tokenizer(spec.prefix(a.input_type) + x)["input_ids"]), spec.max_length(a.input_type))
+    tok = encoders[0][1].tokenizer
+    ntok = [len(tok(spec.prefix(a.input_type) + x, truncation=True, max_length=spec.max_length(a.input_type))["input_ids"])
             for x in texts]
     print(f"\n{len(texts)} {a.input_type}s from {source}; max length {spec.max_length(a.input_type)}, "
-          f"mean {np.mean(ntok):.0f} tokens; batch {a.batch_size}; torch threads {torch.get_num_threads()}, "
+          f"mean {np.mean(ntok):.0f} tokens; batch {a.batch_size}; best of {max(1, a.rounds)} round(s); torch threads {torch.get_num_threads()}, "
           f"{os.cpu_count()} CPUs; graph build+quantise {prep:.1f}s (cached after the first run)\n")
-    print(f"| encoder | passages/s | seconds | vs torch | min cosine vs torch | mean cosine vs torch |")
+    print("| encoder | passages/s | seconds | vs torch | min cosine vs torch | mean cosine vs torch |")
     print("|---|---:|---:|---:|---:|---:|")
     base = rows[0][1]
     for name, rate, secs, cmin, cmean in rows:
