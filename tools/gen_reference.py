@@ -46,6 +46,11 @@ ENV_DOCS = {
                                   "The tritonserver binary `domain-embed serve` starts."),
     "DOMAIN_EMBED_WEIGHT_HASH": ("unset", "When set, each training rank writes a hash of its final weights "
                                  "(to check DDP kept the ranks identical)."),
+    "DOMAIN_EMBED_CACHE_DIR": ("`$XDG_CACHE_HOME/domain-embed`, else `~/.cache/domain-embed`",
+                               "Per-machine caches: built ONNX inference graphs (`onnx/`, unless `model.onnx_cache_dir` "
+                               "is set) and memoised sha256 of large model files (`file-sha256/`)."),
+    "DOMAIN_EMBED_PROGRESS_INTERVAL": ("10", "Seconds between progress lines (done/total, rate, ETA) when stderr "
+                                       "is not a terminal; on a terminal a bar is drawn instead."),
 }
 SERVE_TWIN_PREFIX = "DOMAIN_EMBED_SERVE_"
 

@@ -44,7 +44,7 @@ def _query_groups(folder: Path, query_ids: list[str]) -> dict[str, list[str]]:
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    from ..encoding import Encoder
+    from ..inference import stage_encoder
 
     ec = ctx.cfg.evaluate
     spec = ctx.spec()
@@ -64,15 +64,19 @@ def run(ctx: StageContext) -> dict[str, Any]:
         names.add(ds.name)
         datasets.append((ds, str(p)))
 
-    base = Encoder(spec, batch_size=int(ec.batch_size))
-    tuned = Encoder(spec, tuned_dir, batch_size=int(ec.batch_size))
+    # fp32 always (torch, or the ONNX graph that matches it): evaluation measures the model, not a
+    # quantisation. Through the run's store, the base model's corpus vectors are the ones synthesis
+    # and mining already made, and a rerun (another --dataset, the gate retried) embeds nothing new.
+    base = stage_encoder(ctx, spec, allow_int8=False, batch_size=int(ec.batch_size))
+    tuned = stage_encoder(ctx, spec, tuned_dir, allow_int8=False, batch_size=int(ec.batch_size))
+    stored = {"base": ctx.embeddings.bind(base), "tuned": ctx.embeddings.bind(tuned)}
     report: dict[str, Any] = {"datasets": {}, "k_values": ks, "spec": spec.to_dict(),
                               "tuned_model": str(tuned_dir), "base_model": spec.model_path}
     for ds, path in datasets:
         ctx.log(f"{ds.name}: {len(ds.query_ids)} queries over {len(ds.corpus_ids)} passages")
         entry: dict[str, Any] = {"info": {"queries": len(ds.query_ids), "corpus": len(ds.corpus_ids), "path": path}}
         runs: dict[str, dict] = {}
-        for label, enc in (("base", base), ("tuned", tuned)):
+        for label, enc in stored.items():
             runs[label] = dense_run(ds, lambda t, kind, e=enc: e.encode(t, kind), top)
             entry[label] = beir_evaluate(ds.qrels, runs[label], ks)
         if bool(ec.bm25):
@@ -113,7 +117,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if ctx.extra.get("real_queries") and not ctx.extra.get("qrels"):
         from ..realq.run import drift_for_run, drift_markdown
 
-        drift = drift_for_run(ctx.run_dir, ctx.extra["real_queries"], base, out_dir=ctx.dir)
+        drift = drift_for_run(ctx.run_dir, ctx.extra["real_queries"], stored["base"], out_dir=ctx.dir)
         report["drift"] = {"flags": drift.get("flags", []), "files": ["drift.json", "drift.md", "drift.png"]}
         drift_md = drift_markdown(drift)
 
@@ -130,6 +134,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
               "gate_passed": passed, "datasets": list(report["datasets"])}
     if "endpoint" in report:
         counts["endpoint_max_drift"] = report["endpoint"]["max_drift"]
+    counts["encoders"] = {label: {k: v for k, v in getattr(e, "info", {}).items() if k != "graph"}
+                          for label, e in (("base", base), ("tuned", tuned))}
     ctx.log(f"held-out nDCG@10: base {counts['base_ndcg@10']}, tuned {counts['tuned_ndcg@10']}, "
             f"bm25 {counts['bm25_ndcg@10']}; gate {'passed' if passed else 'FAILED'}")
     if not passed:
