@@ -266,7 +266,8 @@ def score(name: str, run_dir: Path, split: str, model_dirs: dict[str, Path] | No
     """Score base, BM25 and each tuned model on ``split`` over the run's chunks plus the answers."""
     sys.path.insert(0, str(REPO / "services"))
     from domain_embed.config import EncodingSpec, load_config
-    from domain_embed.encoding import Encoder
+    from domain_embed.embed_store import EmbeddingStore
+    from domain_embed.inference import inference_encoder
     from domain_embed.rundir import read_jsonl
 
     corpus = CORPORA[name]
@@ -283,12 +284,20 @@ def score(name: str, run_dir: Path, split: str, model_dirs: dict[str, Path] | No
     runs: dict[str, dict] = {}
     t0 = time.perf_counter()
     runs["bm25"] = bm25(ids, texts, qids, qtexts)
-    runs["base"] = dense(Encoder(base_spec).encode, ids, texts, qids, qtexts)
+    # The run's embedding store: the base vectors of its chunks are already there from the pipeline,
+    # and a rescore embeds nothing twice. fp32 only, so the numbers are the model's own.
+    store = EmbeddingStore.for_run(run_dir)
+
+    def encoder(spec, mdir=None):
+        enc = inference_encoder(spec, cfg.model, model_path=mdir, allow_int8=False, log=lambda m: None)
+        return store.bind(enc).encode
+
+    runs["base"] = dense(encoder(base_spec), ids, texts, qids, qtexts)
     for label, mdir in (model_dirs or {}).items():
         spec_file = Path(mdir) / "encoding_spec.json"
         spec = (EncodingSpec.from_dict({**json.loads(spec_file.read_text()), "model_path": str(mdir)})
                 if spec_file.is_file() else EncodingSpec.from_config(cfg, model_path=mdir))
-        runs[label] = dense(Encoder(spec).encode, ids, texts, qids, qtexts)
+        runs[label] = dense(encoder(spec, mdir), ids, texts, qids, qtexts)
     pq = {label: per_query(qrels, r) for label, r in runs.items()}
     metrics = ("ndcg@10", "recall@10", "mrr@10")
     out: dict[str, Any] = {"corpus": name, "split": split, "n_queries": len(qids), "n_passages": len(ids),
