@@ -10,7 +10,7 @@ import pytest
 
 from domain_embed.synth import filters as F
 from domain_embed.synth.prompts import build_examples, chat_messages, completion_prompt, parse_judge
-from domain_embed.synth.stage import plan_tasks, sample_chunks
+from domain_embed.synth.candidates import plan_tasks, sample_chunks
 from domain_embed.synth.structure import normalize_heading, structure_queries
 
 CHUNKS = [json.loads(l) for l in (Path(__file__).parent / "sample_chunks.jsonl").read_text().splitlines()]
@@ -114,7 +114,7 @@ def test_judge_auto_and_degenerate_judge_detection(base_cfg):
     from omegaconf import OmegaConf
 
     from domain_embed.errors import UserError
-    from domain_embed.synth.stage import _degenerate, judge_enabled
+    from domain_embed.synth.generate import degenerate as _degenerate, judge_enabled
 
     cfg = OmegaConf.create(OmegaConf.to_container(base_cfg))
     assert cfg.synth.judge.enabled == "auto" and judge_enabled(cfg) is False  # local tiny model

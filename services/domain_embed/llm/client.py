@@ -326,20 +326,6 @@ class LLMClient:
                                                 f"matching this schema: {json.dumps(schema)}"}]
         raise AssertionError("unreachable")
 
-    async def complete_json(self, prompt: str, schema: dict[str, Any], prefix: str = "", retries: int = 1,
-                            **params: Any) -> tuple[Any, Completion]:
-        """Completion-style JSON (base models): ``prefix`` is the start of the JSON the prompt ends with."""
-        for turn in range(retries + 1):
-            comp = await self.complete(prompt, **params)
-            obj, kind, reason = _parse(prefix + comp.text, schema)
-            if kind is None:
-                return obj, comp
-            if turn == retries:
-                self.stats.failures[kind] += 1
-                raise LLMError(kind, reason)
-            self.stats.repairs += 1
-        raise AssertionError("unreachable")
-
 
 def _parse(text: str, schema: dict[str, Any]) -> tuple[Any, str | None, str]:
     try:

@@ -1,0 +1,200 @@
+"""The LLM work of synthesis: one generation per planned task, and the judge's grades.
+
+Both append each result to their log (generations.jsonl, judgements.jsonl) the moment it completes,
+so a killed run loses nothing and a rerun sends only what is missing. Records carry the fingerprint
+of everything they depend on (:func:`fingerprint`); records under another fingerprint are not reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from ..errors import UserError
+from ..rundir import AppendLog, StageContext, read_jsonl
+from . import filters as F
+from . import prompts as P
+
+
+def style_queries(cfg: DictConfig) -> list[str]:
+    """Real queries shown to the generator as style examples (synth.style_examples_file), if any."""
+    from ..realq import style_examples
+
+    path = cfg.synth.get("style_examples_file")
+    return style_examples(path, int(cfg.synth.get("style_examples_n", 5)), int(cfg.seed)) if path else []
+
+
+def fingerprint(cfg: DictConfig, *extra: Any) -> str:
+    """What a generation depends on; records under another fingerprint are not reused."""
+    llm, sc = cfg.llm, cfg.synth
+    parts = [llm.kind, llm.model, llm.local.get("weights") if llm.kind == "local" else llm.base_url,
+             llm.local.prompt_style, llm.temperature, llm.max_tokens, llm.get("structured_output", False),
+             sc.few_shot, sc.few_shot_words, sc.max_prompt_words, sc.with_answer, sc.max_tokens, P.PROMPT_VERSION,
+             cfg.seed, *style_queries(cfg), *extra]
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:12]
+
+
+def clip(text: str, n: int) -> str:
+    w = text.split()
+    return " ".join(w[:n]) + (" ..." if len(w) > n else "") if len(w) > n else text
+
+
+class GenerationLog:
+    """generations.jsonl read back: the successful record of each key, and every record by key."""
+
+    def __init__(self, path: Path, fp: str):
+        self.path, self.fp = path, fp
+        self.done: dict[str, dict] = {}
+        self.records: dict[str, list[dict]] = {}
+        self.reload()
+
+    def reload(self) -> None:
+        self.done, self.records = {}, {}
+        if self.path.is_file():
+            for r in read_jsonl(self.path):
+                if r.get("fp") == self.fp:
+                    self.records.setdefault(r["key"], []).append(r)
+                    if r.get("ok"):
+                        self.done[r["key"]] = r
+
+    def failure_kind(self, key: str) -> str:
+        recs = self.records.get(key, [])
+        return recs[-1].get("error", "missing") if recs else "missing"
+
+
+# ---------------------------------------------------------------- generation
+async def _generate(ctx: StageContext, base_url: str, todo: list[dict[str, Any]], by_id: dict[str, dict],
+                    struct_rows: list[dict[str, Any]], fp: str, log: AppendLog, stats_out: dict) -> None:
+    from ..llm.client import LLMClient, LLMError
+
+    cfg, sc = ctx.cfg, ctx.cfg.synth
+    style = str(cfg.llm.local.prompt_style)
+    shown_queries = style_queries(cfg)
+    async with LLMClient.from_config(cfg, base_url) as client:
+        bar = ctx.progress(total=len(todo), desc="generate")
+
+        async def one(t: dict[str, Any]) -> None:
+            passages = [clip(by_id[s]["text"], int(sc.max_prompt_words)) for s in t["segment_ids"]]
+            examples = P.build_examples(struct_rows, by_id, t["query_type"], t["doc_id"], int(sc.few_shot),
+                                        int(cfg.seed), int(sc.few_shot_words))
+            params = {"temperature": float(cfg.llm.temperature),
+                      "max_tokens": min(int(cfg.llm.max_tokens), int(sc.max_tokens or cfg.llm.max_tokens)),
+                      "seed": P.request_seed(f"{fp}|{t['key']}")}
+            rec = {"key": t["key"], "fp": fp, "chunk_id": t["chunk_id"], "query_type": t["query_type"],
+                   "attempt": t["attempt"], "segment_ids": t["segment_ids"], "model": str(cfg.llm.model),
+                   "prompt_style": style}
+            try:
+                if style == "completion":
+                    comp = await client.complete(P.completion_prompt(t["query_type"], passages, examples, shown_queries),
+                                                 stop=["\n"], **params)
+                    rec.update(ok=True, question=F.clean_question(comp.text), answer="")
+                else:
+                    with_answer = bool(sc.with_answer)
+                    first = by_id[t["chunk_id"]]
+                    msgs = P.chat_messages(t["query_type"], passages, examples, with_answer,
+                                           str(first.get("title") or ""), str(first.get("section") or ""),
+                                           shown_queries)
+                    obj, comp = await client.chat_json(msgs,
+                                                       P.qa_schema(with_answer), repair_attempts=int(sc.repair_attempts),
+                                                       **params)
+                    rec.update(ok=True, question=F.clean_question(str(obj.get("question", ""))),
+                               answer=str(obj.get("answer", "")).strip())
+                rec["usage"] = {"prompt_tokens": comp.prompt_tokens, "completion_tokens": comp.completion_tokens}
+            except LLMError as exc:
+                rec.update(ok=False, error=exc.kind, detail=str(exc)[:300])
+            log.append(rec)
+            bar.update(1)
+
+        try:
+            await asyncio.gather(*(one(t) for t in todo))
+        finally:
+            bar.close()
+            stats_out["generate"] = client.stats.to_dict()
+
+
+def generate(ctx: StageContext, base_url: str, todo: list[dict[str, Any]], by_id: dict[str, dict],
+             struct_rows: list[dict[str, Any]], fp: str, gen_path: Path, stats_out: dict) -> None:
+    """Run every task in ``todo``, appending one record each to ``gen_path``."""
+    with AppendLog(gen_path) as log:
+        asyncio.run(_generate(ctx, base_url, todo, by_id, struct_rows, fp, log, stats_out))
+
+
+# ---------------------------------------------------------------- the judge
+async def _judge(ctx: StageContext, base_url: str, pairs: list[dict[str, Any]], by_id: dict[str, dict],
+                 jfp: str, log: AppendLog, stats_out: dict) -> dict[str, dict]:
+    from ..llm.client import LLMClient, LLMError
+
+    cfg, jc = ctx.cfg, ctx.cfg.synth.judge
+    results: dict[str, dict] = {}
+    async with LLMClient.from_config(cfg, base_url) as client:
+        bar = ctx.progress(total=len(pairs), desc="judge")
+
+        async def one(p: dict[str, Any]) -> None:
+            passages = [clip(by_id[s]["text"], int(cfg.synth.max_prompt_words)) for s in p["segment_ids"]]
+            key = f"{jfp}|{p['id']}"
+            params = {"temperature": 0.0, "max_tokens": int(jc.max_tokens), "seed": P.request_seed(key)}
+            if client.structured_output:
+                params["response_format"] = {"type": "json_schema",
+                                             "json_schema": {"name": "grade", "schema": P.JUDGE_SCHEMA}}
+            rec: dict[str, Any] = {"key": key, "qa_id": p["id"]}
+            try:
+                comp = await client.chat(P.judge_messages(p["question"], passages), **params)
+                scores = P.parse_judge(comp.text)
+                rec.update(ok=scores is not None, scores=scores, raw=comp.text[:200])
+                if scores is None:
+                    rec["error"] = "unparsed"
+            except LLMError as exc:
+                rec.update(ok=False, error=exc.kind)
+            log.append(rec)
+            results[key] = rec
+            bar.update(1)
+
+        try:
+            await asyncio.gather(*(one(p) for p in pairs))
+        finally:
+            bar.close()
+            stats_out["judge"] = client.stats.to_dict()
+    return results
+
+
+def judge(ctx: StageContext, base_url: str, pairs: list[dict[str, Any]], by_id: dict[str, dict], jfp: str,
+          judge_path: Path, stats_out: dict) -> dict[str, dict]:
+    """Grade ``pairs``, appending each grade to ``judge_path``; the records by key."""
+    with AppendLog(judge_path) as jlog:
+        return asyncio.run(_judge(ctx, base_url, pairs, by_id, jfp, jlog, stats_out))
+
+
+def load_judgements(path: Path) -> dict[str, dict]:
+    judged: dict[str, dict] = {}
+    if path.is_file():
+        for rec in read_jsonl(path):
+            if rec.get("ok"):
+                judged[rec["key"]] = rec
+    return judged
+
+
+def judge_enabled(cfg: DictConfig) -> bool:
+    """synth.judge.enabled: true | false | auto (on for remote endpoints, off for the tiny local model,
+    whose grades we measured to be constant -- SmolLM2-135M gives nearly every pair 1/1/1)."""
+    v = cfg.synth.judge.enabled
+    if isinstance(v, str) and v.lower() == "auto":
+        return cfg.llm.kind == "remote"
+    if isinstance(v, str):
+        raise UserError(f"synth.judge.enabled={v!r} is not one of true, false, auto")
+    return bool(v)
+
+
+def degenerate(scores: list[dict[str, int]], max_same_fraction: float) -> str | None:
+    """A description of a judge that gives (almost) everything the same grade, else None."""
+    if len(scores) < 5 or max_same_fraction >= 1:
+        return None
+    common, n = Counter(tuple(sorted(s.items())) for s in scores).most_common(1)[0]
+    if n / len(scores) > max_same_fraction:
+        return f"the same grade {dict(common)} in {n} of {len(scores)} cases"
+    return None
