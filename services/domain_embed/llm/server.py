@@ -193,10 +193,16 @@ class Endpoint:
         self.cfg, self.log_path = cfg, log_path
         self._stack = contextlib.ExitStack()
         self._url: str | None = None
+        self.preflight_s: float | None = None
 
     def url(self) -> str:
+        """The base URL, checked by one tiny request (:func:`~domain_embed.llm.client.preflight`)."""
         if self._url is None:
-            self._url = self._stack.enter_context(local_llm(self.cfg, log_path=self.log_path))
+            from .client import preflight
+
+            url = self._stack.enter_context(local_llm(self.cfg, log_path=self.log_path))
+            self.preflight_s = preflight(self.cfg, url)
+            self._url = url
         return self._url
 
     def __enter__(self) -> "Endpoint":

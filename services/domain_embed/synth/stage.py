@@ -71,6 +71,18 @@ def _check(ctx: StageContext) -> list[dict[str, Any]]:
     return chunks
 
 
+def _check_failures(cfg, failed: Counter, planned: int, log_name: str) -> None:
+    """Past synth.max_failed_fraction the stage fails (non-zero exit) instead of training on less data."""
+    limit = float(cfg.synth.max_failed_fraction)
+    n = sum(failed.values())
+    if planned and n / planned > limit:
+        kinds = ", ".join(f"{k}: {v}" for k, v in failed.most_common())
+        raise UserError(f"{n} of {planned} generations failed ({kinds}), more than synth.max_failed_fraction={limit}; "
+                        f"the {planned - n} that succeeded are kept in {log_name}, so a rerun after fixing the cause "
+                        f"sends only the failed ones (see llm_server.log for a local server; raise "
+                        f"synth.max_failed_fraction to accept the loss)")
+
+
 def _filters(ctx: StageContext, chunks: list[dict], by_id: dict[str, dict], llm: Endpoint,
              llm_stats: dict[str, Any]) -> list[Filter]:
     sc, fw, jc = ctx.cfg.synth, ctx.cfg.synth.filters, ctx.cfg.synth.judge
@@ -127,6 +139,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             gens.reload()
         cands = build_candidates(struct_rows, bool(st.enabled), tasks, gens.done, by_id)
         gen_failed = Counter(gens.failure_kind(t["key"]) for t in tasks if t["key"] not in gens.done)
+        _check_failures(cfg, gen_failed, len(tasks), gens.path.name)
         runner = FilterRunner(_filters(ctx, chunks, by_id, llm, llm_stats))
         out_rows = qa_rows(runner.run(cands))
 
