@@ -17,7 +17,8 @@ QA_FIELDS = ("id", "question", "answer", "query_type", "reasoning_type", "hop_co
 
 
 def sample_chunks(chunks: list[dict[str, Any]], max_chunks: int, seed: int, min_words: int) -> list[dict[str, Any]]:
-    """Up to ``max_chunks`` chunks, round-robin over shuffled documents so every document gets a share."""
+    """Up to ``max_chunks`` chunks, round-robin over shuffled documents so every document gets a share, and
+    within a document round-robin over its sections, so any prefix of the result covers the corpus."""
     by_doc: "OrderedDict[str, list[dict[str, Any]]]" = OrderedDict()
     for c in chunks:
         if len(c["text"].split()) >= min_words:
@@ -27,9 +28,16 @@ def sample_chunks(chunks: list[dict[str, Any]], max_chunks: int, seed: int, min_
     rng.shuffle(docs)
     queues = []
     for d in docs:
-        q = list(by_doc[d])
-        rng.shuffle(q)
-        queues.append(q)
+        sections: "OrderedDict[str, list[dict[str, Any]]]" = OrderedDict()
+        for c in by_doc[d]:
+            sections.setdefault(str(c.get("section") or ""), []).append(c)
+        groups = list(sections.values())
+        rng.shuffle(groups)
+        for g in groups:
+            rng.shuffle(g)
+        # interleave: the first chunk of every section, then the second ones, ...; popped from the end
+        q = [g[i] for i in range(max(map(len, groups))) for g in groups if i < len(g)]
+        queues.append(q[::-1])
     limit = max_chunks if max_chunks and max_chunks > 0 else sum(len(q) for q in queues)
     out: list[dict[str, Any]] = []
     while len(out) < limit and any(queues):
@@ -40,14 +48,24 @@ def sample_chunks(chunks: list[dict[str, Any]], max_chunks: int, seed: int, min_
 
 
 def plan_tasks(sampled: list[dict[str, Any]], chunks: list[dict[str, Any]], types: dict[str, int],
-               hop_chunks: int) -> list[dict[str, Any]]:
-    """One task per (chunk, type, attempt). Multi-hop tasks take the next chunks of the same document."""
+               hop_chunks: int, batch: bool = False) -> list[dict[str, Any]]:
+    """One task per (chunk, type, attempt). Multi-hop tasks take the next chunks of the same document.
+
+    With ``batch``, one task per (chunk, attempt) asks for every single-passage type at once
+    (``query_types``, key ``<chunk>|batch|<attempt>``); multi-hop keeps its own tasks."""
     doc_order: dict[str, list[str]] = defaultdict(list)
     for c in chunks:
         doc_order[c["doc_id"]].append(c["id"])
+    batched = P.batch_types(types) if batch else []
     tasks = []
     for c in sampled:
+        for attempt in range(max((int(types.get(t, 0) or 0) for t in batched), default=0)):
+            qts = [t for t in batched if int(types[t]) > attempt]
+            tasks.append({"key": f"{c['id']}|batch|{attempt}", "chunk_id": c["id"], "query_type": "batch",
+                          "query_types": qts, "attempt": attempt, "segment_ids": [c["id"]], "doc_id": c["doc_id"]})
         for qtype in P.QUERY_TYPES:
+            if qtype in batched:
+                continue
             for attempt in range(int(types.get(qtype, 0) or 0)):
                 seg = [c["id"]]
                 if qtype == "multi_hop":
@@ -80,15 +98,22 @@ def build_candidates(struct_rows: list[dict[str, Any]], with_structure: bool, ta
         if r is None:
             continue
         doc_ids = sorted({by_id[s]["doc_id"] for s in r["segment_ids"]})
-        cands.append({"question": r["question"], "answer": r.get("answer", ""), "query_type": r["query_type"],
-                      "segment_ids": r["segment_ids"], "doc_ids": doc_ids, "gen_key": r["key"],
-                      "source": {"kind": "llm", "model": r["model"]}})
+        # a batched record holds one query per type; a single-type record one question
+        for qtype, question in (r.get("queries") or {r["query_type"]: r["question"]}).items():
+            cands.append({"question": question, "answer": r.get("answer", ""), "query_type": qtype,
+                          "segment_ids": r["segment_ids"], "doc_ids": doc_ids, "gen_key": r["key"],
+                          "source": {"kind": "llm", "model": r["model"]}})
+    out, seen = [], set()
     for c in cands:
         c["id"] = qa_id(c["question"], c["segment_ids"])
+        if c["id"] in seen:  # the same text for the same passage twice (e.g. as question and as search query)
+            continue
+        seen.add(c["id"])
         c["reasoning_type"] = REASONING[c["query_type"]]
         c["hop_count"] = len(c["segment_ids"]) if c["query_type"] == "multi_hop" else 1
         c["quality"] = {}
-    return cands
+        out.append(c)
+    return out
 
 
 def qa_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -36,6 +36,7 @@ def fingerprint(cfg: DictConfig, *extra: Any) -> str:
     parts = [llm.kind, llm.model, llm.local.get("weights") if llm.kind == "local" else llm.base_url,
              llm.local.prompt_style, llm.temperature, llm.max_tokens, llm.get("structured_output", False),
              sc.few_shot, sc.few_shot_words, sc.max_prompt_words, sc.with_answer, sc.max_tokens, P.PROMPT_VERSION,
+             bool(sc.get("batch_types", False)),
              cfg.seed, *style_queries(cfg), *extra]
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:12]
 
@@ -70,26 +71,47 @@ class GenerationLog:
 
 # ---------------------------------------------------------------- generation
 async def _generate(ctx: StageContext, base_url: str, todo: list[dict[str, Any]], by_id: dict[str, dict],
-                    struct_rows: list[dict[str, Any]], fp: str, log: AppendLog, stats_out: dict) -> None:
+                    struct_rows: list[dict[str, Any]], fp: str, log: AppendLog, stats_out: dict,
+                    progress: "GenerationProgress | None" = None) -> None:
     from ..llm.client import LLMClient, LLMError
 
     cfg, sc = ctx.cfg, ctx.cfg.synth
     style = str(cfg.llm.local.prompt_style)
     shown_queries = style_queries(cfg)
+    # llama.cpp keeps each slot's last prompt in its KV cache and reuses the longest common prefix
+    extra = {"cache_prompt": True} if cfg.llm.kind == "local" else {}
+    batch_examples: dict[tuple[str, ...], list] = {}
     async with LLMClient.from_config(cfg, base_url) as client:
-        bar = ctx.progress(total=len(todo), desc="generate")
+        bar = progress or GenerationProgress(ctx, len(todo))
 
         async def one(t: dict[str, Any]) -> None:
             passages = [clip(by_id[s]["text"], int(sc.max_prompt_words)) for s in t["segment_ids"]]
-            examples = P.build_examples(struct_rows, by_id, t["query_type"], t["doc_id"], int(sc.few_shot),
-                                        int(cfg.seed), int(sc.few_shot_words))
+            per_call = int(sc.max_tokens or cfg.llm.max_tokens) * len(t.get("query_types") or [1])
             params = {"temperature": float(cfg.llm.temperature),
-                      "max_tokens": min(int(cfg.llm.max_tokens), int(sc.max_tokens or cfg.llm.max_tokens)),
-                      "seed": P.request_seed(f"{fp}|{t['key']}")}
+                      "max_tokens": min(int(cfg.llm.max_tokens), per_call),
+                      "seed": P.request_seed(f"{fp}|{t['key']}"), **extra}
             rec = {"key": t["key"], "fp": fp, "chunk_id": t["chunk_id"], "query_type": t["query_type"],
                    "attempt": t["attempt"], "segment_ids": t["segment_ids"], "model": str(cfg.llm.model),
                    "prompt_style": style}
+            comp = None
             try:
+                if t["query_type"] == "batch":
+                    qts = list(t["query_types"])
+                    key = tuple(qts)
+                    if key not in batch_examples:
+                        batch_examples[key] = P.batch_examples(struct_rows, by_id, qts, int(sc.few_shot),
+                                                               int(cfg.seed), int(sc.few_shot_words))
+                    msgs = P.batch_messages(qts, passages, batch_examples[key], shown_queries)
+                    obj, comp = await client.chat_json(msgs, P.batch_schema(qts),
+                                                       repair_attempts=int(sc.repair_attempts), **params)
+                    rec.update(ok=True, queries={q: F.clean_question(str(obj.get(P.BATCH_KEYS[q], ""))) for q in qts},
+                               answer="")
+                    rec["usage"] = {"prompt_tokens": comp.prompt_tokens, "completion_tokens": comp.completion_tokens}
+                    log.append(rec)
+                    bar.update(rec)
+                    return
+                examples = P.build_examples(struct_rows, by_id, t["query_type"], t["doc_id"], int(sc.few_shot),
+                                            int(cfg.seed), int(sc.few_shot_words))
                 if style == "completion":
                     comp = await client.complete(P.completion_prompt(t["query_type"], passages, examples, shown_queries),
                                                  stop=["\n"], **params)
@@ -109,20 +131,125 @@ async def _generate(ctx: StageContext, base_url: str, todo: list[dict[str, Any]]
             except LLMError as exc:
                 rec.update(ok=False, error=exc.kind, detail=str(exc)[:300])
             log.append(rec)
-            bar.update(1)
+            bar.update(rec)
 
         try:
             await asyncio.gather(*(one(t) for t in todo))
         finally:
-            bar.close()
-            stats_out["generate"] = client.stats.to_dict()
+            if progress is None:
+                bar.close()
+            stats_out["generate"] = merge_stats(stats_out.get("generate"), client.stats.to_dict())
+
+
+def merge_stats(old: dict | None, new: dict) -> dict:
+    """Client stats of two runs added up (numbers summed, per-kind counts merged)."""
+    if not old:
+        return new
+    out = dict(old)
+    for k, v in new.items():
+        if isinstance(v, dict):
+            merged = Counter(old.get(k) or {})
+            merged.update(v)
+            out[k] = dict(merged)
+        elif isinstance(v, (int, float)):
+            out[k] = old.get(k, 0) + v
+    return out
+
+
+class GenerationProgress:
+    """done/total, generations and tokens per second, failures so far and an ETA, on stderr
+    (a bar on a terminal, a line every few seconds otherwise: see StageContext.progress)."""
+
+    def __init__(self, ctx: StageContext, total: int, done: int = 0):
+        import time
+
+        self._time = time.monotonic
+        self.bar = ctx.progress(total=total, desc="generate", initial=done)
+        self.t0, self.tokens, self.failed = self._time(), 0, 0
+
+    def update(self, rec: dict[str, Any]) -> None:
+        self.tokens += int((rec.get("usage") or {}).get("completion_tokens", 0))
+        self.failed += 0 if rec.get("ok") else 1
+        dt = max(1e-6, self._time() - self.t0)
+        self.bar.set_postfix_str(f"{self.tokens / dt:.0f} tok/s, {self.failed} failed", refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def generate(ctx: StageContext, base_url: str, todo: list[dict[str, Any]], by_id: dict[str, dict],
-             struct_rows: list[dict[str, Any]], fp: str, gen_path: Path, stats_out: dict) -> None:
+             struct_rows: list[dict[str, Any]], fp: str, gen_path: Path, stats_out: dict,
+             progress: "GenerationProgress | None" = None) -> None:
     """Run every task in ``todo``, appending one record each to ``gen_path``."""
     with AppendLog(gen_path) as log:
-        asyncio.run(_generate(ctx, base_url, todo, by_id, struct_rows, fp, log, stats_out))
+        asyncio.run(_generate(ctx, base_url, todo, by_id, struct_rows, fp, log, stats_out, progress))
+
+
+def budgeted_generate(ctx: StageContext, endpoint, tasks: list[dict[str, Any]], todo: list[dict[str, Any]],
+                      by_id: dict[str, dict], struct_rows: list[dict[str, Any]], fp: str, gen_path: Path,
+                      stats_out: dict) -> list[dict[str, Any]]:
+    """Generate ``todo`` within synth.budget_minutes; returns the tasks of the plan (maybe fewer than given).
+
+    A short timed probe (the first ``llm.concurrency`` tasks, real ones) gives the time a generation
+    takes here; the plan keeps as many tasks as fit the budget (tasks come spread over documents and
+    sections, so a prefix still covers the corpus) and is recorded in plan.json, so that a rerun
+    resumes the same plan instead of spending a new budget. The estimate is printed before the rest."""
+    import time
+
+    budget_s = float(ctx.cfg.synth.get("budget_minutes") or 0) * 60
+    plan_path = ctx.dir / "plan.json"
+    plan = _read_plan(plan_path, fp, len(tasks))
+    if plan is not None:
+        tasks = tasks[:plan]
+        keep = {t["key"] for t in tasks}
+        todo = [t for t in todo if t["key"] in keep]
+    if not todo:
+        return tasks
+    url = endpoint.url()
+    k = min(len(todo), max(1, int(ctx.cfg.llm.concurrency)))
+    bar = GenerationProgress(ctx, len(tasks), done=len(tasks) - len(todo))
+    try:
+        t0 = time.perf_counter()
+        generate(ctx, url, todo[:k], by_id, struct_rows, fp, gen_path, stats_out, bar)
+        each = (time.perf_counter() - t0) / k  # wall seconds per generation, k running at once
+        rest = todo[k:]
+        if plan is None:
+            n_all = len(tasks)
+            if budget_s > 0:
+                fit = len(tasks) - len(todo) + k + int(max(0.0, budget_s - each * k) / max(each, 1e-3))
+                tasks = tasks[:fit] if fit < n_all else tasks
+                keep = {t["key"] for t in tasks}
+                rest = [t for t in rest if t["key"] in keep]
+            _write_plan(plan_path, fp, n_all, len(tasks))
+            capped = f" of {n_all} possible (synth.budget_minutes={budget_s / 60:g} caps it)" if len(tasks) < n_all \
+                else ""
+            bar.bar.total = len(tasks)
+            ctx.log(f"{len(tasks)} generations{capped}; at about {each:.1f} s each ({k} at once, from a timed probe): "
+                    f"{len(rest)} left, about {_minutes(each * len(rest))}")
+        if rest:
+            generate(ctx, url, rest, by_id, struct_rows, fp, gen_path, stats_out, bar)
+    finally:
+        bar.close()
+    return tasks
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def _read_plan(path: Path, fp: str, n_all: int) -> int | None:
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return int(d["tasks"]) if d.get("fp") == fp and d.get("planned_from") == n_all else None
+
+
+def _write_plan(path: Path, fp: str, n_all: int, n: int) -> None:
+    from ..rundir import atomic_write_json
+
+    atomic_write_json(path, {"fp": fp, "planned_from": n_all, "tasks": n})
 
 
 # ---------------------------------------------------------------- the judge

@@ -26,7 +26,7 @@ from ..llm.server import Endpoint
 from ..rundir import StageContext, atomic_write_jsonl, read_jsonl
 from . import prompts as P
 from .candidates import build_candidates, count_by, plan_tasks, qa_rows, sample_chunks, source_of
-from .generate import GenerationLog, fingerprint, generate, judge, judge_enabled, load_judgements
+from .generate import GenerationLog, budgeted_generate, fingerprint, judge, judge_enabled, load_judgements
 from .pipeline import CopyFilter, DedupFilter, Filter, FilterRunner, FormatFilter, JudgeFilter, QueryVectors, \
     RoundTripFilter
 from .structure import structure_queries
@@ -124,7 +124,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     struct_rows = structure_queries(chunks, max_per_doc=int(st.max_per_doc), max_positives=int(st.max_positives),
                                     extra_generic=list(st.generic_headings or []))
     sampled = sample_chunks(chunks, int(sc.max_chunks), int(cfg.seed), int(sc.min_chunk_words))
-    tasks = plan_tasks(sampled, chunks, {k: int(v) for k, v in dict(sc.types).items()}, int(sc.multi_hop_chunks))
+    tasks = plan_tasks(sampled, chunks, {k: int(v) for k, v in dict(sc.types).items()}, int(sc.multi_hop_chunks),
+                       batch=bool(sc.batch_types) and str(cfg.llm.local.prompt_style) == "chat")
     fp = fingerprint(cfg)
     gens = GenerationLog(ctx.dir / "generations.jsonl", fp)
     todo = [t for t in tasks if t["key"] not in gens.done]
@@ -132,11 +133,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
             f"({len(tasks) - len(todo)} already in {gens.path.name}); {len(struct_rows)} structure queries")
     llm_stats: dict[str, Any] = {}
     with Endpoint(cfg, log_path=ctx.dir / "llm_server.log") as llm:
-        if todo:
-            t0 = time.perf_counter()
-            generate(ctx, llm.url(), todo, by_id, struct_rows, fp, gens.path, llm_stats)
+        t0, n_sampled = time.perf_counter(), len(tasks)
+        tasks = budgeted_generate(ctx, llm, tasks, todo, by_id, struct_rows, fp, gens.path, llm_stats)
+        if "generate" in llm_stats:
             llm_stats["generate"]["wall_s"] = round(time.perf_counter() - t0, 3)
             gens.reload()
+        todo = [t for t in todo if t["key"] in {u["key"] for u in tasks}]
+        if len(tasks) < n_sampled:
+            sampled = [c for c in sampled if c["id"] in {t["chunk_id"] for t in tasks}]
         cands = build_candidates(struct_rows, bool(st.enabled), tasks, gens.done, by_id)
         gen_failed = Counter(gens.failure_kind(t["key"]) for t in tasks if t["key"] not in gens.done)
         _check_failures(cfg, gen_failed, len(tasks), gens.path.name)
