@@ -199,7 +199,7 @@ def budgeted_generate(ctx: StageContext, endpoint, tasks: list[dict[str, Any]], 
 
     budget_s = float(ctx.cfg.synth.get("budget_minutes") or 0) * 60
     plan_path = ctx.dir / "plan.json"
-    plan = _read_plan(plan_path, fp, len(tasks))
+    plan = _read_plan(plan_path, fp, len(tasks), budget_s)
     if plan is not None:
         tasks = tasks[:plan]
         keep = {t["key"] for t in tasks}
@@ -221,7 +221,7 @@ def budgeted_generate(ctx: StageContext, endpoint, tasks: list[dict[str, Any]], 
                 tasks = tasks[:fit] if fit < n_all else tasks
                 keep = {t["key"] for t in tasks}
                 rest = [t for t in rest if t["key"] in keep]
-            _write_plan(plan_path, fp, n_all, len(tasks))
+            _write_plan(plan_path, fp, n_all, len(tasks), budget_s)
             capped = f" of {n_all} possible (synth.budget_minutes={budget_s / 60:g} caps it)" if len(tasks) < n_all \
                 else ""
             bar.bar.total = len(tasks)
@@ -238,18 +238,21 @@ def _minutes(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
-def _read_plan(path: Path, fp: str, n_all: int) -> int | None:
+def _read_plan(path: Path, fp: str, n_all: int, budget_s: float) -> int | None:
+    """The recorded plan size, if it was made for these generations, this candidate list and this budget
+    (a raised budget plans again, keeping what is done)."""
     try:
         d = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return int(d["tasks"]) if d.get("fp") == fp and d.get("planned_from") == n_all else None
+    same = d.get("fp") == fp and d.get("planned_from") == n_all and d.get("budget_s") == budget_s
+    return int(d["tasks"]) if same else None
 
 
-def _write_plan(path: Path, fp: str, n_all: int, n: int) -> None:
+def _write_plan(path: Path, fp: str, n_all: int, n: int, budget_s: float) -> None:
     from ..rundir import atomic_write_json
 
-    atomic_write_json(path, {"fp": fp, "planned_from": n_all, "tasks": n})
+    atomic_write_json(path, {"fp": fp, "planned_from": n_all, "tasks": n, "budget_s": budget_s})
 
 
 # ---------------------------------------------------------------- the judge

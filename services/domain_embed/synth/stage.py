@@ -148,7 +148,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         out_rows = qa_rows(runner.run(cands))
 
     if not out_rows:
-        raise UserError("synthesis kept no query pairs; raise synth.max_chunks, enable synth.structure, or relax "
+        raise UserError("synthesis kept no query pairs; raise synth.budget_minutes or synth.max_chunks, enable "
+                        "synth.structure, or relax "
                         "the filters (synth.round_trip_top_k, synth.judge.threshold)")
     atomic_write_jsonl(ctx.dir / "qa.jsonl", out_rows)
     atomic_write_jsonl(ctx.dir / "dropped.jsonl",
