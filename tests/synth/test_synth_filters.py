@@ -23,9 +23,11 @@ def test_format_filter_reasons():
     assert F.format_reason("Indexes?", "factual") == "too_short"
     assert F.format_reason("Partial indexes are indexes built over a subset of a table.", "factual") == "not_a_question"
     assert F.format_reason("What does the passage say about locks?", "factual") == "refers_to_passage"
+    assert F.format_reason("What is the last two lines above?", "factual") == "refers_to_passage"  # SmolLM2 wrote it
     assert F.format_reason("What is MVCC? How does VACUUM work?", "factual") == "several_questions"
     assert F.format_reason(" ".join(["word"] * 41) + "?", "factual") == "too_long"
     assert F.format_reason("vacuum full", "keyword") is None
+    assert F.format_reason("you can use a hostname, but you need to,", "keyword") == "fragment"
     assert F.format_reason(" ".join(["w"] * 11), "keyword") == "too_long"
 
 
