@@ -46,6 +46,12 @@ def clip(text: str, n: int) -> str:
     return " ".join(w[:n]) + (" ..." if len(w) > n else "") if len(w) > n else text
 
 
+def body(text: str) -> str:
+    """A chunk without its first line (curate's context line: title and section), if it has a body."""
+    head, _, rest = text.partition("\n")
+    return rest.strip() or head
+
+
 class GenerationLog:
     """generations.jsonl read back: the successful record of each key, and every record by key."""
 
@@ -97,6 +103,9 @@ async def _generate(ctx: StageContext, base_url: str, todo: list[dict[str, Any]]
             try:
                 if t["query_type"] == "batch":
                     qts = list(t["query_types"])
+                    # the body only: given the chunk's context line ("Title — Section"), SmolLM2 named the
+                    # page's topic for most chunks of a page, and dedup dropped those as near duplicates
+                    passages = [clip(body(by_id[s]["text"]), int(sc.max_prompt_words)) for s in t["segment_ids"]]
                     key = tuple(qts)
                     if key not in batch_examples:
                         batch_examples[key] = P.batch_examples(struct_rows, by_id, qts, int(sc.few_shot),

@@ -244,7 +244,8 @@ def batch_examples(structure_rows: list[dict[str, Any]], chunks_by_id: dict[str,
         c = chunks_by_id[r["segment_ids"][0]]
         title = str(c.get("title") or "")
         answer = {BATCH_KEYS[t]: example_question(t, r["question"], title) for t in qtypes}
-        out.append({"passages": [_words(c["text"], words_per_passage)], "answer": answer})
+        body = c["text"].partition("\n")[2].strip() or c["text"]
+        out.append({"passages": [_words(body, words_per_passage)], "answer": answer})
     return out
 
 
