@@ -94,19 +94,23 @@ def main() -> int:
     with tarfile.open(fileobj=__import__("io").BytesIO(archive)) as tf:
         tf.extractall(old, filter="data")
     common = args.common.split()
-    # The stage's cost without any generation (imports, encoder, corpus embedding for the round trip): the
-    # same code path before and after, subtracted to give the CPU that generation itself took.
-    fixed = run_once("no generation", REPO, args.chunks, common + args.after.split() + [
-        f"synth.types.{t}=0" for t in ("factual", "keyword", "procedural", "structural", "multi_hop")])
-    rows = [run_once(f"before ({args.before_ref})", old, args.chunks, common + args.before.split()),
-            run_once("after (this tree)", REPO, args.chunks, common + args.after.split())]
-    shutil.rmtree(old, ignore_errors=True)
-    for r in rows:
+    # Each side's stage without any generation (imports, encoder, corpus embedding for the round trip), on the
+    # same chunks: subtracted from that side's CPU, it leaves the CPU that generation itself took.
+    no_gen = [f"synth.types.{t}=0" for t in ("factual", "keyword", "procedural", "structural", "multi_hop")]
+    sides = [(f"before ({args.before_ref})", old, args.before.split()), ("after (this tree)", REPO, args.after.split())]
+    rows = []
+    for label, code, extra in sides:
+        # twice: the first may also build caches outside the run (the base model's ONNX graph)
+        fixed = min((run_once(f"{label}, no generation", code, args.chunks, common + extra + no_gen) for _ in range(2)),
+                    key=lambda f: f["cpu_s"])
+        r = run_once(label, code, args.chunks, common + extra)
+        r["fixed_cpu_s"] = fixed["cpu_s"]
         r["gen_cpu_s"] = max(1e-3, r["cpu_s"] - fixed["cpu_s"])
         r["kept_per_gen_cpu_min"] = r["llm_pairs_kept"] / (r["gen_cpu_s"] / 60)
-    print(f"stage without generation: {fixed['cpu_s']:.1f} CPU-s ({fixed['wall_s']:.0f} s wall)")
+        rows.append(r)
+    shutil.rmtree(old, ignore_errors=True)
     cols = ["label", "chunks_sampled", "requests", "llm_queries", "llm_pairs_kept", "cpu_s", "wall_s",
-            "kept_per_cpu_min", "gen_cpu_s", "kept_per_gen_cpu_min", "failures"]
+            "kept_per_cpu_min", "fixed_cpu_s", "gen_cpu_s", "kept_per_gen_cpu_min", "failures"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:

@@ -1,8 +1,7 @@
-"""The filter runner and the progress lines, without an LLM."""
+"""The filter runner, without an LLM."""
 
 from __future__ import annotations
 
-from domain_embed.rundir import LineProgress
 from domain_embed.synth.pipeline import Filter, FilterRunner, FormatFilter
 
 
@@ -39,16 +38,3 @@ def test_runner_counts_what_each_named_filter_drops_and_skips_empty_or_disabled(
     # a filter that needs rows is skipped when nothing reaches it; the format filter still reports
     empty = FilterRunner([FormatFilter(3, 40, 10), _DropLong()])
     assert empty.run([]) == [] and list(empty.counts) == ["format"]
-
-
-def test_line_progress_prints_done_total_rate_eta_and_postfix(capsys):
-    p = LineProgress(total=4, desc="synthesize: generate", interval=0)
-    p.set_postfix_str("12 tok/s, 1 failed")
-    p.update(1)
-    p.update(2)
-    p.close()
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert lines[0].startswith("[synthesize: generate] 1/4 (25%), ") and "ETA" in lines[0]
-    assert "3/4 (75%)" in lines[1] and lines[1].endswith("12 tok/s, 1 failed")
-    assert len(lines) == 3  # and once more at close
-    assert list(LineProgress(range(3), interval=3600)) == [0, 1, 2]

@@ -166,15 +166,21 @@ def merge_stats(old: dict | None, new: dict) -> dict:
 
 
 class GenerationProgress:
-    """done/total, generations and tokens per second, failures so far and an ETA, on stderr
-    (a bar on a terminal, a line every few seconds otherwise: see StageContext.progress)."""
+    """done/total, generations per second, tokens per second, failures so far and an ETA, on stderr
+    (a bar on a terminal, a line every few seconds otherwise: :class:`~domain_embed.rundir.Progress`)."""
 
-    def __init__(self, ctx: StageContext, total: int, done: int = 0):
+    def __init__(self, ctx: StageContext, total: int):
         import time
 
         self._time = time.monotonic
-        self.bar = ctx.progress(total=total, desc="generate", initial=done)
+        self.bar = ctx.progress(total=total, desc="generate", unit="gen")
         self.t0, self.tokens, self.failed = self._time(), 0, 0
+
+    def set_total(self, total: int) -> None:
+        self.bar.total = total
+        inner = getattr(self.bar, "_bar", None)
+        if inner is not None:
+            inner.total = total
 
     def update(self, rec: dict[str, Any]) -> None:
         self.tokens += int((rec.get("usage") or {}).get("completion_tokens", 0))
@@ -217,7 +223,7 @@ def budgeted_generate(ctx: StageContext, endpoint, tasks: list[dict[str, Any]], 
         return tasks
     url = endpoint.url()
     k = min(len(todo), max(1, int(ctx.cfg.llm.concurrency)))
-    bar = GenerationProgress(ctx, len(tasks), done=len(tasks) - len(todo))
+    bar = GenerationProgress(ctx, len(todo))
     try:
         t0 = time.perf_counter()
         generate(ctx, url, todo[:k], by_id, struct_rows, fp, gen_path, stats_out, bar)
@@ -233,7 +239,7 @@ def budgeted_generate(ctx: StageContext, endpoint, tasks: list[dict[str, Any]], 
             _write_plan(plan_path, fp, n_all, len(tasks), budget_s)
             capped = f" of {n_all} possible (synth.budget_minutes={budget_s / 60:g} caps it)" if len(tasks) < n_all \
                 else ""
-            bar.bar.total = len(tasks)
+            bar.set_total(k + len(rest))
             ctx.log(f"{len(tasks)} generations{capped}; at about {each:.1f} s each ({k} at once, from a timed probe): "
                     f"{len(rest)} left, about {_minutes(each * len(rest))}")
         if rest:
