@@ -48,6 +48,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     ec = ctx.cfg.evaluate
     spec = ctx.spec()
+    # The tuned model is scored with the spec it was trained with; a config that disagrees is refused.
+    tuned_spec = ctx.trained_spec("train/model")
     ks = sorted(int(k) for k in ec.k_values)
     top = max(ks)
     tuned_dir = ctx.path("train/model")
@@ -65,7 +67,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         datasets.append((ds, str(p)))
 
     base = Encoder(spec, batch_size=int(ec.batch_size))
-    tuned = Encoder(spec, tuned_dir, batch_size=int(ec.batch_size))
+    tuned = Encoder(tuned_spec, tuned_dir, batch_size=int(ec.batch_size))
     report: dict[str, Any] = {"datasets": {}, "k_values": ks, "spec": spec.to_dict(),
                               "tuned_model": str(tuned_dir), "base_model": spec.model_path}
     for ds, path in datasets:
