@@ -243,14 +243,23 @@ def read_corpus(root: Path, files: list[Path], jsonl_text_field: str = "text",
 
 
 def _strip_site_titles(docs: list[Document]) -> None:
-    """Drop the text every page title of a generated site repeats (" — Python 3.11.2 documentation"):
-    it is the same in every chunk's context line, so it only dilutes the embedding."""
+    """Drop the text a generated site repeats in every page title (" — Python 3.11.2 documentation"):
+    it is the same in every chunk's context line, so it only dilutes the embedding.
+
+    A site is the pages under one top-level folder of the corpus (the files at its root are one
+    more), so two documentation sets copied side by side are told apart.
+    """
     from .html_text import site_title_affixes, strip_title_affixes
 
-    prefix, suffix = site_title_affixes([d.title for d in docs])
-    if prefix or suffix:
-        for d in docs:
-            d.title = strip_title_affixes(d.title, prefix, suffix)
+    sites: dict[str, list[Document]] = {}
+    for d in docs:
+        top = d.source.split("/", 1)[0] if "/" in d.source else ""
+        sites.setdefault(top, []).append(d)
+    for group in sites.values():
+        prefix, suffix = site_title_affixes([d.title for d in group])
+        if prefix or suffix:
+            for d in group:
+                d.title = strip_title_affixes(d.title, prefix, suffix)
 
 
 def _read_jsonl(text: str, rel: str, res: ReadResult, field_name: str, title_field: str | None) -> None:
