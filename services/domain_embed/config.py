@@ -169,8 +169,13 @@ _SPEC_KEYS = ("query_prefix", "passage_prefix", "max_query_length", "max_passage
               "dim", "matryoshka_dims")
 
 
-def _shown(v: Any) -> str:
-    return repr(list(v)) if isinstance(v, tuple) else repr(v) if isinstance(v, str) else str(v)
+def _shown(v: Any, key: str) -> str:
+    """As the user would type it; prefixes quoted, since their spaces matter."""
+    if isinstance(v, tuple):
+        return str(list(v))
+    if isinstance(v, bool):
+        return str(v).lower()
+    return repr(v) if key.endswith("_prefix") else str(v)
 
 
 def spec_mismatches(cfg: DictConfig, saved: EncodingSpec) -> list[tuple[str, str, str]]:
@@ -202,8 +207,8 @@ def spec_mismatches(cfg: DictConfig, saved: EncodingSpec) -> list[tuple[str, str
         a, b = current[key], getattr(saved, key)
         if a != b:
             raw = m.get(key)
-            shown = f"{raw!r} (that is {a!r})" if key.endswith("_prefix") and raw != a else _shown(a)
-            out.append((f"model.{key}", shown, _shown(b)))
+            shown = f"{raw!r} (that is {a!r})" if key.endswith("_prefix") and raw != a else _shown(a, key)
+            out.append((f"model.{key}", shown, _shown(b, key)))
     return out
 
 
