@@ -150,7 +150,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .serve.launch import serve_run
 
     cfg = load_config(run_dir, args.overrides, save=False)
+    _refuse_served_spec_drift(run_dir, cfg)
     return serve_run(run_dir, cfg, host=args.host, port=args.port)
+
+
+def _refuse_served_spec_drift(run_dir: Path, cfg) -> None:
+    """Serving takes its spec from triton/encoding.json (exported from train/model); a config that
+    disagrees with it is a sign the run changed after export, so say so instead of serving it."""
+    import json
+
+    from .config import EncodingSpec, refuse_spec_drift
+
+    path = run_dir / "triton" / "encoding.json"
+    if not path.is_file():
+        return  # serve_run names the missing file
+    try:
+        raw = json.loads(path.read_text())
+        saved = EncodingSpec.from_dict({k: raw[k] for k in raw if k in EncodingSpec.__dataclass_fields__})
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"{path} is not a valid encoding spec ({exc}); rerun `domain-embed export --run-dir {run_dir} "
+                        "--force`") from None
+    refuse_spec_drift(cfg, saved, "the exported model in triton/ has",
+                      f"serve with the config it was trained with, or retrain and re-export (`domain-embed run "
+                      f"--run-dir {run_dir}`)")
 
 
 def cmd_llm(args: argparse.Namespace) -> int:

@@ -162,6 +162,92 @@ class EncodingSpec:
         return cls(**d)
 
 
+# The spec a model was trained with travels in its directory (written by the train stage).
+SPEC_FILE = "encoding_spec.json"
+# The fields that change vectors; model_path is where, not how, so it is not compared.
+_SPEC_KEYS = ("query_prefix", "passage_prefix", "max_query_length", "max_passage_length", "pooling", "normalize",
+              "dim", "matryoshka_dims")
+
+
+def _shown(v: Any, key: str) -> str:
+    """As the user would type it; prefixes quoted, since their spaces matter."""
+    if isinstance(v, tuple):
+        return str(list(v))
+    if isinstance(v, bool):
+        return str(v).lower()
+    return repr(v) if key.endswith("_prefix") else str(v)
+
+
+def spec_mismatches(cfg: DictConfig, saved: EncodingSpec) -> list[tuple[str, str, str]]:
+    """(key, the config's value, the saved value) for every spec key where they differ.
+
+    ``auto`` prefixes resolve against the base model, as in training; where the base model is not
+    on this machine (a serving image), an ``auto`` prefix cannot be checked and is left out.
+    """
+    m = cfg.model
+    base: Path | None = None
+    try:
+        base = resolve_path(m.path)
+    except UserError:
+        base = None
+    current = {
+        "max_query_length": int(m.max_query_length), "max_passage_length": int(m.max_passage_length),
+        "pooling": str(m.pooling), "normalize": bool(m.normalize), "dim": int(m.dim),
+        "matryoshka_dims": tuple(int(d) for d in (m.get("matryoshka_dims") or ())),
+    }
+    for key, kind in (("query_prefix", "query"), ("passage_prefix", "passage")):
+        raw = m.get(key)
+        is_auto = raw is None or (isinstance(raw, str) and raw.strip().lower() == "auto")
+        if not is_auto or (base is not None and base.exists()):
+            current[key] = _prefix(raw, base, kind)
+    out = []
+    for key in _SPEC_KEYS:
+        if key not in current:
+            continue
+        a, b = current[key], getattr(saved, key)
+        if a != b:
+            raw = m.get(key)
+            shown = f"{raw!r} (that is {a!r})" if key.endswith("_prefix") and raw != a else _shown(a, key)
+            out.append((f"model.{key}", shown, _shown(b, key)))
+    return out
+
+
+def refuse_spec_drift(cfg: DictConfig, saved: EncodingSpec, holder: str, fix: str) -> None:
+    """Raise a UserError naming every key where the config disagrees with ``saved``.
+
+    ``holder`` completes "..., but <holder> <value>", e.g. "train/model was trained with".
+    """
+    diff = spec_mismatches(cfg, saved)
+    if diff:
+        parts = [f"{k}={c} in the config, but {holder} {v}" for k, c, v in diff]
+        raise UserError("; ".join(parts) + f". The encoding spec cannot change after training: {fix}")
+
+
+def model_spec(cfg: DictConfig, model_dir: str | Path, label: str | None = None, log=None) -> EncodingSpec:
+    """The encoding spec of a trained model, from ``<model_dir>/encoding_spec.json``, and refuse a
+    config that disagrees with it (export, evaluation and serving must use what training used).
+
+    A model directory without the file was not written by ``domain-embed train`` (a copied base
+    model, say); its spec comes from the config, as nothing else records one.
+    """
+    model_dir = Path(model_dir)
+    label = label or str(model_dir)
+    f = model_dir / SPEC_FILE
+    if not f.is_file():
+        if log:
+            log(f"{label} has no {SPEC_FILE} (it was not written by `domain-embed train`); using the config's spec")
+        return EncodingSpec.from_config(cfg, model_dir)
+    try:
+        raw = json.loads(f.read_text())
+        saved = EncodingSpec.from_dict({**{k: raw[k] for k in raw if k in EncodingSpec.__dataclass_fields__},
+                                        "model_path": str(model_dir)})
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"{f} is not a valid encoding spec ({exc}); retrain with `domain-embed train --force`") from None
+    refuse_spec_drift(cfg, saved, f"{label} was trained with",
+                      "set the config back to the model's values, or retrain with `domain-embed train --force`")
+    return saved
+
+
 OVERRIDES_FILE = "overrides.json"
 
 

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import EncodingSpec, config_hash
+from .config import EncodingSpec, config_hash, model_spec
 from .errors import QualityGateFailed, UserError
 
 
@@ -151,6 +151,87 @@ def sha256_path(path: Path | str) -> str:
     return h.hexdigest()
 
 
+# ---------------------------------------------------------------- outside inputs
+# Files from outside the run directory (the corpus, a style-examples file, an evaluation dataset,
+# the base model) take part in the up-to-date check by content. Each is recorded in the manifest
+# as a file list with sizes and sha256s. Hashing is made cheap by a fast path: a file whose size
+# and mtime match the previous manifest's entry reuses that entry's sha256 instead of being read
+# again -- unless its mtime is within RACY_NS of the moment it was last hashed, since a file edited
+# in the same clock tick as the hashing could keep both (git's "racily clean" rule). The check
+# itself compares contents only (names, sizes, sha256s), so a `touch` or a copy that keeps the
+# bytes does not rerun anything, while any edit, addition or removal does.
+RACY_NS = 2_000_000_000
+
+
+def tree_files(path: Path | str) -> list[Path]:
+    """A file itself, or every non-hidden file under a directory, sorted."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        return []
+    return sorted(q for q in path.rglob("*")
+                  if q.is_file() and not any(part.startswith(".") for part in q.relative_to(path).parts))
+
+
+@dataclass
+class OutsideInput:
+    """Files outside the run directory that a stage reads: ``files`` are under ``root`` (or are it)."""
+
+    root: Path
+    files: list[Path]
+
+    @classmethod
+    def of(cls, path: Path | str) -> "OutsideInput":
+        path = Path(path)
+        return cls(path, tree_files(path))
+
+
+def fingerprint_files(item: OutsideInput, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest entry for one outside input: ``{"root", "files": [{path, size, mtime_ns, sha256}],
+    "sha256", "hashed_at_ns"}``; ``sha256`` covers the names, sizes and file hashes only."""
+    root = Path(item.root)
+    prev_files: dict[str, dict[str, Any]] = {}
+    prev_at = 0
+    if previous and previous.get("root") == str(root):
+        prev_files = {f["path"]: f for f in previous.get("files", [])}
+        prev_at = int(previous.get("hashed_at_ns", 0))
+    now = time.time_ns()
+    files = []
+    reused = 0
+    for f in item.files:
+        st = f.stat()
+        rel = f.name if f == root else f.relative_to(root).as_posix()
+        old = prev_files.get(rel)
+        if (old is not None and old.get("size") == st.st_size and old.get("mtime_ns") == st.st_mtime_ns
+                and st.st_mtime_ns + RACY_NS < prev_at):
+            digest = old["sha256"]
+            reused += 1
+        else:
+            digest = sha256_file(f)
+        files.append({"path": rel, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest})
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f['path']}\0{f['size']}\0{f['sha256']}\n".encode())
+    return {"root": str(root), "files": files, "sha256": h.hexdigest(), "hashed_at_ns": now,
+            "reused_hashes": reused}
+
+
+def outside_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
+    """What differs between two recorded file lists, for the log ("2 edited (a.md, b.md), 1 added")."""
+    if old is None:
+        return "not recorded before"
+    a = {f["path"]: (f["size"], f["sha256"]) for f in old.get("files", [])}
+    b = {f["path"]: (f["size"], f["sha256"]) for f in new.get("files", [])}
+    parts = []
+    for label, names in (("edited", [k for k in b if k in a and a[k] != b[k]]),
+                         ("added", [k for k in b if k not in a]), ("removed", [k for k in a if k not in b])):
+        if names:
+            shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
+            parts.append(f"{len(names)} {label} ({shown})")
+    return "; ".join(parts) or "unchanged"
+
+
 def package_versions(names: Iterable[str] = ()) -> dict[str, str]:
     base = ["domain-embed", "torch", "transformers", "lightning", "nemo-curator", "faiss-cpu", "onnxruntime",
             "sentence-transformers", "numpy", "tritonclient", "xllamacpp"]
@@ -180,6 +261,10 @@ class Stage:
     # Inputs that may be absent (e.g. an optional real-query file); absent ones are not hashed.
     optional_inputs: list[str] = field(default_factory=list)
     description: str = ""
+    # Files from outside the run directory that the outputs depend on, by name (e.g. "corpus"),
+    # given the config and the command-line extras. They take part in the up-to-date check by
+    # content (see fingerprint_files), not by path.
+    outside_inputs: Callable[[DictConfig, dict[str, Any]], dict[str, OutsideInput]] | None = None
 
 
 @dataclass
@@ -202,6 +287,10 @@ class StageContext:
 
     def spec(self, model_path: str | Path | None = None) -> EncodingSpec:
         return EncodingSpec.from_config(self.cfg, model_path)
+
+    def trained_spec(self, rel: str = "train/model") -> EncodingSpec:
+        """The spec the model at ``rel`` was trained with; a config that disagrees is refused."""
+        return model_spec(self.cfg, self.path(rel), label=rel, log=self.log)
 
     def log(self, msg: str) -> None:
         if not self.quiet:
@@ -405,14 +494,37 @@ def run_stage(stage: Stage, run_dir: Path, cfg: DictConfig, stages: dict[str, St
     # Command-line extras (e.g. evaluate --dataset/--endpoint) change the outputs too.
     extra_sig = json.dumps(extra or {}, sort_keys=True, default=str)
     old = read_manifest(run_dir, stage.folder)
-    if (old is not None and not force and old.get("config_hash") == chash and old.get("inputs") == inputs
-            and old.get("extra", "{}") == extra_sig):
-        outs_ok = all((run_dir / rel).exists() and sha256_path(run_dir / rel) == h
-                      for rel, h in old.get("outputs", {}).items())
-        if outs_ok:
-            ctx.log(f"up to date (manifest {manifest_path(run_dir, stage.folder)}); nothing to do. Use --force to rerun.")
-            old["skipped"] = True
-            return old
+    old_outside = (old or {}).get("outside_inputs") or {}
+    outside = {name: fingerprint_files(item, old_outside.get(name))
+               for name, item in (stage.outside_inputs(cfg, extra or {}) if stage.outside_inputs else {}).items()}
+    outside_sig = {name: e["sha256"] for name, e in outside.items()}
+    old_outside_sig = {name: e.get("sha256") for name, e in old_outside.items()}
+    if old is not None and not force:
+        why = []
+        if old.get("config_hash") != chash:
+            why.append("config changed")
+        if old.get("inputs") != inputs:
+            why.append("inputs changed: " + ", ".join(sorted(k for k in {*inputs, *old.get("inputs", {})}
+                                                               if inputs.get(k) != old.get("inputs", {}).get(k))))
+        if old.get("extra", "{}") != extra_sig:
+            why.append("command-line inputs changed")
+        for name in sorted({*outside_sig, *old_outside_sig}):
+            if outside_sig.get(name) != old_outside_sig.get(name):
+                why.append(f"{name} changed: " + (outside_changes(old_outside.get(name), outside[name])
+                                                  if name in outside else "no longer given"))
+        if not why:
+            outs_ok = all((run_dir / rel).exists() and sha256_path(run_dir / rel) == h
+                          for rel, h in old.get("outputs", {}).items())
+            if outs_ok:
+                ctx.log(f"up to date (manifest {manifest_path(run_dir, stage.folder)}); nothing to do. Use --force to rerun.")
+                if any(e["reused_hashes"] != len(e["files"]) for e in outside.values()):
+                    # same contents, new mtimes (a touch, a fresh checkout): record them so the
+                    # next check takes the fast path again
+                    atomic_write_json(manifest_path(run_dir, stage.folder), {**old, "outside_inputs": outside})
+                old["skipped"] = True
+                return old
+            why.append("outputs changed or missing")
+        ctx.log("rerunning: " + "; ".join(why))
     if old is not None:
         # The stage's outputs are about to change: its old manifest must not vouch for them.
         manifest_path(run_dir, stage.folder).unlink(missing_ok=True)
@@ -439,6 +551,7 @@ def run_stage(stage: Stage, run_dir: Path, cfg: DictConfig, stages: dict[str, St
         "config": {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg.get(k), DictConfig) else cfg.get(k)
                    for k in stage.config_keys},
         "inputs": inputs,
+        "outside_inputs": outside,
         "outputs": outputs,
         "counts": counts,
         "extra": extra_sig,

@@ -9,7 +9,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .rundir import Stage, StageContext
+from pathlib import Path
+
+from .rundir import OutsideInput, Stage, StageContext
 
 
 def _lazy(module: str, attr: str = "run"):
@@ -30,14 +32,67 @@ def _lazy(module: str, attr: str = "run"):
 
 MODEL_KEYS = ["model"]
 
+
+# ---------------------------------------------------------------- outside inputs, by content
+# What each stage reads from outside the run directory. The config records only paths; these
+# make the contents part of the up-to-date check (rundir.fingerprint_files).
+def _model(cfg) -> dict[str, OutsideInput]:
+    """The base model's files: new weights at the same path are a new model."""
+    from .config import resolve_path
+
+    path = resolve_path(cfg.model.path)
+    return {"model.path": OutsideInput.of(path)} if path is not None and path.exists() else {}
+
+
+def _curate_inputs(cfg, extra) -> dict[str, OutsideInput]:
+    """Exactly the files curate reads: corpus.path filtered by include/exclude/max_files."""
+    from .curate.readers import discover
+    from .curate.stage import _corpus_root
+
+    root = _corpus_root(cfg)
+    c = cfg.corpus
+    files = discover(root, list(c.get("include") or ["**/*"]), list(c.get("exclude") or []), int(c.get("max_files") or 0))
+    return {"corpus": OutsideInput(root, files), **_model(cfg)}
+
+
+def _synth_inputs(cfg, extra) -> dict[str, OutsideInput]:
+    from .config import resolve_path
+
+    out = _model(cfg)
+    style = cfg.synth.get("style_examples_file")
+    if style:
+        out["synth.style_examples_file"] = OutsideInput.of(Path(str(style)).expanduser().resolve())
+    if cfg.llm.kind == "local" and not cfg.llm.get("base_url") and cfg.llm.local.get("weights"):
+        weights = resolve_path(cfg.llm.local.weights)
+        if weights is not None and weights.exists():
+            out["llm.local.weights"] = OutsideInput.of(weights)
+    return out
+
+
+def _model_inputs(cfg, extra) -> dict[str, OutsideInput]:
+    return _model(cfg)
+
+
+def _evaluate_inputs(cfg, extra) -> dict[str, OutsideInput]:
+    """The base model plus the files behind --real-queries, --qrels and each --dataset."""
+    out = _model(cfg)
+    for key in ("real_queries", "qrels"):
+        if extra.get(key):
+            out[f"--{key.replace('_', '-')}"] = OutsideInput.of(Path(str(extra[key])).expanduser().resolve())
+    for i, d in enumerate(extra.get("dataset") or []):
+        out[f"--dataset[{i}]"] = OutsideInput.of(Path(str(d)).expanduser().resolve())
+    return out
+
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in [
         Stage("curate", "curate", inputs=[], outputs=["curate/chunks.jsonl"],
               config_keys=["corpus", "curate", *MODEL_KEYS], fn=_lazy("curate.stage"),
+              outside_inputs=_curate_inputs,
               description="clean, filter, dedup and chunk documents (NeMo Curator)"),
         Stage("synthesize", "synth", inputs=["curate/chunks.jsonl"], outputs=["synth/qa.jsonl"],
               config_keys=["synth", "llm", *MODEL_KEYS, "seed"], fn=_lazy("synth.stage"),
+              outside_inputs=_synth_inputs,
               description="generate typed queries with an LLM, judge and filter them"),
         Stage("split", "split", inputs=["curate/chunks.jsonl", "synth/qa.jsonl"],
               outputs=["split/train_qa.jsonl", "split/train_corpus.jsonl", "split/val_beir",
@@ -46,13 +101,16 @@ STAGES: dict[str, Stage] = {
               description="split by document into train / validation / test (BEIR layout)"),
         Stage("mine", "mine", inputs=["split/train_qa.jsonl", "split/train_corpus.jsonl"],
               outputs=["mine/train.jsonl"], config_keys=["mine", *MODEL_KEYS], fn=_lazy("mine.stage"),
+              outside_inputs=_model_inputs,
               description="positive-aware hard-negative mining with the base model and FAISS"),
         Stage("train", "train", inputs=["mine/train.jsonl", "split/train_corpus.jsonl", "split/val_beir"],
               outputs=["train/model"], config_keys=["train", *MODEL_KEYS, "seed"], fn=_lazy("train.stage"),
+              outside_inputs=_model_inputs,
               description="contrastive fine-tuning with Lightning"),
         Stage("evaluate", "eval", inputs=["split/eval_beir", "train/model"],
               outputs=["eval/report.json", "eval/report.md"], config_keys=["evaluate", *MODEL_KEYS],
-              fn=_lazy("evaluate.stage"), description="BEIR metrics, base vs tuned (+BM25), quality gate"),
+              fn=_lazy("evaluate.stage"), outside_inputs=_evaluate_inputs,
+              description="BEIR metrics, base vs tuned (+BM25), quality gate"),
         Stage("export", "export", inputs=["train/model", "eval/report.json"],
               outputs=["export/model.onnx", "export/parity.json", "triton"],
               config_keys=["export", *MODEL_KEYS], fn=_lazy("export.stage"),

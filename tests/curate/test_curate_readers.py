@@ -117,3 +117,71 @@ def test_discover_is_sorted_and_honours_include_exclude_and_hidden(tmp_path):
         (tmp_path / rel).write_text("x")
     found = [p.relative_to(tmp_path).as_posix() for p in discover(tmp_path, ["**/*.md", "**/*.txt"], ["README.md"])]
     assert found == ["a.txt", "b/x.md"]
+
+
+SPHINX = __import__("pathlib").Path(__file__).parent / "fixtures" / "sphinx-python311"
+
+
+def test_sphinx_pages_lose_permalinks_and_the_site_title_suffix(tmp_path):
+    """Real Sphinx output (Python 3.11.2 docs, Debian python3-doc): no "¶" anywhere, and the title
+    suffix every page repeats (" — Python 3.11.2 documentation") is gone from the titles."""
+    import shutil
+
+    raw = (SPHINX / "keyword.html").read_text(encoding="utf-8")
+    assert 'class="headerlink"' in raw and "¶" in raw and "&#8212; Python 3.11.2 documentation</title>" in raw
+    for name in ("keyword.html", "copyreg.html", "nis.html"):
+        shutil.copy(SPHINX / name, tmp_path / name)
+    docs = {d.source: d for d in _read(tmp_path).docs}
+    assert set(docs) == {"keyword.html", "copyreg.html", "nis.html"}
+    assert docs["keyword.html"].title == "keyword — Testing for Python keywords"
+    assert docs["copyreg.html"].title == "copyreg — Register pickle support functions"
+    assert docs["nis.html"].title.startswith("nis — Interface to Sun")
+    for d in docs.values():
+        assert "¶" not in d.text and "¶" not in d.title
+        assert "documentation" not in d.title
+    text = docs["keyword.html"].text
+    assert HEADING + "keyword — Testing for Python keywords" in text.splitlines()   # heading without its mark
+    assert "keyword.iskeyword(s)" in text.splitlines()                             # a definition term too
+    assert "Return True if s is a Python keyword." in text
+
+
+def test_one_page_keeps_its_whole_title(tmp_path):
+    """With a single page nothing tells the site's text from the page's, so the title stays."""
+    import shutil
+
+    shutil.copy(SPHINX / "keyword.html", tmp_path / "keyword.html")
+    assert _read(tmp_path).docs[0].title == "keyword — Testing for Python keywords — Python 3.11.2 documentation"
+
+
+def test_site_title_affixes_need_a_separator_and_most_pages():
+    from domain_embed.curate.html_text import site_title_affixes, strip_title_affixes
+
+    titles = ["bisect — Array bisection — Python 3.11.2 documentation",
+              "keyword — Testing for keywords — Python 3.11.2 documentation",
+              "copy — Shallow and deep copy operations — Python 3.11.2 documentation",
+              "Index — Python 3.11.2 documentation",
+              "3.11.2 Documentation"]                        # the front page: the site name alone
+    prefix, suffix = site_title_affixes(titles)
+    assert (prefix, suffix) == ("", " — Python 3.11.2 documentation")
+    assert [strip_title_affixes(t, prefix, suffix) for t in titles] == [
+        "bisect — Array bisection", "keyword — Testing for keywords", "copy — Shallow and deep copy operations",
+        "Index", "3.11.2 Documentation"]
+    # shared words that are not cut off by a separator are the pages' own ("... Types")
+    assert site_title_affixes(["8.5. Date/Time Types", "8.14. JSON Types"]) == ("", "")
+    assert site_title_affixes(["MySite | Install", "MySite | Configure", "MySite | Upgrade"]) == ("MySite | ", "")
+
+
+def test_permalinks_of_other_generators_are_dropped(tmp_path):
+    """MkDocs (headerlink, &para;), Asciidoctor (empty class="anchor"), a bare same-page '#' mark."""
+    from domain_embed.curate.html_text import html_to_internal
+
+    html = """<html><body>
+    <h2 id="install">Install<a class="headerlink" href="#install" title="Permanent link">&para;</a></h2>
+    <h2 id="_usage"><a class="anchor" href="#_usage"></a>Usage</h2>
+    <h3 id="x">Options <a href="#x">#</a></h3>
+    <p>See <a href="#install">Install</a> and <a href="other.html">the other page</a> first.</p></body></html>"""
+    text, _ = html_to_internal(html)
+    assert text.splitlines()[0] == HEADING + "Install"
+    assert HEADING + "Usage" in text and HEADING + "Options" in text.splitlines()
+    assert "See Install and the other page first." in text     # ordinary links keep their text
+    assert "¶" not in text and "#" not in text

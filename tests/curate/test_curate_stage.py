@@ -46,11 +46,24 @@ def corpus(tmp_path_factory, paras, binary):
 
 
 @pytest.fixture(scope="module")
-def run1(corpus, tmp_path_factory, make_cfg):
+def _finished_run(corpus, tmp_path_factory, make_cfg):
+    """One real curate run for the module; tests get copies of it, never the run itself."""
     run_dir = tmp_path_factory.mktemp("run")
     cfg = make_cfg(corpus)
     manifest = run_stage(CURATE, run_dir, cfg, STAGES, quiet=True)
     return run_dir, cfg, manifest
+
+
+@pytest.fixture
+def run1(_finished_run, tmp_path):
+    """A private copy of the finished run: what one test reruns or changes, no other test sees."""
+    import copy
+    import shutil
+
+    src, cfg, manifest = _finished_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(src, run_dir)
+    return run_dir, cfg, copy.deepcopy(manifest)
 
 
 def test_manifest_counts_every_decision(run1):

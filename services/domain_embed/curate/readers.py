@@ -192,6 +192,7 @@ def _stem_title(path: Path) -> str:
 def read_corpus(root: Path, files: list[Path], jsonl_text_field: str = "text",
                 jsonl_title_field: str | None = "title", log=None) -> ReadResult:
     res = ReadResult(files_seen=len(files))
+    html_titled: list[Document] = []  # HTML pages whose title came from <title>: may carry site-wide text
     for path in files:
         rel = path.relative_to(root).as_posix() if path != root else path.name
         ext = path.suffix.lower()
@@ -221,8 +222,8 @@ def read_corpus(root: Path, files: list[Path], jsonl_text_field: str = "text",
         if ext in HTML_EXTS:
             from .html_text import html_to_internal
 
-            body, title = html_to_internal(text)
-            title = title or _stem_title(path)
+            body, page_title = html_to_internal(text)
+            title = page_title or _stem_title(path)
         elif ext in MD_EXTS:
             body, title = markdown_to_internal(text)
             title = title or _stem_title(path)
@@ -235,7 +236,30 @@ def read_corpus(root: Path, files: list[Path], jsonl_text_field: str = "text",
             res.skip(rel, "skipped_empty")
             continue
         res.docs.append(Document(source=rel, title=title, text=body, order=(rel, 0)))
+        if ext in HTML_EXTS and page_title:
+            html_titled.append(res.docs[-1])
+    _strip_site_titles(html_titled)
     return res
+
+
+def _strip_site_titles(docs: list[Document]) -> None:
+    """Drop the text a generated site repeats in every page title (" — Python 3.11.2 documentation"):
+    it is the same in every chunk's context line, so it only dilutes the embedding.
+
+    A site is the pages under one top-level folder of the corpus (the files at its root are one
+    more), so two documentation sets copied side by side are told apart.
+    """
+    from .html_text import site_title_affixes, strip_title_affixes
+
+    sites: dict[str, list[Document]] = {}
+    for d in docs:
+        top = d.source.split("/", 1)[0] if "/" in d.source else ""
+        sites.setdefault(top, []).append(d)
+    for group in sites.values():
+        prefix, suffix = site_title_affixes([d.title for d in group])
+        if prefix or suffix:
+            for d in group:
+                d.title = strip_title_affixes(d.title, prefix, suffix)
 
 
 def _read_jsonl(text: str, rel: str, res: ReadResult, field_name: str, title_field: str | None) -> None:

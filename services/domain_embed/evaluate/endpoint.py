@@ -11,14 +11,25 @@ from ..errors import UserError
 
 
 class EndpointEncoder:
+    """Embeds through ``POST /v1/embeddings``.
+
+    ``truncate`` is sent with every request. The in-process encoder (encoding.Encoder) cuts every
+    text at the spec's max length, keeping the start (``END``: tokens past the limit are dropped), so
+    ``END`` makes the endpoint score the same texts; without it a NIM-compatible server applies its
+    default (ours: ``NONE``) and rejects every held-out query or passage over the limit.
+    """
+
     def __init__(self, base_url: str, model: str, batch_size: int = 32, timeout_s: float = 60.0,
-                 api_key: str | None = None):
+                 api_key: str | None = None, truncate: str = "END"):
         import httpx
 
         url = base_url.rstrip("/")
         if not url.endswith("/v1/embeddings"):
             url = url + ("/embeddings" if url.endswith("/v1") else "/v1/embeddings")
         self.url, self.model, self.batch_size = url, model, batch_size
+        if truncate not in ("NONE", "START", "END"):
+            raise ValueError(f"truncate must be NONE, START or END, not {truncate!r}")
+        self.truncate = truncate
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.Client(timeout=timeout_s, headers=headers)
 
@@ -29,7 +40,7 @@ class EndpointEncoder:
         texts = list(texts)
         for s in range(0, len(texts), self.batch_size):
             body = {"input": texts[s : s + self.batch_size], "model": self.model, "input_type": input_type,
-                    "encoding_format": "float"}
+                    "encoding_format": "float", "truncate": self.truncate}
             try:
                 r = self.client.post(self.url, json=body)
             except httpx.HTTPError as exc:

@@ -48,6 +48,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     ec = ctx.cfg.evaluate
     spec = ctx.spec()
+    # The tuned model is scored with the spec it was trained with; a config that disagrees is refused.
+    tuned_spec = ctx.trained_spec("train/model")
     ks = sorted(int(k) for k in ec.k_values)
     top = max(ks)
     tuned_dir = ctx.path("train/model")
@@ -68,7 +70,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     # quantisation. Through the run's store, the base model's corpus vectors are the ones synthesis
     # and mining already made, and a rerun (another --dataset, the gate retried) embeds nothing new.
     base = stage_encoder(ctx, spec, allow_int8=False, batch_size=int(ec.batch_size))
-    tuned = stage_encoder(ctx, spec, tuned_dir, allow_int8=False, batch_size=int(ec.batch_size))
+    tuned = stage_encoder(ctx, tuned_spec, tuned_dir, allow_int8=False, batch_size=int(ec.batch_size))
     stored = {"base": ctx.embeddings.bind(base), "tuned": ctx.embeddings.bind(tuned)}
     report: dict[str, Any] = {"datasets": {}, "k_values": ks, "spec": spec.to_dict(),
                               "tuned_model": str(tuned_dir), "base_model": spec.model_path}

@@ -30,7 +30,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     ecfg = ctx.cfg.export
     _check_gate(ctx)
     model_dir = ctx.path("train/model")
-    spec = ctx.spec(model_dir)
+    spec = ctx.trained_spec("train/model")  # what training used; a drifted config is refused
     out = ctx.dir
     onnx_path = out / "model.onnx"
     opset = int(ecfg.opset)
