@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import UserError
+from .errors import Interrupted, UserError
 
 EPILOG = """examples:
   domain-embed run                                   # the whole pipeline on the sample corpus -> runs/demo
@@ -114,14 +114,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .rundir import run_stage
     from .stages import STAGES
 
+    from .rundir import stop_on_signals
+
     run_dir, cfg = _resolve_run_dir(args)
     timings: dict[str, float] = {}
     t0 = time.time()
-    for name, st in STAGES.items():
-        m = run_stage(st, run_dir, cfg, STAGES, force=args.force, quiet=args.quiet)
-        timings[name] = 0.0 if m.get("skipped") else float(m.get("wall_time_s", 0.0))
-        if args.until == name:
-            break
+    with stop_on_signals():  # also between stages, not only inside one
+        for name, st in STAGES.items():
+            m = run_stage(st, run_dir, cfg, STAGES, force=args.force, quiet=args.quiet)
+            timings[name] = 0.0 if m.get("skipped") else float(m.get("wall_time_s", 0.0))
+            if args.until == name:
+                break
     total = time.time() - t0
     print(f"\nrun finished in {total:.0f}s: {run_dir}", file=sys.stderr)
     for name, sec in timings.items():
@@ -196,6 +199,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_stage(args)
     except UserError as exc:
         print(f"domain-embed {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Interrupted as exc:
+        # SIGTERM -> 143, SIGINT -> 130: a stopped run is never reported as a success
+        print(f"domain-embed {args.command}: {exc}; finished work is kept, rerun to resume", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"domain-embed {args.command}: interrupted; finished work is kept, rerun to resume", file=sys.stderr)

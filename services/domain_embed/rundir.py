@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Iterator
 from omegaconf import DictConfig, OmegaConf
 
 from .config import EncodingSpec, config_hash
-from .errors import QualityGateFailed, UserError
+from .errors import Interrupted, QualityGateFailed, UserError
 
 
 # ---------------------------------------------------------------- atomic writes
@@ -161,6 +161,210 @@ def package_versions(names: Iterable[str] = ()) -> dict[str, str]:
     return out
 
 
+# ---------------------------------------------------------------- progress
+def format_duration(seconds: float) -> str:
+    """``42 s``, ``6 min``, ``1 h 12 min``: the precision a person waiting needs."""
+    s = max(0.0, float(seconds))
+    if s < 10:
+        return f"{s:.1f} s"
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 3600:
+        return f"{s / 60:.0f} min"
+    return f"{int(s // 3600)} h {int(s % 3600 // 60)} min"
+
+
+class Progress:
+    """Progress with a rate and an ETA for a non-TTY (a log file, a pod): one line every ``every_s``.
+
+    It answers the part of tqdm's API the stages use (``update``, ``set_postfix``, iteration,
+    ``close``, a context manager), so :meth:`StageContext.progress` returns a tqdm bar on a
+    terminal and this elsewhere, and callers do not care which.
+    """
+
+    def __init__(self, iterable: Iterable[Any] | None = None, total: int | None = None, desc: str = "",
+                 every_s: float = 15.0, unit: str = "it", file: Any = None, disable: bool = False, initial: int = 0,
+                 **_: Any):
+        self.iterable, self.desc, self.every_s, self.unit = iterable, desc, float(every_s), unit
+        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)  # type: ignore[arg-type]
+        self.file, self.disable = file, disable
+        self.n = self._n0 = int(initial)
+        self.postfix = ""
+        self._t0 = self._last = time.monotonic()
+        self._closed = False
+
+    def _out(self):
+        return self.file if self.file is not None else sys.stderr
+
+    def rate(self) -> float | None:
+        dt = time.monotonic() - self._t0
+        done = self.n - self._n0
+        return done / dt if dt > 0 and done > 0 else None
+
+    def line(self) -> str:
+        parts = [f"{self.desc}: {self.n}" + (f"/{self.total}" if self.total else "") + f" {self.unit}"]
+        r = self.rate()
+        if r is not None:
+            parts.append(f"{r:.2f} {self.unit}/s" if r >= 1 else f"{1 / r:.1f} s/{self.unit}")
+            if self.total:
+                parts.append(f"ETA {format_duration((self.total - self.n) / r)}")
+        if self.postfix:
+            parts.append(self.postfix)
+        return ", ".join(parts)
+
+    def _maybe_print(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.disable or (not force and now - self._last < self.every_s):
+            return
+        self._last = now
+        print(self.line(), file=self._out(), flush=True)
+
+    def update(self, n: int = 1) -> None:
+        self.n += int(n)
+        self._maybe_print(force=self.total is not None and self.n >= self.total)
+
+    def set_postfix(self, ordered_dict: dict[str, Any] | None = None, refresh: bool = True, **kw: Any) -> None:
+        items = {**(ordered_dict or {}), **kw}
+        self.postfix = ", ".join(f"{k} {v}" for k, v in items.items())
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        self.postfix = s
+
+    def refresh(self) -> None:
+        self._maybe_print(force=True)
+
+    def close(self) -> None:
+        if not self._closed and self.n != self._n0 and (self.total is None or self.n < self.total):
+            self._maybe_print(force=True)
+        self._closed = True
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            for item in self.iterable or ():
+                yield item
+                self.update(1)
+        finally:
+            self.close()
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def progress(iterable: Iterable[Any] | None = None, total: int | None = None, desc: str = "", quiet: bool = False,
+             **kw: Any):
+    """A tqdm bar on a terminal, periodic :class:`Progress` lines otherwise (logs, pods, CI)."""
+    if not sys.stderr.isatty():
+        return Progress(iterable, total=total, desc=desc, disable=quiet, **kw)
+    from tqdm.auto import tqdm
+
+    kw.pop("every_s", None)
+    return tqdm(iterable, total=total, desc=desc, disable=quiet or None, leave=False, dynamic_ncols=True, **kw)
+
+
+# ---------------------------------------------------------------- stopping on SIGTERM / SIGINT
+def stop_timeout_s() -> float:
+    """Seconds from SIGTERM to exit. The chart's pipeline pods get Kubernetes' default grace of 30 s
+    before SIGKILL, so 25 s leaves a margin (``DOMAIN_EMBED_STOP_TIMEOUT_S`` changes it)."""
+    try:
+        return max(1.0, float(os.environ.get("DOMAIN_EMBED_STOP_TIMEOUT_S", "25")))
+    except ValueError:
+        return 25.0
+
+
+class _Stopping:
+    signum: int | None = None
+    deadline: float | None = None    # time.monotonic() by which the process must be gone
+    active = False
+    children: dict[int, tuple[Any, bool]] = {}   # pid -> (Popen, whole process group)
+    timer: Any = None
+
+
+def register_child(proc: Any, group: bool = False) -> Any:
+    """Track a child process so a stop that overruns its deadline can kill it (and its group)."""
+    _Stopping.children[proc.pid] = (proc, group)
+    return proc
+
+
+def unregister_child(proc: Any) -> None:
+    _Stopping.children.pop(proc.pid, None)
+
+
+def stop_deadline() -> float | None:
+    """When a stop was requested: the ``time.monotonic()`` by which everything must have exited."""
+    return _Stopping.deadline
+
+
+def kill_child(proc: Any, group: bool, sig: int) -> None:
+    import signal as _signal
+
+    with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
+        if group and sys.platform != "win32":
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+    if sig == getattr(_signal, "SIGKILL", None):
+        with contextlib.suppress(Exception):
+            proc.wait(timeout=5)
+
+
+def _hard_stop() -> None:  # pragma: no cover - the last resort, exercised by the kill tests
+    import signal as _signal
+
+    for proc, group in list(_Stopping.children.values()):
+        kill_child(proc, group, _signal.SIGKILL)
+    sig = _Stopping.signum or _signal.SIGTERM
+    print(f"domain-embed: did not stop within {stop_timeout_s():.0f}s of {_signal.Signals(sig).name}; killed "
+          f"{len(_Stopping.children)} child process(es) and exiting. Rerun to resume.", file=sys.stderr, flush=True)
+    os._exit(128 + sig)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGINT raise :class:`errors.Interrupted` in the main thread, so every stage
+    unwinds through its ``finally`` blocks: it saves what it can and stops its children. A watchdog
+    makes sure the process is gone within :func:`stop_timeout_s`, whatever a stage is stuck in.
+
+    Nested use, and use outside the main thread (a notebook's worker thread), is a no-op.
+    """
+    import signal as _signal
+    import threading
+
+    from .errors import Interrupted
+
+    if _Stopping.active or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = [s for s in (getattr(_signal, "SIGTERM", None), _signal.SIGINT) if s is not None]
+    old = {s: _signal.getsignal(s) for s in sigs}
+
+    def handler(signum: int, frame: Any) -> None:
+        if _Stopping.signum is not None:
+            left = (_Stopping.deadline or time.monotonic()) - time.monotonic()
+            print(f"domain-embed: already stopping ({left:.0f}s left before a hard stop)", file=sys.stderr, flush=True)
+            return
+        _Stopping.signum = signum
+        _Stopping.deadline = time.monotonic() + stop_timeout_s()
+        _Stopping.timer = threading.Timer(stop_timeout_s(), _hard_stop)
+        _Stopping.timer.daemon = True
+        _Stopping.timer.start()
+        raise Interrupted(signum)
+
+    _Stopping.active = True
+    for s in sigs:
+        _signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            _signal.signal(s, h)
+        if _Stopping.timer is not None:
+            _Stopping.timer.cancel()
+        _Stopping.active, _Stopping.signum, _Stopping.deadline, _Stopping.timer = False, None, None, None
+
+
 # ---------------------------------------------------------------- stages
 @dataclass
 class Stage:
@@ -208,10 +412,9 @@ class StageContext:
             print(f"[{self.stage.name}] {msg}", file=sys.stderr, flush=True)
 
     def progress(self, iterable: Iterable[Any] | None = None, total: int | None = None, desc: str = "", **kw: Any):
-        from tqdm.auto import tqdm
-
-        return tqdm(iterable, total=total, desc=f"{self.stage.name}: {desc}" if desc else self.stage.name,
-                    disable=self.quiet or None, leave=False, dynamic_ncols=True, **kw)
+        """A tqdm bar on a terminal; on a non-TTY, a line with the rate and ETA every 15 s."""
+        return progress(iterable, total=total, desc=f"{self.stage.name}: {desc}" if desc else self.stage.name,
+                        quiet=self.quiet, **kw)
 
 
 MANIFEST = "manifest.json"
@@ -295,9 +498,15 @@ def run_stage(stage: Stage, run_dir: Path, cfg: DictConfig, stages: dict[str, St
     ctx.log("starting")
     gate_error: QualityGateFailed | None = None
     try:
-        counts = stage.fn(ctx) or {}
+        with stop_on_signals():
+            counts = stage.fn(ctx) or {}
     except QualityGateFailed as exc:
         gate_error, counts = exc, exc.counts
+    except Interrupted as exc:
+        # No manifest: the stage is not done. What it saved (checkpoints, append-only logs) is kept.
+        print(f"[{stage.name}] {exc} after {time.time() - started:.1f}s; saved work is kept, rerun to resume",
+              file=sys.stderr, flush=True)
+        raise
     wall = time.time() - started
     outputs = {rel: sha256_path(run_dir / rel) for rel in stage.outputs if (run_dir / rel).exists()}
     missing = [rel for rel in stage.outputs if rel not in outputs]

@@ -1,7 +1,8 @@
 """The Lightning bi-encoder: a Hugging Face encoder, :func:`encoding.pool`, InfoNCE.
 
-Validation encodes the held-out slice (split/val_beir) with the same spec and logs ``val_ndcg@10``;
-the corpus is sharded over ranks and gathered, so every rank computes the same number.
+Validation encodes the validation slice (split/val_beir, its corpus bounded by
+:mod:`train.validation`) with the same spec and logs ``val_ndcg@10``; the corpus is sharded over
+ranks and gathered, so every rank computes the same number.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class BiEncoder(L.LightningModule):
         self.val = val                      # evaluate.retrieval.BeirDataset or None
         self.metrics_log = metrics_log      # rank 0: AppendLog for train/metrics.jsonl
         self.resume_batch = 0
+        self.stop_check = None              # callable raising when a stop was requested (train.stopping)
+        self.show_progress = False          # rank 0, not --quiet: validation prints its progress
         dims = sorted({int(d) for d in spec.matryoshka_dims if int(d) <= spec.dim}, reverse=True)
         self.dims = dims if bool(tcfg.matryoshka) and dims else [spec.dim]
 
@@ -67,14 +70,15 @@ class BiEncoder(L.LightningModule):
         return pool(hidden, attention_mask, self.spec.pooling, norm)
 
     # ------------------------------------------------------------------ training
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def contrastive_loss(self, batch: dict[str, Any], gather: bool = False) -> torch.Tensor:
+        """InfoNCE of one micro-batch (summed over the Matryoshka dims); ``gather``: in-batch
+        negatives from every rank."""
         q = self.embed(batch["q_input_ids"], batch["q_attention_mask"], normalize=False)
         p = self.embed(batch["p_input_ids"], batch["p_attention_mask"], normalize=False)
         ids, pos_sets = batch["passage_ids"], batch["pos_sets"]
         B = q.shape[0]
         group = p.shape[0] // B
         offset = 0
-        gather = bool(self.tcfg.in_batch_negatives) and bool(self.tcfg.gather_across_devices) and self.trainer.world_size > 1
         if gather:
             p = self.all_gather(p, sync_grads=True).reshape(-1, p.shape[-1])
             ids = self.all_gather(ids).reshape(-1)
@@ -86,7 +90,12 @@ class BiEncoder(L.LightningModule):
                 qd, pd = F.normalize(qd, dim=-1), F.normalize(pd, dim=-1)
             loss = loss + info_nce(qd, pd, ids, pos_sets, group, offset, float(self.tcfg.temperature),
                                    bool(self.tcfg.in_batch_negatives))
-        self.log("train_loss", loss, prog_bar=True, batch_size=B)
+        return loss
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        gather = bool(self.tcfg.in_batch_negatives) and bool(self.tcfg.gather_across_devices) and self.trainer.world_size > 1
+        loss = self.contrastive_loss(batch, gather)
+        self.log("train_loss", loss, prog_bar=True, batch_size=batch["q_input_ids"].shape[0])
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
@@ -142,10 +151,18 @@ class BiEncoder(L.LightningModule):
         return float(beir_evaluate(ds.qrels, run, [10]).get("ndcg@10", 0.0))
 
     def _encode(self, texts: list[str], input_type: str, bs: int = 64) -> torch.Tensor:
+        from ..rundir import progress
+
         out = [torch.zeros(0, self.spec.dim, device=self.device)]
+        bar = progress(total=len(texts), desc=f"[train] validation {input_type}s", unit="text",
+                       quiet=not self.show_progress or len(texts) <= bs)
         for s in range(0, len(texts), bs):
+            if self.stop_check is not None:
+                self.stop_check()  # a stop must not wait for a whole validation pass
             t = self.tokenize(texts[s : s + bs], input_type)
             out.append(self.embed(t["input_ids"].to(self.device), t["attention_mask"].to(self.device)).float())
+            bar.update(len(texts[s : s + bs]))
+        bar.close()
         return torch.cat(out)
 
     def validation_step(self, batch, batch_idx) -> None:

@@ -1,0 +1,79 @@
+"""The bounded validation corpus (train.val_corpus_size) and the run-time estimate's pieces."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from domain_embed.evaluate.retrieval import load_beir
+from domain_embed.train.validation import bounded_validation
+from split_fixture import write_split
+
+
+@pytest.fixture(scope="module")
+def val(tmp_path_factory):
+    run = write_split(tmp_path_factory.mktemp("val") / "run")
+    return load_beir(run / "split" / "val_beir", "dev", "val")
+
+
+def test_bounded_corpus_keeps_every_positive_and_samples_the_same_distractors(val):
+    positives = {d for q in val.query_ids for d, r in val.qrels[q].items() if r > 0}
+    assert len(val.corpus_ids) > len(positives) + 5
+    a, counts = bounded_validation(val, 5, seed=42)
+    b, _ = bounded_validation(val, 5, seed=42)
+    c, _ = bounded_validation(val, 5, seed=7)
+    assert positives <= set(a.corpus_ids)
+    assert len(a.corpus_ids) == len(positives) + 5 == counts["val_corpus"]
+    assert counts["val_corpus_full"] == len(val.corpus_ids) and counts["val_positives"] == len(positives)
+    assert a.corpus_ids == b.corpus_ids, "the distractor sample must be fixed for a seed"
+    assert a.corpus_ids != c.corpus_ids, "a different seed should sample other distractors"
+    # texts stay aligned with their ids, queries and qrels are untouched
+    text_of = dict(zip(val.corpus_ids, val.corpus_texts))
+    assert all(text_of[i] == t for i, t in zip(a.corpus_ids, a.corpus_texts))
+    assert a.query_ids == val.query_ids and a.qrels == val.qrels
+
+
+def test_mined_negatives_are_kept_and_zero_means_the_whole_corpus(val):
+    positives = {d for q in val.query_ids for d, r in val.qrels[q].items() if r > 0}
+    neg = next(i for i in val.corpus_ids if i not in positives)
+    a, _ = bounded_validation(val, 1, seed=0, negatives=[neg])
+    assert neg in a.corpus_ids and len(a.corpus_ids) == len(positives) + 2
+    full, counts = bounded_validation(val, 0, seed=0)
+    assert full.corpus_ids == val.corpus_ids and counts["val_corpus"] == len(val.corpus_ids)
+    big, _ = bounded_validation(val, 10**6, seed=0)
+    assert big.corpus_ids == val.corpus_ids
+
+
+def test_probe_times_a_real_step_without_changing_the_weights(tmp_path, base_cfg):
+    import torch
+    from transformers import AutoTokenizer
+
+    from domain_embed.config import EncodingSpec
+    from domain_embed.rundir import read_jsonl
+    from domain_embed.train.batching import BatchPlan, PlannedBatches, load_examples, make_collate
+    from domain_embed.train.bi_encoder import BiEncoder
+    from domain_embed.train.progress import estimate_line, probe_step
+
+    run = write_split(tmp_path / "run")
+    corpus = list(read_jsonl(run / "split" / "train_corpus.jsonl"))
+    texts = [c["text"] for c in corpus]
+    qa = list(read_jsonl(run / "split" / "train_qa.jsonl"))
+    mined = [{"query": r["question"], "pos": [{"id": s} for s in r["segment_ids"]], "neg": []} for r in qa]
+    examples, _ = load_examples(mined, [c["id"] for c in corpus])
+    spec = EncodingSpec.from_config(base_cfg)
+    tok = AutoTokenizer.from_pretrained(spec.model_path)
+    module = BiEncoder(spec, base_cfg.train, tok, 10)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    rng = torch.get_rng_state()
+    plan = BatchPlan(examples, len(texts), 2, 1, 0)
+    collate = make_collate(tok, spec, 16)
+    t = probe_step(module, PlannedBatches(plan, texts, collate, 0, 1, 2, lambda: 0), n=2)
+    assert t.forward_s > 0 and t.backward_s > 0 and t.collate_s >= 0
+    assert t.tokens <= 2 * 64 + 2 * 2 * 16  # queries up to 64 tokens (spec), passages cut to 16 for training
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+    assert all(p.grad is None for p in module.parameters())
+    assert torch.equal(rng, torch.get_rng_state())
+    line = estimate_line(93, 1, t, 4, 2000, 0.01, 1)
+    assert line.startswith("93 steps at about") and "4 validations of 2000 passages" in line and "about" in line
