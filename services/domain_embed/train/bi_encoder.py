@@ -56,6 +56,7 @@ class BiEncoder(L.LightningModule):
         self.resume_batch = 0
         self.stop_check = None              # callable raising when a stop was requested (train.stopping)
         self.show_progress = False          # rank 0, not --quiet: validation prints its progress
+        self.owes_validation = False        # resumed at a validation step whose validation never ran
         dims = sorted({int(d) for d in spec.matryoshka_dims if int(d) <= spec.dim}, reverse=True)
         self.dims = dims if bool(tcfg.matryoshka) and dims else [spec.dim]
 
@@ -177,6 +178,15 @@ class BiEncoder(L.LightningModule):
             v = self.val_ndcg()
             if self.metrics_log is not None and self.trainer.global_rank == 0:
                 self.metrics_log.append({"step": 0, "val_ndcg@10": round(v, 6)})
+        elif self.val is not None and self.owes_validation:
+            # Resumed from a checkpoint written just before a validation that the stop abandoned:
+            # Lightning resumes after it, so run it here, where the uninterrupted run ran it.
+            v = self.val_ndcg()
+            if self.metrics_log is not None and self.trainer.global_rank == 0:
+                self.metrics_log.append({"step": int(self.global_step), "val_ndcg@10": round(v, 6)})
+            self.trainer.callback_metrics["val_ndcg@10"] = torch.tensor(v)
+            for cb in self.trainer.callbacks:  # best checkpoint, early stopping, progress
+                cb.on_validation_end(self.trainer, self)
 
     # ------------------------------------------------------------------ resume
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

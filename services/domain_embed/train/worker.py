@@ -153,18 +153,32 @@ def prepare_resume(tdir: Path, ck, fingerprint: str, is_global_zero: bool) -> tu
     fp_file = tdir / "checkpoints" / "fingerprint.json"
     resume = ck.last.is_file() and fp_file.is_file() and json.loads(fp_file.read_text()).get("fingerprint") == fingerprint
     metrics_path = tdir / "metrics.jsonl"
-    if not is_global_zero:
-        return resume, 0
     if not resume:
-        for f in (ck.last, ck.best, metrics_path):
-            f.unlink(missing_ok=True)
-        atomic_write_json(fp_file, {"fingerprint": fingerprint})
+        if is_global_zero:
+            for f in (ck.last, ck.best, metrics_path):
+                f.unlink(missing_ok=True)
+            atomic_write_json(fp_file, {"fingerprint": fingerprint})
         return False, 0
     step = int(torch.load(ck.last, map_location="cpu", weights_only=False)["global_step"])
+    if not is_global_zero:  # every rank must know the step (they decide the same things from it)
+        return True, step
     keep = [r for r in read_jsonl(metrics_path) if r["step"] <= step] if metrics_path.is_file() else []
     atomic_write_jsonl(metrics_path, keep)
     _say(f"resuming from {ck.last} at step {step}")
     return True, step
+
+
+def owes_validation(tdir: Path, tc: DictConfig, resume: bool, start_step: int, has_val: bool) -> bool:
+    """A checkpoint at a validation step is written before that validation; if the stopped run did
+    not log it, the resumed run must run it first."""
+    from ..rundir import read_jsonl
+
+    every = int(tc.val_every_n_steps)
+    if not (resume and has_val and every > 0 and start_step > 0 and start_step % every == 0):
+        return False
+    path = tdir / "metrics.jsonl"
+    logged = {r["step"] for r in read_jsonl(path) if "val_ndcg@10" in r} if path.is_file() else set()
+    return start_step not in logged
 
 
 # ---------------------------------------------------------------- outputs
@@ -252,6 +266,7 @@ def main(run_dir: Path) -> int:
     log = AppendLog(tdir / "metrics.jsonl") if trainer.is_global_zero else None
     module = BiEncoder(spec, tc, tokenizer, total_steps, val=data.val, metrics_log=log)
     module.stop_check = lambda: stop.check(int(trainer.global_step))
+    module.owes_validation = owes_validation(tdir, tc, resume, start_step, data.val is not None)
     module.show_progress = show
     if data.val is not None and show:
         c = data.val_counts
