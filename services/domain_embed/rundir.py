@@ -202,7 +202,7 @@ class Progress:
         return done / dt if dt > 0 and done > 0 else None
 
     def line(self) -> str:
-        parts = [f"{self.desc}: {self.n}" + (f"/{self.total}" if self.total else "") + f" {self.unit}"]
+        parts = [f"{self.desc}: {self.n}" + (f"/{self.total}" if self.total else "")]
         r = self.rate()
         if r is not None:
             parts.append(f"{r:.2f} {self.unit}/s" if r >= 1 else f"{1 / r:.1f} s/{self.unit}")

@@ -73,7 +73,7 @@ def test_progress_prints_periodic_lines_with_rate_and_eta():
     bar.set_postfix({"loss": "0.1"})
     bar.close()
     lines = out.getvalue().splitlines()
-    assert lines and lines[-1].startswith("[mine] search: 4/4 query")
+    assert lines and lines[-1].startswith("[mine] search: 4/4, ")
     assert "ETA" in lines[0] and ("query/s" in lines[0] or "s/query" in lines[0])
     quiet = io.StringIO()
     list(Progress(range(3), desc="x", every_s=0, file=quiet, disable=True))

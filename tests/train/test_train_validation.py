@@ -66,7 +66,7 @@ def test_probe_times_a_real_step_without_changing_the_weights(tmp_path, base_cfg
     rng = torch.get_rng_state()
     plan = BatchPlan(examples, len(texts), 2, 1, 0)
     collate = make_collate(tok, spec, 16)
-    t = probe_step(module, PlannedBatches(plan, texts, collate, 0, 1, 2, lambda: 0), n=2)
+    t = probe_step(module, PlannedBatches(plan, texts, collate, 0, 1, 2, lambda: 0), n=2, rows=1)
     assert t.forward_s > 0 and t.backward_s > 0 and t.collate_s >= 0
     assert t.tokens <= 2 * 64 + 2 * 2 * 16  # queries up to 64 tokens (spec), passages cut to 16 for training
     assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())

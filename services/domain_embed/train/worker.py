@@ -313,7 +313,7 @@ def print_estimate(module, plan, data: TrainingData, collate, total_steps: int, 
 
     steps = max(0, total_steps - start_step)
     batches = PlannedBatches(plan, data.texts, collate, 0, world, 2, lambda: 0)
-    timing = probe_step(module, batches, n=2)
+    timing = probe_step(module, batches, n=2, rows=max(1, (plan.global_batch // world) // 4))
     validations, val_texts, per_text = 0, 0, 0.0
     if data.val is not None:
         every = int(module.tcfg.val_every_n_steps)
