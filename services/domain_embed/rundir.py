@@ -8,6 +8,10 @@ Layout (see DESIGN.md)::
 A stage is *done* when its manifest exists and records the same config hash, the same input
 hashes, and outputs whose hashes still match. A later stage verifies each input against the
 manifest of the stage that wrote it, and refuses it (with the command that fixes it) otherwise.
+
+SIGTERM and SIGINT during a stage raise :class:`errors.Interrupted`: the stage unwinds through its
+``finally`` blocks (saving what it can, stopping its children), no manifest is written, and the
+command exits 128+signal, at the latest :func:`stop_timeout_s` after the signal.
 """
 
 from __future__ import annotations

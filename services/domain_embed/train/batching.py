@@ -179,11 +179,15 @@ class PlannedBatches(torch.utils.data.IterableDataset):
     """Yields this rank's tokenised slice of global micro-batch ``start()``, ``start()+1``, ..."""
 
     def __init__(self, plan: BatchPlan, texts: list[str], collate: Callable[[list[str], list[str]], dict],
-                 rank: int, world: int, total: int, start: Callable[[], int]):
+                 rank: int, world: int, total: int, start: Callable[[], int],
+                 rank_world: Callable[[], tuple[int, int]] | None = None):
         self.plan, self.texts, self.collate = plan, texts, collate
         self.rank, self.world, self.total, self.start = rank, world, total, start
+        self.rank_world = rank_world  # if given, (rank, world) are read from it when iteration starts
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self.rank_world is not None:
+            self.rank, self.world = self.rank_world()
         per = self.plan.global_batch // self.world
         for b in range(self.start(), self.total):
             items = self.plan.batch(b)[self.rank * per : (self.rank + 1) * per]

@@ -2,7 +2,9 @@
 
 Training runs in a child process (``domain_embed.train.worker``) so that Lightning can launch the
 other DDP ranks by re-running that command, and torchrun's environment passes through unchanged.
-Killing the stage and running it again resumes from ``train/checkpoints/last.ckpt``.
+Killing the stage and running it again resumes from ``train/checkpoints/last.ckpt``. On SIGTERM or
+SIGINT the stage stops the worker's whole process group (every DDP rank): each rank finishes its
+step, ``last.ckpt`` is saved, and the command exits 128+signal within ``DOMAIN_EMBED_STOP_TIMEOUT_S``.
 """
 
 from __future__ import annotations

@@ -272,17 +272,12 @@ def main(run_dir: Path) -> int:
         c = data.val_counts
         _say(f"validation: {len(data.val.query_ids)} queries over {c['val_corpus']} passages "
              f"({c['val_positives']} positives + seeded distractors, of {c['val_corpus_full']}; train.val_corpus_size)")
-    rank_world = lambda: (trainer.global_rank, trainer.world_size)  # noqa: E731
-
-    class _Data(PlannedBatches):
-        def __iter__(self):
-            self.rank, self.world = rank_world()
-            return super().__iter__()
-
     if show:
         print_estimate(module, plan, data, collate, total_steps, accum, world, resume, start_step)
     stop.check(None)
-    train_ds = _Data(plan, data.texts, collate, 0, world, total_steps * accum, lambda: module.resume_batch)
+    # rank and world size are read when iteration starts: under DDP they exist only once Lightning launched the ranks
+    train_ds = PlannedBatches(plan, data.texts, collate, 0, world, total_steps * accum, lambda: module.resume_batch,
+                              rank_world=lambda: (trainer.global_rank, trainer.world_size))
     train_dl = torch.utils.data.DataLoader(train_ds, batch_size=None, num_workers=0)
     val_dl = torch.utils.data.DataLoader([0], batch_size=1) if data.val is not None else None
     try:
