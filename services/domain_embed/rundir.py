@@ -210,8 +210,10 @@ class Progress:
         r = self.rate()
         if r is not None:
             parts.append(f"{r:.2f} {self.unit}/s" if r >= 1 else f"{1 / r:.1f} s/{self.unit}")
-            if self.total:
+            if self.total and self.n < self.total:
                 parts.append(f"ETA {format_duration((self.total - self.n) / r)}")
+            elif self.total:
+                parts.append(f"done in {format_duration(time.monotonic() - self._t0)}")
         if self.postfix:
             parts.append(self.postfix)
         return ", ".join(parts)
@@ -225,7 +227,9 @@ class Progress:
 
     def update(self, n: int = 1) -> None:
         self.n += int(n)
-        self._maybe_print(force=self.total is not None and self.n >= self.total)
+        # the closing line only for work long enough to have earned progress lines
+        long = time.monotonic() - self._t0 >= self.every_s
+        self._maybe_print(force=self.total is not None and self.n >= self.total and long)
 
     def set_postfix(self, ordered_dict: dict[str, Any] | None = None, refresh: bool = True, **kw: Any) -> None:
         items = {**(ordered_dict or {}), **kw}
@@ -238,7 +242,8 @@ class Progress:
         self._maybe_print(force=True)
 
     def close(self) -> None:
-        if not self._closed and self.n != self._n0 and (self.total is None or self.n < self.total):
+        long = time.monotonic() - self._t0 >= self.every_s
+        if not self._closed and long and self.n != self._n0 and (self.total is None or self.n < self.total):
             self._maybe_print(force=True)
         self._closed = True
 
