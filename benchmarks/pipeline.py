@@ -50,12 +50,15 @@ def table(rows: list[tuple[str, float | None, dict]], target_s: float, wall_s: f
             continue
         note = ""
         if name == "synthesize":
-            note = f"qa={counts.get('qa', counts.get('kept', '?'))}"
+            note = (f"pairs={counts.get('pairs', '?')}, generations ok {counts.get('generations_ok', '?')}"
+                    f"/{counts.get('generations_planned', '?')}")
         elif name == "train":
             note = f"steps={counts.get('steps', '?')}, val nDCG@10 {counts.get('base_val_ndcg@10')} -> " \
                    f"{counts.get('best_val_ndcg@10')}"
         elif name == "evaluate":
-            note = ", ".join(f"{k}={v}" for k, v in counts.items() if "ndcg@10" in str(k))[:60]
+            note = ", ".join(f"{k.replace('_ndcg@10', '')} {v}" for k, v in counts.items()
+                             if str(k).endswith("ndcg@10") and isinstance(v, (int, float)))
+            note = f"nDCG@10 {note}"[:60] if note else ""
         share = 100.0 * sec / total if total else 0.0
         lines.append(f"{name:<11} {sec:9.1f} {share:6.1f}%  {note}")
     lines.append("-" * 60)

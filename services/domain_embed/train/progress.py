@@ -101,7 +101,8 @@ def estimate_line(steps: int, accum: int, timing: StepTiming, validations: int, 
     total = steps * step_s + validations * val_s
     line = f"{steps} steps at about {step_s:.1f} s each"
     if validations:
-        line += f" + {validations} validations of {val_texts} passages at about {format_duration(val_s)} each"
+        line += (f" + {validations} validation{'s' if validations > 1 else ''} of {val_texts} passages at about "
+                 f"{format_duration(val_s)} each")
     return (f"{line}: about {format_duration(total)} on this machine (probe: collate {timing.collate_s:.2f} s, "
             f"forward {timing.forward_s:.2f} s, backward {timing.backward_s:.2f} s, {timing.tokens} tokens a "
             f"micro-batch)")
