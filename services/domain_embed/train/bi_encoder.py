@@ -110,7 +110,13 @@ class BiEncoder(L.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=float(self.tcfg.learning_rate), weight_decay=float(self.tcfg.weight_decay))
+        kw = {"lr": float(self.tcfg.learning_rate), "weight_decay": float(self.tcfg.weight_decay)}
+        try:
+            # One fused kernel instead of a loop over ~100 tensors: the same update, and on CPU the
+            # step went from 2.4-5.3 s to 0.25 s for MiniLM (benchmarks/train_step.py, a loaded 2-core host).
+            opt = torch.optim.AdamW(params, fused=True, **kw)
+        except (RuntimeError, TypeError, ValueError):  # a device or dtype the fused kernel lacks
+            opt = torch.optim.AdamW(params, **kw)
         warmup = int(round(float(self.tcfg.warmup_ratio) * self.total_steps))
         total = max(1, self.total_steps)
 
