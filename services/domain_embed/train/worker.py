@@ -278,8 +278,13 @@ def main(run_dir: Path) -> int:
     # rank and world size are read when iteration starts: under DDP they exist only once Lightning launched the ranks
     train_ds = PlannedBatches(plan, data.texts, collate, 0, world, total_steps * accum, lambda: module.resume_batch,
                               rank_world=lambda: (trainer.global_rank, trainer.world_size))
-    train_dl = torch.utils.data.DataLoader(train_ds, batch_size=None, num_workers=0)
-    val_dl = torch.utils.data.DataLoader([0], batch_size=1) if data.val is not None else None
+    # Their own generators: a DataLoader iterator otherwise draws its seed from the global torch RNG,
+    # which dropout uses too, so a run resumed from a checkpoint (RNG restored, then a new iterator)
+    # would train on a shifted dropout stream and drift from the uninterrupted run.
+    train_dl = torch.utils.data.DataLoader(train_ds, batch_size=None, num_workers=0,
+                                           generator=torch.Generator().manual_seed(seed))
+    val_dl = (torch.utils.data.DataLoader([0], batch_size=1, generator=torch.Generator().manual_seed(seed))
+              if data.val is not None else None)
     try:
         trainer.fit(module, train_dataloaders=train_dl, val_dataloaders=val_dl,
                     ckpt_path=str(ck.last) if resume else None)
