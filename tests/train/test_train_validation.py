@@ -10,9 +10,13 @@ from split_fixture import write_split
 
 
 @pytest.fixture(scope="module")
-def val(tmp_path_factory):
-    run = write_split(tmp_path_factory.mktemp("val") / "run")
-    return load_beir(run / "split" / "val_beir", "dev", "val")
+def val_run(tmp_path_factory):
+    return write_split(tmp_path_factory.mktemp("val") / "run")
+
+
+@pytest.fixture(scope="module")
+def val(val_run):
+    return load_beir(val_run / "split" / "val_beir", "dev", "val")
 
 
 def test_bounded_corpus_keeps_every_positive_and_samples_the_same_distractors(val):
@@ -41,6 +45,22 @@ def test_mined_negatives_are_kept_and_zero_means_the_whole_corpus(val):
     assert full.corpus_ids == val.corpus_ids and counts["val_corpus"] == len(val.corpus_ids)
     big, _ = bounded_validation(val, 10**6, seed=0)
     assert big.corpus_ids == val.corpus_ids
+
+
+def test_the_positives_documents_stay_whole_as_hard_distractors(val, val_run):
+    from domain_embed.rundir import read_jsonl
+
+    docs = [r["title"] for r in read_jsonl(val_run / "split" / "val_beir" / "corpus.jsonl")]
+    positives = {d for q in val.query_ids for d, r in val.qrels[q].items() if r > 0}
+    pos_title = next(docs[i] for i, cid in enumerate(val.corpus_ids) if cid in positives)
+    # two training passages said to come from a positive's document: they must stay
+    others = [i for i, cid in enumerate(val.corpus_ids) if cid not in positives][:2]
+    for i in others:
+        docs[i] = pos_title
+    a, counts = bounded_validation(val, 2, seed=1, documents=docs)
+    kept = set(a.corpus_ids)
+    assert positives <= kept and {val.corpus_ids[i] for i in others} <= kept
+    assert len(kept) == len(positives) + 2 + 2 == counts["val_corpus"]
 
 
 def test_probe_times_a_real_step_without_changing_the_weights(tmp_path, base_cfg):

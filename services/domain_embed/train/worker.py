@@ -105,7 +105,10 @@ def load_training_data(run_dir: Path, cfg: DictConfig) -> TrainingData:
             # mining covers training queries today; should it mine validation queries, use their negatives
             val_q = set(full.query_ids)
             negs = [n["id"] for r in mined if str(r.get("query_id")) in val_q for n in r.get("neg", [])]
-            val, counts = bounded_validation(full, int(tc.get("val_corpus_size", 0)), int(cfg.seed), negs)
+            # a passage's document, by its title (split/val_beir rows carry the document title)
+            docs = [str(r.get("title") or "") for r in read_jsonl(vdir / "corpus.jsonl")]
+            val, counts = bounded_validation(full, int(tc.get("val_corpus_size", 0)), int(cfg.seed), negs,
+                                             documents=docs if len(docs) == len(full.corpus_ids) else None)
     return TrainingData([c["text"] for c in corpus], examples, dropped, val, counts)
 
 
@@ -271,7 +274,8 @@ def main(run_dir: Path) -> int:
     if data.val is not None and show:
         c = data.val_counts
         _say(f"validation: {len(data.val.query_ids)} queries over {c['val_corpus']} passages "
-             f"({c['val_positives']} positives + seeded distractors, of {c['val_corpus_full']}; train.val_corpus_size)")
+             f"({c['val_positives']} positives and their documents + seeded distractors, of {c['val_corpus_full']}; "
+             f"train.val_corpus_size)")
     if show:
         print_estimate(module, plan, data, collate, total_steps, accum, world, resume, start_step)
     stop.check(None)
