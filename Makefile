@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast lint clean serve-demo
+.PHONY: setup demo test test-fast lint clean serve-demo real-questions-data real-questions
 
 setup: $(STAMP) $(TOOLS_STAMP)
 
@@ -44,6 +44,14 @@ test-fast: setup
 
 serve-demo: setup
 	$(BIN)/domain-embed serve runs/demo --host 127.0.0.1 --port 8080
+
+# The real-question benchmark's documents and FAQs come from Debian packages (benchmarks/real_questions.py).
+real-questions-data:
+	@dpkg -s debian-faq debian-reference-en sqlite3-doc git-doc >/dev/null 2>&1 || \
+	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q debian-faq debian-reference-en sqlite3-doc git-doc; }
+
+real-questions: setup real-questions-data
+	$(BIN)/python benchmarks/real_questions.py run $(ARGS)
 
 clean:
 	rm -rf runs/demo

@@ -48,6 +48,11 @@ ENV_DOCS = {
                                     "it can (a training checkpoint), stops its children, and exits 128+signal; past "
                                     "this a watchdog kills the children and exits. Keep it under the pod's "
                                     "terminationGracePeriodSeconds (Kubernetes' default: 30)."),
+    "DOMAIN_EMBED_CACHE_DIR": ("`$XDG_CACHE_HOME/domain-embed`, else `~/.cache/domain-embed`",
+                               "Per-machine caches: built ONNX inference graphs (`onnx/`, unless `model.onnx_cache_dir` "
+                               "is set) and memoised sha256 of large model files (`file-sha256/`)."),
+    "DOMAIN_EMBED_PROGRESS_INTERVAL": ("10", "Seconds between progress lines (done/total, rate, ETA) when stderr "
+                                       "is not a terminal; on a terminal a bar is drawn instead."),
 }
 SERVE_TWIN_PREFIX = "DOMAIN_EMBED_SERVE_"
 

@@ -1,13 +1,14 @@
 """Turn text into vectors with a Hugging Face encoder, following the shared :class:`EncodingSpec`.
 
-Mining, synthesis filters and evaluation use :class:`Encoder`; training uses :func:`pool` and the
-same prefixes through :class:`EncodingSpec`; export puts :func:`pool` into the ONNX graph.
+:class:`Encoder` is the torch reference; training uses :func:`pool` and the same prefixes through
+:class:`EncodingSpec`; export puts :func:`pool` into the ONNX graph, and inference-only encoding
+(synthesis filters, mining, evaluation) runs that graph through :mod:`domain_embed.inference`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -43,6 +44,9 @@ def apply_prefix(texts: Iterable[str], spec: EncodingSpec, input_type: str) -> l
 class Encoder:
     """A bi-encoder for inference: ``encode(texts, "query"|"passage") -> float32 [n, dim]``."""
 
+    backend = "torch"
+    precision = "fp32"
+
     def __init__(self, spec: EncodingSpec, model_path: str | Path | None = None, device: str | None = None,
                  batch_size: int = 64):
         import torch
@@ -50,6 +54,7 @@ class Encoder:
 
         self.spec = spec
         path = str(model_path or spec.model_path)
+        self.model_path = path
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path).to(self.device).eval()
@@ -64,7 +69,9 @@ class Encoder:
             return_tensors="pt",
         )
 
-    def encode(self, texts: Sequence[str], input_type: str, progress: bool = False, desc: str = "") -> np.ndarray:
+    def encode(self, texts: Sequence[str], input_type: str, progress: bool = False, desc: str = "",
+               callback: Callable[[int], object] | None = None) -> np.ndarray:
+        """``callback(n)`` is called after each batch with the number of texts it held (for progress)."""
         import torch
         from tqdm.auto import tqdm
 
@@ -82,6 +89,8 @@ class Encoder:
                 hidden = self.model(**batch).last_hidden_state
                 vec = pool(hidden, batch["attention_mask"], self.spec.pooling, self.spec.normalize)
             out[idx] = vec.float().cpu().numpy()
+            if callback is not None:
+                callback(len(idx))
         return out
 
     def encode_queries(self, texts: Sequence[str], **kw) -> np.ndarray:

@@ -1,8 +1,7 @@
-"""SIGTERM/SIGINT in the stage runner, and progress lines for a non-TTY."""
+"""SIGTERM/SIGINT in the stage runner: Interrupted, the handler restored, the hard stop."""
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import subprocess
@@ -13,7 +12,7 @@ import time
 import pytest
 
 from domain_embed.errors import Interrupted
-from domain_embed.rundir import Progress, format_duration, stop_on_signals
+from domain_embed.rundir import stop_on_signals
 
 
 def test_sigterm_raises_interrupted_with_its_exit_code_and_the_old_handler_comes_back():
@@ -62,20 +61,3 @@ def test_a_stage_stuck_past_the_deadline_is_hard_stopped_with_its_children(tmp_p
     except (OSError, StopIteration):
         state = "gone"
     assert state == "gone" or "Z" in state, f"the child {child} survived the hard stop: {state}"
-
-
-def test_progress_prints_periodic_lines_with_rate_and_eta():
-    out = io.StringIO()
-    bar = Progress(total=4, desc="[mine] search", unit="query", every_s=0, file=out)
-    for _ in range(4):
-        time.sleep(0.01)
-        bar.update(1)
-    bar.set_postfix({"loss": "0.1"})
-    bar.close()
-    lines = out.getvalue().splitlines()
-    assert lines and lines[-1].startswith("[mine] search: 4/4, ")
-    assert "ETA" in lines[0] and ("query/s" in lines[0] or "s/query" in lines[0])
-    quiet = io.StringIO()
-    list(Progress(range(3), desc="x", every_s=0, file=quiet, disable=True))
-    assert quiet.getvalue() == ""
-    assert format_duration(5) == "5.0 s" and format_duration(372) == "6 min" and format_duration(4000) == "1 h 6 min"

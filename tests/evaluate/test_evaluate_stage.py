@@ -119,6 +119,20 @@ def test_report_base_tuned_bm25_and_extra_dataset(run_same_as_base):
     mean = sum(g["base"]["ndcg@10"] * g["queries"] for g in groups.values()) / n
     assert mean == pytest.approx(held["base"]["ndcg@10"]), "groups partition the held-out set"
     assert "| llm:factual |" in (run / "eval" / "report.md").read_text()
+    # base and tuned each embedded the held-out corpus once (val_beir's passages are among them)
+    e = json.loads((run / "eval" / "manifest.json").read_text())["counts"]["embeddings"]
+    n_corpus = len((run / "split" / "eval_beir" / "corpus.jsonl").read_text().splitlines())
+    assert e["passage"]["misses"] <= 2 * n_corpus and e["passage"]["hits"] > 0
+    assert {s["backend"] for s in e["sets"].values()} <= {"onnx", "torch"}
+    assert {s["precision"] for s in e["sets"].values()} == {"fp32"}, "evaluation measures fp32, never int8"
+    # a forced rerun embeds nothing: every vector comes from the run's store
+    p = subprocess.run([CLI, "evaluate", "--run-dir", str(run), "--quiet", "--force", "--dataset",
+                        str(run / "split" / "val_beir")],
+                       capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    e2 = json.loads((run / "eval" / "manifest.json").read_text())["counts"]["embeddings"]
+    assert e2["passage"]["misses"] == 0 and e2["query"]["misses"] == 0 and e2["passage"]["hits"] > 0
+    assert json.loads((run / "eval" / "report.json").read_text())["datasets"] == rep["datasets"]
 
 
 class _EmbeddingServer:

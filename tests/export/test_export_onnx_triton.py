@@ -52,6 +52,7 @@ def test_parity_json_recorded_within_tolerance(exported_run):
     counts = json.loads((exported_run / "export" / "manifest.json").read_text())["counts"]
     assert counts["tensorrt"].startswith("skipped")  # no GPU here: said so, ONNX serves
     assert counts["triton_layout"] == "python"
+    assert "backends python" in counts["triton_layout_reason"]  # probed nvidia-pytriton's tritonserver
 
 
 def test_triton_repository_manifest_and_spec(exported_run):
@@ -92,10 +93,64 @@ def test_ensemble_layout_is_valid_triton_config(exported_run, tmp_path, base_cfg
     assert ens.platform == "ensemble" and [s.model_name for s in ens.ensemble_scheduling.step] == ["tokenizer", "encoder"]
     enc = _parse_pbtxt((out / "encoder" / "config.pbtxt").read_text())
     assert enc.platform == "onnxruntime_onnx" and list(enc.dynamic_batching.preferred_batch_size) == [8, 16, 32]
+    qp = enc.dynamic_batching.default_queue_policy  # a busy encoder refuses at once instead of holding the queue
+    assert qp.timeout_action == type(qp).REJECT and qp.default_timeout_microseconds == 10_000_000
     tok = _parse_pbtxt((out / "tokenizer" / "config.pbtxt").read_text())
     assert tok.backend == "python" and tok.parameters["mode"].string_value == "tokenize"
     assert verify_manifest(out) == len(list(p for p in out.rglob("*") if p.is_file())) - 1
     _parse_pbtxt((exported_run / "triton" / "embed" / "config.pbtxt").read_text())
+
+
+def test_layout_follows_the_target_tritons_backends(tmp_path, base_cfg, monkeypatch):
+    """auto: what the target tritonserver can load decides, never whether torch sees a GPU."""
+    from omegaconf import OmegaConf
+
+    from domain_embed.export.triton_repo import choose_layout
+    from domain_embed.serve.triton_process import available_backends, backend_directory
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU host, as far as torch can tell
+    monkeypatch.delenv("DOMAIN_EMBED_TRITONSERVER", raising=False)
+    tcfg = base_cfg.export.triton
+    # the real install the tests start: nvidia-pytriton's tritonserver has only the python backend
+    assert available_backends(backend_directory()) == {"python"}
+    layout, use_plan, why = choose_layout(tcfg, plan_built=True)
+    assert (layout, use_plan) == ("python", False) and "backends python" in why
+
+    def install(*names):  # a stock /opt/tritonserver/backends layout: one folder and library per backend
+        d = tmp_path / "-".join(names) / "backends"
+        for n in names:
+            (d / n).mkdir(parents=True)
+            (d / n / f"libtriton_{n}.so").write_bytes(b"")
+        return OmegaConf.merge(tcfg, {"backend_directory": str(d)})
+
+    assert choose_layout(install("python", "onnxruntime"))[:2] == ("ensemble", False)
+    assert choose_layout(install("python", "onnxruntime", "tensorrt"), plan_built=True)[:2] == ("ensemble", True)
+    assert choose_layout(install("python", "tensorrt"), plan_built=False)[0] == "python"  # no plan, no ORT
+    assert choose_layout(install("onnxruntime"))[0] == "python"  # no tokenizer backend for the ensemble
+    for explicit in ("python", "ensemble"):
+        assert choose_layout(OmegaConf.merge(tcfg, {"backend": explicit}))[0] == explicit
+    with pytest.raises(UserError, match="backend_directory"):
+        choose_layout(OmegaConf.merge(tcfg, {"backend_directory": str(tmp_path / "nowhere")}))
+    with pytest.raises(UserError, match="auto, python or ensemble"):
+        choose_layout(OmegaConf.merge(tcfg, {"backend": "onnx"}))
+
+
+def test_python_layout_stays_on_cpu_instances_on_a_gpu_host(exported_run, tmp_path, base_cfg):
+    """The python model picks its ONNX Runtime provider itself, so the CPU tritonserver loads it on any host."""
+    from domain_embed.config import EncodingSpec
+    from domain_embed.export.triton_repo import build_repository
+
+    spec = EncodingSpec.from_dict(json.loads((exported_run / "triton" / "encoding.json").read_text()))
+    for layout, want in (("python", {"embed": "KIND_CPU"}), ("ensemble", {"encoder": "KIND_GPU", "tokenizer": "KIND_CPU"})):
+        out = tmp_path / layout
+        build_repository(out, spec, exported_run / "export" / "model.onnx",
+                         exported_run / "train" / "model" / "tokenizer.json", base_cfg.export.triton, layout=layout,
+                         gpu=True)
+        for model, kind in want.items():
+            cfg = _parse_pbtxt((out / model / "config.pbtxt").read_text())
+            assert cfg.instance_group[0].kind == getattr(type(cfg.instance_group[0]), kind), (layout, model)
 
 
 def test_verify_manifest_refuses_tampered_and_extra_files(exported_run, tmp_path):

@@ -98,3 +98,35 @@ def test_bad_real_query_file_is_one_line(run_dir, tmp_path):
     assert p.returncode == 2
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith("domain-embed evaluate: error:") and str(bad) in last
+
+
+def test_real_judged_queries_decide_the_gate_and_lead_the_report(run_dir, tmp_path):
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    shutil.rmtree(run / "eval", ignore_errors=True)
+    args = [str(BIN), "evaluate", "--run-dir", str(run), "--force", "--quiet", "evaluate.bm25=false",
+            "evaluate.gate.enabled=true",  # the module run saved gate.enabled=false in its overrides
+            "--real-queries", str(run / "real.jsonl"), "--qrels", str(run / "real_qrels.tsv")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    p = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rep = json.loads((run / "eval" / "report.json").read_text())
+    g = rep["gate"]
+    assert g["dataset"] == "real" and g["passed"] is True and "real queries" in g["reason"]
+    assert g["base"] == rep["datasets"]["real"]["base"][g["metric"]]
+    assert list(rep["datasets"])[0] == "real"
+    md = (run / "eval" / "report.md").read_text()
+    assert md.index("## real") < md.index("## heldout")
+    # a worse "tuned" model fails the gate on the real queries, with exit 3
+    torch.manual_seed(0)
+    model_dir = run / "train" / "model"
+    AutoModel.from_config(AutoConfig.from_pretrained(model_dir)).save_pretrained(model_dir, safe_serialization=True)
+    _manifest(run, "train", "train", ["train/model"])
+    p = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
+    assert p.returncode == 3, p.stderr[-3000:]
+    g = json.loads((run / "eval" / "report.json").read_text())["gate"]
+    assert g["dataset"] == "real" and g["passed"] is False and g["tuned"] < g["base"]
+    assert "real queries" in p.stderr

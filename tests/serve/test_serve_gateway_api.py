@@ -173,15 +173,54 @@ def test_bad_input_errors_are_json(http):
     assert_error(http.post("/v1/embeddings", content=b"{not json", headers={"content-type": "application/json"}), 422)
 
 
-def test_api_key_401(triton, served_spec, monkeypatch):
+@pytest.fixture
+def keyed(triton, served_spec, monkeypatch):
     monkeypatch.setenv("DE_TEST_GATEWAY_KEY", "s3cret")
     with GatewayThread(create_app(_settings(triton, api_key_env="DE_TEST_GATEWAY_KEY"), served_spec), free_port()) as g:
-        body = {"input": "x", "model": MODEL, "input_type": "query"}
-        assert_error(httpx.post(f"{g.url}/v1/embeddings", json=body), 401, "API key")
-        assert_error(httpx.post(f"{g.url}/v1/embeddings", json=body, headers={"Authorization": "Bearer wrong"}), 401)
-        ok = httpx.post(f"{g.url}/v1/embeddings", json=body, headers={"Authorization": "Bearer s3cret"}, timeout=60)
-        assert ok.status_code == 200
-        assert httpx.get(f"{g.url}/v1/health/live").status_code == 200  # probes need no key
+        yield g
+
+
+KEY = {"Authorization": "Bearer s3cret"}
+
+
+def test_api_key_401(keyed):
+    g = keyed
+    body = {"input": "x", "model": MODEL, "input_type": "query"}
+    assert_error(httpx.post(f"{g.url}/v1/embeddings", json=body), 401, "API key")
+    assert_error(httpx.post(f"{g.url}/v1/embeddings", json=body, headers={"Authorization": "Bearer wrong"}), 401)
+    ok = httpx.post(f"{g.url}/v1/embeddings", json=body, headers=KEY, timeout=60)
+    assert ok.status_code == 200
+    assert httpx.get(f"{g.url}/v1/health/live").status_code == 200  # probes need no key
+    assert httpx.get(f"{g.url}/v1/health/ready", timeout=30).status_code == 200
+
+
+def test_api_key_is_checked_before_the_body(keyed):
+    """An unauthenticated caller learns nothing about the schema: 401, not 422 field details."""
+    g = keyed
+    for kw in ({"json": {"input": [1, 2]}}, {"json": {"nothing": True}},
+               {"content": b"{not json", "headers": {"content-type": "application/json"}}):
+        r = httpx.post(f"{g.url}/v1/embeddings", **kw)
+        assert_error(r, 401, "API key")
+        assert "input" not in r.json()["message"] and "model" not in r.json()["message"]
+    # with the key, the same bodies get their 422
+    assert_error(httpx.post(f"{g.url}/v1/embeddings", json={"input": [1, 2]}, headers=KEY), 422, "input")
+
+
+def test_metrics_and_openapi_need_the_key_unless_opened(keyed, triton, served_spec, monkeypatch):
+    g = keyed
+    for path in ("/v1/metrics", "/openapi.json", "/docs", "/redoc", "/v1/models"):
+        assert_error(httpx.get(f"{g.url}{path}"), 401, "API key")
+        assert httpx.get(f"{g.url}{path}", headers=KEY).status_code == 200, path
+    # serve.protect_metrics_docs=false (env twin): metrics and docs open, the API still keyed
+    monkeypatch.setenv("DOMAIN_EMBED_SERVE_PROTECT_METRICS_DOCS", "false")
+    s = ServeSettings.from_config(None)
+    assert s.protect_metrics_docs is False
+    s.served_name, s.triton_url, s.api_key_env = MODEL, triton.url, "DE_TEST_GATEWAY_KEY"
+    with GatewayThread(create_app(s, served_spec), free_port()) as open_docs:
+        for path in ("/v1/metrics", "/openapi.json"):
+            assert httpx.get(f"{open_docs.url}{path}").status_code == 200
+        assert_error(httpx.get(f"{open_docs.url}/v1/models"), 401)
+        assert_error(httpx.post(f"{open_docs.url}/v1/embeddings", json={"x": 1}), 401)
 
 
 def test_body_too_large_413(triton, served_spec):
@@ -226,15 +265,24 @@ def test_triton_unreachable_gives_503_and_not_ready(served_spec, _helpers):
 
 
 # ------------------------------------------------------------------ other endpoints
+def _counter(text: str, route: str, status: int) -> float:
+    line = f'embed_requests_total{{route="{route}",status="{status}"}}'
+    got = [ln for ln in text.splitlines() if ln.startswith(line + " ")]
+    return float(got[0].split()[-1]) if got else 0.0
+
+
 def test_models_health_metrics(http):
+    """Counts what this test itself sent (before/after), so it holds in any order and alone."""
     m = http.get("/v1/models").json()
     assert m["data"][0]["id"] == MODEL and m["data"][0]["dimensions"] == 384
     assert http.get("/v1/health/live").status_code == 200
     assert http.get("/v1/health/ready").json()["message"] == "ready"
-    embed(http, input=["metrics please", "two"], input_type="query")
+    before = http.get("/v1/metrics").text
+    assert embed(http, input=["metrics please", "two"], input_type="query").status_code == 200
+    assert embed(http, input=[], input_type="query").status_code == 400
     text = http.get("/v1/metrics").text
-    assert 'embed_requests_total{route="/v1/embeddings",status="200"}' in text
-    assert 'embed_requests_total{route="/v1/embeddings",status="400"}' in text
+    for status in (200, 400):
+        assert _counter(text, "/v1/embeddings", status) == _counter(before, "/v1/embeddings", status) + 1, status
     for name in ("embed_request_latency_seconds_bucket", "embed_batch_size_bucket", "embed_tokens_total",
                  "embed_queue_depth", "embed_triton_up 1.0"):
         assert name in text
@@ -242,12 +290,13 @@ def test_models_health_metrics(http):
     assert float(tokens[0].split()[-1]) > 0
 
 
-def test_fuzz_openapi_finds_no_5xx(gateway):
+def _fuzz(url: str, headers: dict[str, str] | None = None) -> list[int]:
     """schemathesis generates requests from the gateway's own OpenAPI; none may produce a 5xx."""
     import schemathesis
     from hypothesis import HealthCheck, given, settings
 
-    schema = schemathesis.openapi.from_url(f"{gateway.url}/openapi.json")
+    auth = {"headers": headers} if headers else {}
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json", **auth)
     seen = []
     for path, method in (("/v1/embeddings", "POST"), ("/v1/models", "GET"), ("/v1/health/ready", "GET")):
         op = schema[path][method]
@@ -256,7 +305,7 @@ def test_fuzz_openapi_finds_no_5xx(gateway):
         @settings(max_examples=40 if method == "POST" else 5, deadline=None, derandomize=True,
                   suppress_health_check=list(HealthCheck))
         def check(case):
-            r = case.call(base_url=gateway.url, timeout=60)
+            r = case.call(base_url=url, timeout=60, **auth)
             seen.append(r.status_code)
             assert r.status_code < 500, (case.body, r.text)
             if r.status_code >= 400:
@@ -264,6 +313,16 @@ def test_fuzz_openapi_finds_no_5xx(gateway):
 
         check()
     assert len(seen) >= 40
+    return seen
+
+
+def test_fuzz_openapi_finds_no_5xx(gateway):
+    _fuzz(gateway.url)
+
+
+def test_fuzz_keyed_gateway_finds_no_5xx(keyed):
+    seen = _fuzz(keyed.url, headers=KEY)
+    assert 200 in seen  # the key got through: the fuzz reached the handlers, not only the 401 door
 
 
 def test_triton_runs_the_generated_batching_config(triton):
@@ -272,6 +331,8 @@ def test_triton_runs_the_generated_batching_config(triton):
     assert cfg["max_batch_size"] == 64 and cfg["backend"] == "python"
     assert cfg["dynamic_batching"]["preferred_batch_size"] == [8, 16, 32]
     assert int(cfg["dynamic_batching"]["max_queue_delay_microseconds"]) == 2000
+    policy = cfg["dynamic_batching"]["default_queue_policy"]  # export.triton.queue_timeout_us, REJECT
+    assert policy["timeout_action"] == "REJECT" and int(policy["default_timeout_microseconds"]) == 10_000_000
     assert cfg["instance_group"][0]["count"] == 1 and cfg["instance_group"][0]["kind"] == "KIND_CPU"
 
 

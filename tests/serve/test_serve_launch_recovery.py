@@ -59,6 +59,19 @@ def test_triton_itself_refuses_tampered_model(tampered_run, helpers, tmp_path):
     assert "tampered model repository" in log and "embed/1/model.py" in log
 
 
+def _stubs_of(repo: Path) -> list[psutil.Process]:
+    """Live python-backend stubs serving a model of ``repo`` (their argv names the model file)."""
+    out = []
+    for p in psutil.process_iter(["name", "cmdline"]):
+        try:
+            if p.info["name"] == "triton_python_backend_stub" and str(repo) in " ".join(p.info["cmdline"] or []) \
+                    and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.Error:
+            pass
+    return out
+
+
 def _post(base: str):
     return httpx.post(f"{base}/v1/embeddings", json={"input": ["recovery check"], "model": f"{MODEL}-query"}, timeout=30)
 
@@ -84,7 +97,11 @@ def test_serve_kill_triton_503_then_recovers_and_sigterm_stops_all(exported_run,
 
         tritons = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.name() == "tritonserver"]
         assert len(tritons) == 1
-        os.killpg(tritons[0].pid, signal.SIGKILL)  # as a crash would; its backend stub goes too
+        (old_stub,) = _stubs_of(exported_run / "triton")
+        # A stub that outlives its server (issue 12: one ignored SIGTERM for 77 minutes); held with
+        # SIGSTOP so it cannot notice its parent is gone. Then SIGKILL the server alone, as a crash would.
+        old_stub.suspend()
+        os.kill(tritons[0].pid, signal.SIGKILL)
         tritons[0].wait(timeout=10)
 
         r = _post(base)
@@ -100,6 +117,10 @@ def test_serve_kill_triton_503_then_recovers_and_sigterm_stops_all(exported_run,
         assert httpx.get(f"{base}/v1/health/ready", timeout=30).status_code == 200
         new = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.name() == "tritonserver"]
         assert len(new) == 1 and new[0].pid != tritons[0].pid
+        # the supervised restart reaped the old stub: one stub, the new server's
+        assert not old_stub.is_running() or old_stub.status() == psutil.STATUS_ZOMBIE
+        stubs = _stubs_of(exported_run / "triton")
+        assert len(stubs) == 1 and stubs[0].pid != old_stub.pid
 
         # graceful shutdown: a request in flight when SIGTERM arrives is still answered
         import threading
@@ -109,7 +130,12 @@ def test_serve_kill_triton_503_then_recovers_and_sigterm_stops_all(exported_run,
                 "model": f"{MODEL}-passage", "truncate": "END"}
         th = threading.Thread(target=lambda: slow.update(r=httpx.post(f"{base}/v1/embeddings", json=body, timeout=120)))
         th.start()
-        time.sleep(0.3)
+        # SIGTERM only once the request is in flight: the gateway's queue gauge says it holds a slot
+        deadline = time.time() + 60
+        while "embed_queue_depth 1.0" not in httpx.get(f"{base}/v1/metrics", timeout=10).text:
+            assert th.is_alive(), "the request finished before it was seen in flight"
+            assert time.time() < deadline, "the request never got in flight"
+            time.sleep(0.02)
     finally:
         children = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
         proc.send_signal(signal.SIGTERM)
@@ -125,3 +151,4 @@ def test_serve_kill_triton_503_then_recovers_and_sigterm_stops_all(exported_run,
     assert "stopped" in out
     time.sleep(0.5)
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE], "Triton left running"
+    assert _stubs_of(exported_run / "triton") == [], "a backend stub outlived serve"

@@ -29,12 +29,18 @@ def test_env_twin_wins_over_config(base_cfg):
            "DOMAIN_EMBED_SERVE_REQUEST_TIMEOUT_S": "2.5", "DOMAIN_EMBED_SERVE_SERVED_NAME": "custom"}
     s = ServeSettings.from_config(base_cfg, env=env)
     assert (s.max_queue, s.triton_restart, s.request_timeout_s, s.served_name) == (7, False, 2.5, "custom")
+    s = ServeSettings.from_config(base_cfg, env={"DOMAIN_EMBED_SERVE_READY_TIMEOUT_S": "0.5",
+                                                 "DOMAIN_EMBED_SERVE_PROTECT_METRICS_DOCS": "false"})
+    assert (s.ready_timeout_s, s.protect_metrics_docs) == (0.5, False)
     d = ServeSettings.from_config(base_cfg, env={})
     assert d.max_queue == int(base_cfg.serve.max_queue) and d.served_name == base_cfg.model.served_name
     assert d.triton_url == f"127.0.0.1:{base_cfg.serve.triton_grpc_port}"
+    assert d.ready_timeout_s == float(base_cfg.serve.ready_timeout_s) < d.request_timeout_s
+    assert d.protect_metrics_docs is True  # a key protects metrics and docs unless opened on purpose
 
 
-@pytest.mark.parametrize("key,value", [("MAX_QUEUE", "lots"), ("MAX_QUEUE", "0"), ("DEFAULT_TRUNCATE", "MIDDLE")])
+@pytest.mark.parametrize("key,value", [("MAX_QUEUE", "lots"), ("MAX_QUEUE", "0"), ("DEFAULT_TRUNCATE", "MIDDLE"),
+                                       ("READY_TIMEOUT_S", "0"), ("REQUEST_TIMEOUT_S", "-1")])
 def test_bad_setting_is_a_user_error(base_cfg, key, value):
     with pytest.raises(UserError, match=key.lower()):
         ServeSettings.from_config(base_cfg, env={ENV_PREFIX + key: value})

@@ -94,3 +94,10 @@ def test_probe_times_a_real_step_without_changing_the_weights(tmp_path, base_cfg
     assert torch.equal(rng, torch.get_rng_state())
     line = estimate_line(93, 1, t, 4, 2000, 0.01, 1)
     assert line.startswith("93 steps at about") and "4 validations of 2000 passages" in line and "about" in line
+
+
+def test_durations_read_as_a_person_would_say_them():
+    from domain_embed.train.progress import format_duration
+
+    assert format_duration(5) == "5.0 s" and format_duration(42) == "42 s"
+    assert format_duration(372) == "6 min" and format_duration(4000) == "1 h 6 min"

@@ -8,7 +8,7 @@ from typing import Any
 from ..errors import UserError
 from ..rundir import StageContext, atomic_write_json
 from . import onnx_export, tensorrt_plan
-from .triton_repo import build_repository
+from .triton_repo import build_repository, choose_layout
 
 
 def _check_gate(ctx: StageContext) -> dict[str, Any]:
@@ -85,12 +85,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
         counts["tensorrt"] = f"skipped ({why})"
     atomic_write_json(out / "parity.json", {**parity, "passed": True})
 
-    layout = str(ecfg.triton.backend)
-    if layout == "auto":
-        # The CPU tritonserver from nvidia-pytriton has only the python backend; the production
-        # image has onnxruntime and TensorRT, so the ensemble is used where a GPU is present.
-        layout = "ensemble" if gpu else "python"
+    # the layout follows what the target tritonserver can load, not whether torch sees a GPU
+    layout, use_plan, why = choose_layout(ecfg.triton, plan_built=plan_path is not None)
     counts.update(build_repository(ctx.path("triton"), spec, onnx_path, model_dir / "tokenizer.json", ecfg.triton,
-                                   layout=layout, plan_path=plan_path, gpu=gpu))
-    ctx.log(f"Triton model repository ({layout}) written to {ctx.path('triton')}")
+                                   layout=layout, plan_path=plan_path if use_plan else None, gpu=gpu))
+    counts["triton_layout_reason"] = why
+    ctx.log(f"Triton model repository ({layout}; {why}) written to {ctx.path('triton')}")
     return counts

@@ -44,8 +44,19 @@ def _batching(tcfg: Any) -> str:
     if not bool(tcfg.get("dynamic_batching", True)):
         return ""
     sizes = ", ".join(str(int(s)) for s in tcfg.preferred_batch_sizes)
+    # The queue policy caps how long a request may wait for an instance: past it (or past
+    # max_queue_size) Triton rejects it at once, and the gateway answers 429 with Retry-After,
+    # instead of an overloaded or wedged model holding every queue slot until the client gives up.
+    timeout_us = int(tcfg.get("queue_timeout_us", 0))
+    size = int(tcfg.get("max_queue_size", 0))
+    policy = ""
+    if timeout_us > 0 or size > 0:
+        policy = ("  default_queue_policy {\n    timeout_action: REJECT\n"
+                  f"    default_timeout_microseconds: {max(timeout_us, 0)}\n"
+                  "    allow_timeout_override: false\n"
+                  f"    max_queue_size: {max(size, 0)}\n  }}\n")
     return (f"dynamic_batching {{\n  preferred_batch_size: [ {sizes} ]\n"
-            f"  max_queue_delay_microseconds: {int(tcfg.max_queue_delay_us)}\n}}\n")
+            f"  max_queue_delay_microseconds: {int(tcfg.max_queue_delay_us)}\n{policy}}}\n")
 
 
 def _params(d: dict[str, Any]) -> str:
@@ -140,6 +151,38 @@ def verify_manifest(repo: Path) -> int:
     return len(files)
 
 
+def choose_layout(tcfg: Any, plan_built: bool = False) -> tuple[str, bool, str]:
+    """(layout, use the TensorRT plan, why) from ``export.triton.backend``.
+
+    ``auto`` looks at what the target tritonserver can load: the backends folder named by
+    ``export.triton.backend_directory``, else that of the tritonserver ``serve`` would start
+    (DOMAIN_EMBED_TRITONSERVER, nvidia-pytriton's, or ``tritonserver`` on PATH). The ensemble
+    needs the python backend (tokenizer) plus onnxruntime, or tensorrt when a plan was built;
+    anything else gets the python layout, which loads wherever the python backend does. Whether
+    torch sees a GPU plays no part: the CPU tritonserver of nvidia-pytriton runs on GPU hosts too.
+    """
+    from ..serve.triton_process import available_backends, backend_directory
+
+    want = str(tcfg.get("backend", "auto"))
+    if want not in ("auto", "python", "ensemble"):
+        raise UserError(f"export.triton.backend={want!r}; use auto, python or ensemble")
+    if want != "auto":
+        return want, plan_built and want == "ensemble", f"export.triton.backend={want}"
+    d = str(tcfg.get("backend_directory", "") or "")
+    where = Path(d) if d else backend_directory()
+    if d and not where.is_dir():
+        raise UserError(f"export.triton.backend_directory={d} is not a folder; point it at the target "
+                        f"tritonserver's backends/ (e.g. /opt/tritonserver/backends) or leave it empty")
+    found = available_backends(where) if where is not None else set()
+    names = ", ".join(sorted(found)) or "none"
+    if where is None:
+        return "python", False, "auto: no tritonserver install to probe; python layout (needs only the python backend)"
+    trt = plan_built and "tensorrt" in found
+    if "python" in found and ("onnxruntime" in found or trt):
+        return "ensemble", trt, f"auto: {where} has backends {names}"
+    return "python", False, f"auto: {where} has backends {names}; the ensemble needs python + onnxruntime"
+
+
 def build_repository(out: Path, spec: EncodingSpec, onnx_path: Path, tokenizer_json: Path, tcfg: Any,
                      layout: str = "python", plan_path: Path | None = None, gpu: bool = False) -> dict[str, Any]:
     """Write the repository to ``out`` (replacing it) and return a summary for the manifest counts."""
@@ -150,7 +193,8 @@ def build_repository(out: Path, spec: EncodingSpec, onnx_path: Path, tokenizer_j
                         f"save the model with a fast tokenizer (tokenizer.save_pretrained)")
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    kind = "KIND_GPU" if gpu else "KIND_CPU"
+    # The python model picks its ONNX Runtime provider itself; only the ensemble's encoder is placed on a GPU.
+    kind = "KIND_GPU" if gpu and layout == "ensemble" else "KIND_CPU"
     pad_id = _pad_id(tokenizer_json)
     if layout == "python":
         v = tmp / MODEL_NAME / "1"

@@ -70,13 +70,21 @@ def build_index(emb: np.ndarray, kind: str = "flat", use_gpu: str | bool = "auto
     return index
 
 
-def search(index, queries: np.ndarray, k: int, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+def search(index, queries: np.ndarray, k: int, batch: int = 1024, progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` of every query, ``batch`` queries at a time (``progress``: a ctx.progress factory)."""
     k = min(k, index.ntotal)
     scores = np.zeros((len(queries), k), dtype=np.float32)
     ids = np.zeros((len(queries), k), dtype=np.int64)
-    for s in range(0, len(queries), batch):
-        sc, ix = index.search(np.ascontiguousarray(queries[s : s + batch], dtype=np.float32), k)
-        scores[s : s + batch], ids[s : s + batch] = sc, ix
+    bar = progress(total=len(queries), desc="search", unit="query") if progress is not None else None
+    try:
+        for s in range(0, len(queries), batch):
+            sc, ix = index.search(np.ascontiguousarray(queries[s : s + batch], dtype=np.float32), k)
+            scores[s : s + batch], ids[s : s + batch] = sc, ix
+            if bar is not None:
+                bar.update(len(sc))
+    finally:
+        if bar is not None:
+            bar.close()
     return scores, ids
 
 

@@ -12,7 +12,6 @@ import numpy as np
 
 from ..errors import UserError
 from ..rundir import StageContext, atomic_open, read_jsonl
-from .embed_cache import EmbeddingCache
 from .mining import MineStats, build_index, search, select_negatives
 
 
@@ -46,20 +45,24 @@ def run(ctx: StageContext) -> dict[str, Any]:
         raise UserError("no training query has a positive passage in split/train_corpus.jsonl; "
                         "the split and qa files disagree -- rerun split")
 
-    from ..encoding import Encoder
+    from ..inference import stage_encoder
 
-    encoder = Encoder(spec, batch_size=int(mc.batch_size))
-    cache_root = ctx.dir / "cache"
-    pcache = EmbeddingCache(cache_root, spec, "passage")
-    p_emb = pcache.embed(texts, lambda t: encoder.encode(t, "passage"), int(mc.shard_rows), ctx.progress)
-    qcache = EmbeddingCache(cache_root, spec, "query")
-    q_emb = qcache.embed([q["question"] for q, _ in queries], lambda t: encoder.encode(t, "query"),
-                         int(mc.shard_rows), ctx.progress)
-    ctx.log(f"embedded {len(texts)} passages ({pcache.hits} cached) and {len(queries)} queries ({qcache.hits} cached)")
+    # The run's store: passages and questions that synthesis's round trip already embedded with
+    # the same model, spec and precision are read, not re-embedded. Mining only ranks candidates,
+    # so the int8 graph may serve when it agrees with fp32 (model.int8).
+    encoder = stage_encoder(ctx, spec, allow_int8=True, batch_size=int(mc.batch_size))
+    store = ctx.embeddings
+    rows = int(mc.shard_rows)
+    p_emb = store.embed(texts, "passage", encoder, desc="embed passages", shard_rows=rows)
+    q_emb = store.embed([q["question"] for q, _ in queries], "query", encoder, desc="embed queries", shard_rows=rows)
+    p_hits, p_miss = store.counts("passage")
+    q_hits, q_miss = store.counts("query")
+    ctx.log(f"{len(texts)} passages ({p_hits} from the run's embedding store, {p_miss} embedded) and {len(queries)} "
+            f"queries ({q_hits} stored, {q_miss} embedded) with {encoder.backend} {encoder.precision}")
 
     index = build_index(p_emb, str(mc.index), mc.use_gpu, int(mc.ivf_nprobe), int(mc.hnsw_m))
     max_pos = max(len(p) for _, p in queries)
-    scores, cand = search(index, q_emb, int(mc.top_k) + max_pos)
+    scores, cand = search(index, q_emb, int(mc.top_k) + max_pos, progress=ctx.progress)
 
     stats = MineStats()
     n_neg = int(mc.num_negatives)
@@ -79,5 +82,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         ctx.log(f"{summary['queries_short_of_negatives']}/{len(queries)} queries got fewer than {n_neg} negatives "
                 f"(raise mine.top_k or loosen mine.margin)")
     return {**summary, "queries_without_positive": no_pos, "passages": len(texts),
-            "passage_cache_hits": pcache.hits, "query_cache_hits": qcache.hits,
+            "passage_cache_hits": p_hits, "passage_cache_misses": p_miss,
+            "query_cache_hits": q_hits, "query_cache_misses": q_miss,
+            "encoder": {k: v for k, v in getattr(encoder, "info", {}).items() if k != "graph"},
             "index": str(mc.index), "margin_type": str(mc.margin_type), "margin": float(mc.margin)}

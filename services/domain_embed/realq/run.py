@@ -76,9 +76,14 @@ def main(argv: list[str] | None = None) -> int:
         encoder = None
         if not args.no_embed:
             from ..config import EncodingSpec, load_config
-            from ..encoding import Encoder
+            from ..embed_store import EmbeddingStore
+            from ..inference import inference_encoder
 
-            encoder = Encoder(EncodingSpec.from_config(load_config(args.run_dir, [], save=False)))
+            cfg = load_config(args.run_dir, [], save=False)
+            log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+            # fp32 through the run's store: the synthetic questions' vectors are the ones synthesis made.
+            encoder = EmbeddingStore.for_run(args.run_dir).bind(
+                inference_encoder(EncodingSpec.from_config(cfg), cfg.model, log=log))
         report = drift_for_run(args.run_dir, args.queries, encoder)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

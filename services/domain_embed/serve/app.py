@@ -7,6 +7,7 @@ import asyncio
 import base64
 import hmac
 import json
+import logging
 import time
 from contextlib import asynccontextmanager
 from typing import Any, Literal, Optional, Union
@@ -24,6 +25,9 @@ from .settings import ServeSettings
 from .triton_client import TritonEmbedder
 
 WARMUP_TEXT = "readiness probe"
+HEALTH_PATHS = ("/v1/health/live", "/v1/health/ready")          # always open: the orchestrator's probes
+DOCS_PATHS = ("/v1/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")  # serve.protect_metrics_docs
+log = logging.getLogger("domain_embed.serve")
 
 
 class EmbeddingsRequest(BaseModel):
@@ -58,15 +62,28 @@ class Gateway:
                                                    settings.request_timeout_s, settings.retry_after_s)
         self.queue: BoundedQueue | None = None
         self.ready = False
+        self.last_ok = float("-inf")  # time.monotonic() of the last inference that succeeded
+        self._probing: asyncio.Task | None = None
+
+    def needs_key(self, path: str) -> bool:
+        if self.s.api_key() is None or path in HEALTH_PATHS:
+            return False
+        return self.s.protect_metrics_docs or path not in DOCS_PATHS
 
     def check_auth(self, request: Request) -> None:
         key = self.s.api_key()
-        if key is None:
+        if key is None or not self.needs_key(request.url.path):
             return
         got = request.headers.get("authorization", "")
         token = got[7:].strip() if got.lower().startswith("bearer ") else ""
         if not token or not hmac.compare_digest(token.encode(), key.encode()):
             raise Unauthorized("missing or wrong API key; send it as 'Authorization: Bearer <key>'")
+
+    def mark(self, ok: bool) -> None:
+        self.ready = ok
+        if ok:
+            self.last_ok = time.monotonic()
+        self.metrics.triton_up.set(1 if ok else 0)
 
     def resolve_model(self, model: str, input_type: str | None) -> str:
         name, kind = model, None
@@ -87,16 +104,29 @@ class Gateway:
             chosen = "passage"
         return chosen
 
-    async def probe(self) -> bool:
-        """A real inference through Triton; readiness depends on it."""
+    async def _probe_once(self) -> bool:
+        t = self.s.ready_timeout_s
         try:
-            await self.embedder.embed([WARMUP_TEXT], "query", "END")
-            self.ready = True
-            self.metrics.triton_up.set(1)
-        except Exception:
-            self.ready = False
-            self.metrics.triton_up.set(0)
+            # client_timeout bounds each gRPC call; wait_for bounds the whole probe (config + infer)
+            await asyncio.wait_for(self.embedder.embed([WARMUP_TEXT], "query", "END", timeout_s=t), t)
+            self.mark(True)
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready; say which
+            log.warning("readiness probe failed within %.1fs: %s", t, getattr(exc, "message", None) or repr(exc))
+            self.mark(False)
         return self.ready
+
+    async def probe(self) -> bool:
+        """A real inference through Triton, within serve.ready_timeout_s; concurrent callers share one."""
+        if self._probing is None or self._probing.done():
+            self._probing = asyncio.ensure_future(self._probe_once())
+        return await asyncio.shield(self._probing)
+
+    async def check_ready(self) -> bool:
+        """Ready if an inference succeeded within the last ready_timeout_s (so a busy server is not
+        probed behind its own queue), else after a fresh probe."""
+        if self.ready and time.monotonic() - self.last_ok < self.s.ready_timeout_s:
+            return True
+        return await self.probe()
 
 
 def create_app(settings: ServeSettings, spec: dict[str, Any], embedder: TritonEmbedder | None = None) -> FastAPI:
@@ -120,8 +150,19 @@ def create_app(settings: ServeSettings, spec: dict[str, Any], embedder: TritonEm
         gw.metrics.requests.labels(route, str(status)).inc()
 
     @app.middleware("http")
-    async def count_requests(request: Request, call_next):
-        response = await call_next(request)
+    async def front(request: Request, call_next):
+        """Authentication before anything reads the body, a JSON 500 for any unexpected error,
+        and the request counter (every status, 401 and 500 included)."""
+        try:
+            gw.check_auth(request)
+            response = await call_next(request)
+        except Unauthorized as exc:
+            response = errors.error_response(exc.status, exc.message, exc.kind)
+        except Exception as exc:  # noqa: BLE001 - never a plain-text 500
+            log.exception("unexpected error on %s %s", request.method, request.url.path)
+            # the type only: the exception text may hold internals a caller should not see
+            response = errors.error_response(500, f"internal error ({type(exc).__name__}) in the gateway; its log "
+                                             f"has the traceback", "internal_error")
         count(request.url.path, response.status_code)
         return response
 
@@ -139,15 +180,18 @@ def create_app(settings: ServeSettings, spec: dict[str, Any], embedder: TritonEm
         if req.dimensions is not None and req.dimensions > gw.dim:
             raise BadRequest(f"dimensions={req.dimensions} is more than the model's {gw.dim}")
         truncate = req.truncate or settings.default_truncate
+        if not gw.ready and not await gw.probe():
+            # known down or hung: answer at once (within ready_timeout_s) instead of holding a slot
+            raise TritonUnavailable(f"the inference server is unavailable (not ready: no inference succeeded within "
+                                    f"{settings.ready_timeout_s:g}s); retry shortly",
+                                    headers={"Retry-After": str(settings.retry_after_s)})
         async with gw.queue.slot():
             try:
                 vecs, tokens = await gw.embedder.embed(texts, input_type, truncate)
             except TritonUnavailable:
-                gw.ready = False
-                gw.metrics.triton_up.set(0)
+                gw.mark(False)
                 raise
-        gw.ready = True
-        gw.metrics.triton_up.set(1)
+        gw.mark(True)
         if req.dimensions is not None and req.dimensions < vecs.shape[1]:
             vecs = vecs[:, : req.dimensions]
             vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
@@ -178,11 +222,10 @@ def create_app(settings: ServeSettings, spec: dict[str, Any], embedder: TritonEm
 
     @app.get("/v1/health/ready", responses={503: {}})
     async def ready() -> Response:
-        if not gw.ready:
-            await asyncio.wait_for(gw.probe(), timeout=settings.request_timeout_s)
-        if gw.ready:
+        if await gw.check_ready():
             return Response(json.dumps({"object": "health.response", "message": "ready"}), media_type="application/json")
-        return errors.error_response(503, "not ready: no inference through Triton has succeeded yet", "unavailable",
+        return errors.error_response(503, f"not ready: no inference through Triton succeeded within "
+                                     f"{settings.ready_timeout_s:g}s (serve.ready_timeout_s)", "unavailable",
                                      {"Retry-After": str(settings.retry_after_s)})
 
     @app.get("/v1/metrics")

@@ -72,7 +72,14 @@ async def http_handler(_: Request, exc: StarletteHTTPException) -> Response:
     return error_response(exc.status_code, str(exc.detail), "http_error", getattr(exc, "headers", None))
 
 
+async def unexpected_handler(_: Request, exc: Exception) -> Response:
+    # the last resort (Starlette's ServerErrorMiddleware): JSON, never a plain-text 500
+    return error_response(500, f"internal error ({type(exc).__name__}); the gateway log has the traceback",
+                          "internal_error")
+
+
 def install(app) -> None:
+    app.add_exception_handler(Exception, unexpected_handler)
     app.add_exception_handler(ApiError, api_error_handler)
     app.add_exception_handler(RequestValidationError, validation_handler)
     app.add_exception_handler(StarletteHTTPException, http_handler)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from contextlib import asynccontextmanager
 
-from .errors import QueueFull
+from .errors import BodyTooLarge, QueueFull, error_response
 
 
 class BoundedQueue:
@@ -54,14 +53,11 @@ class BodyLimitMiddleware:
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
 
-    async def _reject(self, send) -> None:
-        body = json.dumps({"object": "error", "message": f"request body is over the limit of {self.max_bytes} "
-                           f"bytes; send fewer or shorter inputs per request (serve.max_body_bytes)",
-                           "type": "body_too_large", "code": 413}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+    async def _reject(self, scope, receive, send) -> None:
+        # through the one error mapping (errors.BodyTooLarge), as every other error is
+        exc = BodyTooLarge(f"request body is over the limit of {self.max_bytes} bytes; send fewer or shorter "
+                           f"inputs per request (serve.max_body_bytes)", headers={"connection": "close"})
+        await error_response(exc.status, exc.message, exc.kind, exc.headers)(scope, receive, send)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -70,7 +66,7 @@ class BodyLimitMiddleware:
             if k == b"content-length":
                 try:
                     if int(v) > self.max_bytes:
-                        return await self._reject(send)
+                        return await self._reject(scope, receive, send)
                 except ValueError:
                     pass
         if scope.get("method") not in ("POST", "PUT", "PATCH"):
@@ -85,7 +81,7 @@ class BodyLimitMiddleware:
             body = msg.get("body", b"")
             seen += len(body)
             if seen > self.max_bytes:
-                return await self._reject(send)
+                return await self._reject(scope, receive, send)
             chunks.append(body)
             if not msg.get("more_body", False):
                 break

@@ -31,8 +31,10 @@ class ServeSettings:
     max_queue: int = 64
     retry_after_s: int = 1
     request_timeout_s: float = 60.0
+    ready_timeout_s: float = 2.0         # deadline of the readiness probe (and of a request's check while not ready)
     shutdown_grace_s: float = 30.0
     api_key_env: str = "DOMAIN_EMBED_API_KEY"
+    protect_metrics_docs: bool = True    # with a key set, /v1/metrics and the OpenAPI pages need it too
     default_truncate: str = "NONE"
 
     @classmethod
@@ -69,6 +71,9 @@ class ServeSettings:
         for name in ("max_batch_items", "max_body_bytes", "max_queue"):
             if getattr(s, name) < 1:
                 raise UserError(f"serve.{name} must be at least 1")
+        for name in ("request_timeout_s", "ready_timeout_s"):
+            if not getattr(s, name) > 0:
+                raise UserError(f"serve.{name} must be more than 0 seconds")
         return s
 
     def api_key(self) -> str | None:

@@ -6,6 +6,15 @@ LD_LIBRARY_PATH (else the stub loads the system libpython and crashes), and the 
 site-packages go on PYTHONPATH so the model can import onnxruntime and tokenizers. In the
 production image ``tritonserver`` is on PATH and has its own backends; set
 DOMAIN_EMBED_TRITONSERVER to use a specific binary.
+
+Each server runs in its own process group with its python-backend stubs. A server that crashes
+(SIGKILL, OOM) can leave its stub behind (issue 12 saw one alive 77 minutes later, ignoring
+SIGTERM, with its shared memory), so before a restart (and on stop) whatever is left of the old
+group is SIGKILLed and the stubs' /dev/shm regions unlinked. The python backend imports ``model.py``
+with an interpreter that ignores the environment (PYTHONDONTWRITEBYTECODE has no effect), so it
+writes ``__pycache__`` into the model repository; those caches are removed before each start (a
+planted ``.pyc`` with a matching stamp would otherwise shadow the verified ``model.py``) and
+after each stop (the repository on disk is again exactly what its manifest lists).
 """
 
 from __future__ import annotations
@@ -55,6 +64,44 @@ def _backend_dir(dist: Path) -> Path:
     return root
 
 
+def backend_directory() -> Path | None:
+    """The backends folder of the tritonserver that ``serve`` would start (None when there is none)."""
+    custom = os.environ.get("DOMAIN_EMBED_TRITONSERVER")
+    dist = pytriton_dist()
+    if not custom and dist is not None:
+        return dist / "backends"
+    binary = custom or shutil.which("tritonserver")
+    if not binary:
+        return None
+    # the stock layout: /opt/tritonserver/bin/tritonserver next to /opt/tritonserver/backends
+    d = Path(binary).resolve().parent.parent / "backends"
+    return d if d.is_dir() else None
+
+
+def available_backends(directory: Path | None = None) -> set[str]:
+    """Names of the backends a tritonserver install can load: its backends/<name>/ folders that
+    hold a backend library (libtriton_<name>.so) or, for python, triton_python_backend_utils.py
+    (nvidia-pytriton ships the python backend that way)."""
+    d = Path(directory) if directory else backend_directory()
+    if d is None or not d.is_dir():
+        return set()
+    found = set()
+    for sub in d.iterdir():
+        if sub.is_dir() and (any(sub.glob("libtriton_*.so")) or (sub / "triton_python_backend_utils.py").is_file()):
+            found.add(sub.name)
+    return found
+
+
+def clear_bytecode(repo: Path) -> int:
+    """Remove the __pycache__ folders in a model repository; returns how many were removed."""
+    n = 0
+    for d in sorted(Path(repo).rglob("__pycache__"), reverse=True):
+        if d.is_dir():
+            shutil.rmtree(d, ignore_errors=True)
+            n += 1
+    return n
+
+
 def server_command(repo: Path, grpc_port: int, http_port: int, metrics_port: int,
                    extra: list[str] | None = None) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ)
@@ -75,7 +122,7 @@ def server_command(repo: Path, grpc_port: int, http_port: int, metrics_port: int
     env["LD_LIBRARY_PATH"] = ":".join(p for p in libs if p)
     paths = [*site.getsitepackages(), env.get("PYTHONPATH", "")]
     env["PYTHONPATH"] = ":".join(p for p in paths if p)
-    env["PYTHONDONTWRITEBYTECODE"] = "1"  # keep __pycache__ out of the hashed repository
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # a stub that reads the environment then writes no cache
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     args += [f"--backend-directory={backends}",
              f"--backend-config=python,shm-default-byte-size={4 << 20}",
@@ -98,6 +145,8 @@ class TritonProcess:
         return f"127.0.0.1:{self.ports[0]}"
 
     def start(self) -> "TritonProcess":
+        self.reap()  # a crashed predecessor's backend stubs, before a new server maps its own
+        clear_bytecode(self.repo)
         cmd, env = server_command(self.repo, *self.ports)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
@@ -134,17 +183,45 @@ class TritonProcess:
         except OSError:
             return ""
 
-    def stop(self, timeout: float = 30.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+    def reap(self) -> list[int]:
+        """SIGKILL what is left of the last server's process group (its python-backend stubs when
+        the server itself died) and wait until it is gone; returns the pids that were killed."""
+        if self.proc is None:
+            return []
+        pgid = self.proc.pid  # start_new_session: the server led its own group
+        left = _group_members(pgid)
+        # a stub's argv names its shared-memory region; a SIGKILLed stub cannot unlink it
+        regions = {a for pid in left for a in _cmdline(pid) if a.startswith(SHM_PREFIX) and "/" not in a}
+        if left:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            deadline = time.time() + 10
+            while _group_members(pgid) and time.time() < deadline:
+                time.sleep(0.05)
+        if self.proc.poll() is None:
             self.proc.wait(timeout=10)
-        except ProcessLookupError:
-            pass
+        for name in regions:
+            try:
+                os.unlink(f"/dev/shm/{name}")
+            except OSError:
+                pass
+        return left
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+            except ProcessLookupError:
+                pass
+        self.reap()
+        clear_bytecode(self.repo)
 
     def kill(self) -> None:
         """Hard kill (SIGKILL), as a crash would."""
@@ -154,3 +231,36 @@ class TritonProcess:
             except ProcessLookupError:
                 pass
             self.proc.wait(timeout=10)
+
+
+SHM_PREFIX = "triton_python_backend_shm_region"
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes in process group ``pgid``, read from /proc."""
+    out = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return out
+    for e in entries:
+        if not e.isdigit():
+            continue
+        try:
+            with open(f"/proc/{e}/stat", "rb") as fh:
+                stat = fh.read().decode(errors="replace")
+        except OSError:
+            continue
+        # pid (comm) state ppid pgrp ...; comm may hold spaces or parentheses
+        fields = stat[stat.rfind(")") + 2:].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            out.append(int(e))
+    return out

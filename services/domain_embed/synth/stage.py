@@ -215,20 +215,8 @@ def _degenerate(scores: list[dict[str, int]], max_same_fraction: float) -> str |
 
 # ---------------------------------------------------------------- embeddings
 def _corpus_vectors(ctx: StageContext, encoder, chunks: list[dict[str, Any]]) -> np.ndarray:
-    """Passage vectors of every chunk, cached beside the outputs (keyed by the chunks file and spec)."""
-    key = hashlib.sha256((sha256_file(ctx.path("curate/chunks.jsonl")) + ctx.spec().to_json(sort_keys=True)
-                          ).encode()).hexdigest()[:16]
-    cache = ctx.dir / f"corpus_vectors.{key}.npy"
-    if cache.is_file():
-        vecs = np.load(cache)
-        if vecs.shape[0] == len(chunks):
-            return vecs
-    for old in ctx.dir.glob("corpus_vectors.*.npy"):
-        old.unlink(missing_ok=True)
-    vecs = encoder.encode_passages([c["text"] for c in chunks], progress=not ctx.quiet, desc="embed chunks")
-    with atomic_open(cache, "wb", encoding=None) as fh:
-        np.save(fh, vecs)
-    return vecs
+    """Passage vectors of every chunk, from the run's embedding store (mining and evaluation reuse them)."""
+    return ctx.embeddings.embed([c["text"] for c in chunks], "passage", encoder, desc="embed chunks")
 
 
 def qa_id(question: str, segment_ids: list[str]) -> str:
@@ -362,10 +350,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
         need_vectors = rows and (float(sc.dedup_cosine) > 0 or int(sc.round_trip_top_k) > 0)
         if need_vectors:
-            from ..encoding import Encoder
+            from ..inference import stage_encoder
 
-            encoder = Encoder(ctx.spec())
-            qvecs = encoder.encode_queries([r["question"] for r in rows])
+            encoder = stage_encoder(ctx, allow_int8=True)
+            qvecs = ctx.embeddings.embed([r["question"] for r in rows], "query", encoder, desc="embed questions")
             # 3. dedup (structure queries first: they are the cleanest)
             if float(sc.dedup_cosine) > 0:
                 order = sorted(range(len(rows)), key=lambda i: (rows[i]["source"]["kind"] != "structure", i))

@@ -158,11 +158,11 @@ class BiEncoder(L.LightningModule):
         return float(beir_evaluate(ds.qrels, run, [10]).get("ndcg@10", 0.0))
 
     def _encode(self, texts: list[str], input_type: str, bs: int = 64) -> torch.Tensor:
-        from ..rundir import progress
+        from ..rundir import Progress
 
         out = [torch.zeros(0, self.spec.dim, device=self.device)]
-        bar = progress(total=len(texts), desc=f"[train] validation {input_type}s", unit="text",
-                       quiet=not self.show_progress or len(texts) <= bs)
+        bar = Progress(total=len(texts), desc=f"train: validation {input_type}s", unit="text",
+                       disable=not self.show_progress or len(texts) <= bs)
         for s in range(0, len(texts), bs):
             if self.stop_check is not None:
                 self.stop_check()  # a stop must not wait for a whole validation pass

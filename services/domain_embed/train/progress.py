@@ -3,7 +3,7 @@
 The estimate comes from a short timed probe on this machine (a quarter of two micro-batches through
 forward and backward, scaled up, and a few validation passages), so a user sees "93 steps at about 4.1 s each ... about
 9 min" and can lower the caps before waiting. Progress is a tqdm bar on a terminal and a line every
-15 s elsewhere (:func:`rundir.progress`), with steps, loss, the last validation, the rate and ETA.
+few seconds elsewhere (:class:`rundir.Progress`), with steps, loss, the last validation, the rate and ETA.
 """
 
 from __future__ import annotations
@@ -15,7 +15,19 @@ from typing import Any
 import lightning as L
 import torch
 
-from ..rundir import format_duration, progress
+from ..rundir import Progress
+
+
+def format_duration(seconds: float) -> str:
+    """``4.2 s``, ``42 s``, ``6 min``, ``1 h 12 min``: the precision an estimate deserves."""
+    s = max(0.0, float(seconds))
+    if s < 10:
+        return f"{s:.1f} s"
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 3600:
+        return f"{s / 60:.0f} min"
+    return f"{int(s // 3600)} h {int(s % 3600 // 60)} min"
 
 
 @dataclass
@@ -118,8 +130,9 @@ class TrainProgress(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
-            self.bar = progress(total=self.total_steps, desc="[train] training steps", unit="step",
-                                initial=int(trainer.global_step))
+            done = int(trainer.global_step)  # a resumed run counts (and rates) only what is left
+            desc = "train: steps" + (f" {done + 1}..{self.total_steps}" if done else "")
+            self.bar = Progress(total=max(0, (self.total_steps or done) - done), desc=desc, unit="step")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.bar is None or (batch_idx + 1) % trainer.accumulate_grad_batches != 0:

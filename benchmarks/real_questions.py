@@ -1,0 +1,458 @@
+"""The real-question benchmark: human-written FAQ questions over public documentation.
+
+The product exists to retrieve better for the questions a domain's users really ask, so this is
+the number that decides. Each corpus is documentation that a Debian package ships, with a FAQ
+written by the documentation's own authors:
+
+=========  ==========================================  =========================================
+corpus     documents the pipeline tunes on             questions (FAQ headings) and relevance
+=========  ==========================================  =========================================
+debian     Debian Reference (``debian-reference-en``)  Debian FAQ (``debian-faq``), its answers
+sqlite     SQLite docs (``sqlite3-doc``) minus faq     ``faq.html``, its answers
+git        Git docs (``git-doc``) minus gitfaq         ``gitfaq``, its answers
+=========  ==========================================  =========================================
+
+* The question is the FAQ heading; the relevant passages are the chunks of its answer, chunked
+  with the run's own chunker and spec. The answer passages join the run's chunks as the search
+  corpus, so a question competes against every passage of the documentation and every other
+  answer. An answer's context line is the FAQ's title, never the question, so the question text
+  does not leak into its passages.
+* The pipeline never sees a FAQ page: they are outside (debian) or excluded from (sqlite, git)
+  ``corpus.path``, so no synthetic query is written from an answer.
+* Questions are split once, by a hash of the question, into dev (30%) and test (70%). Tune on dev
+  (``--split dev``); report test once per change. The sets are cached in
+  ``benchmarks/real_questions/<corpus>.jsonl`` (committed, with the package versions and licences
+  in ``benchmarks/real_questions/README.md``), so results stay comparable after a package update.
+
+Every number comes with a 95% bootstrap interval (queries resampled), and tuned-minus-base with a
+paired interval (the same resample for both models).
+
+    python benchmarks/real_questions.py build                 # (re)build the cached sets (needs the packages)
+    python benchmarks/real_questions.py run                   # pipeline with defaults on each corpus, then score
+    python benchmarks/real_questions.py run --corpus debian --split dev train.epochs=1
+    python benchmarks/real_questions.py score --corpus debian --run-dir runs/realq-debian [--model DIR]
+
+The packages: ``apt-get install debian-faq debian-reference-en sqlite3-doc git-doc``
+(``make real-questions-data`` does it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = Path(__file__).resolve().parent / "real_questions"
+DEV_FRACTION = 0.30
+K = 10
+BOOTSTRAP = 2000
+
+
+@dataclass(frozen=True)
+class Corpus:
+    name: str
+    package: str               # Debian package(s) holding the documents and the FAQ
+    faq_title: str             # context line of every answer passage
+    docs_path: str             # corpus.path for the pipeline
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+    extract: str               # name of the extractor below
+
+
+CORPORA = {
+    "debian": Corpus("debian", "debian-faq debian-reference-en", "The Debian GNU/Linux FAQ",
+                     "/usr/share/debian-reference", ("*.en.html",), (), "docbook_faq"),
+    "sqlite": Corpus("sqlite", "sqlite3-doc", "SQLite Frequently Asked Questions",
+                     "/usr/share/doc/sqlite3", ("**/*.html",), ("faq.html",), "sqlite_faq"),
+    "git": Corpus("git", "git-doc", "Git Frequently Asked Questions",
+                  "/usr/share/doc/git-doc", ("**/*.html",), ("gitfaq.html", "**/gitfaq.html"), "gitfaq"),
+}
+
+
+# ---------------------------------------------------------------- question sets
+def _text(node) -> str:
+    return re.sub(r"\s+([?.,!:;)])", r"\1", " ".join(node.get_text(" ").split()))
+
+
+def _strip_number(q: str) -> str:
+    return re.sub(r"^\s*(?:\(\d+\)|\d+(?:\.\d+)*\.?)\s+", "", q).strip()
+
+
+def docbook_faq() -> list[dict[str, str]]:
+    """Debian FAQ (DocBook HTML): every h2/h3 section whose title is a question; the answer is the
+    section's own content (its subsections excluded: they are questions of their own)."""
+    from bs4 import BeautifulSoup
+
+    root = Path("/usr/share/doc/debian/FAQ")
+    out = []
+    for f in sorted(root.glob("*.en.html")):
+        if f.name in ("index.en.html",):
+            continue
+        soup = BeautifulSoup(f.read_text(encoding="utf-8"), "lxml")
+        for sec in soup.find_all("div", class_="section"):
+            head = sec.find(["h2", "h3", "h4"], class_="title")
+            if head is None:
+                continue
+            q = _strip_number(_text(head))
+            if not q.endswith("?"):
+                continue
+            parts = [str(c) for c in sec.children
+                     if getattr(c, "name", None) and not (c.name == "div" and set(c.get("class", [])) &
+                                                          {"titlepage", "section"})]
+            out.append({"question": q, "answer_html": "".join(parts), "source": f.name})
+    return out
+
+
+def sqlite_faq() -> list[dict[str, str]]:
+    """SQLite faq.html: ``<p><b>(N) question</b></p><blockquote>answer</blockquote>``."""
+    from bs4 import BeautifulSoup
+
+    f = Path("/usr/share/doc/sqlite3/faq.html")
+    soup = BeautifulSoup(f.read_text(encoding="utf-8", errors="replace"), "lxml")
+    out = []
+    for b in soup.find_all("b"):
+        m = re.match(r"^\((\d+)\)\s+(.*)$", _text(b))
+        p = b.find_parent("p")
+        if not m or p is None:
+            continue
+        ans = p.find_next_sibling("blockquote")
+        if ans is None:
+            continue
+        out.append({"question": m.group(2).strip(), "answer_html": str(ans), "source": f.name})
+    return out
+
+
+def gitfaq() -> list[dict[str, str]]:
+    """gitfaq.html (asciidoc): ``<dt>question</dt><dd>answer</dd>``."""
+    from bs4 import BeautifulSoup
+
+    f = Path("/usr/share/doc/git-doc/gitfaq.html")
+    soup = BeautifulSoup(f.read_text(encoding="utf-8"), "lxml")
+    out = []
+    for dt in soup.find_all("dt"):
+        dd = dt.find_next_sibling("dd")
+        if dd is None:
+            continue
+        out.append({"question": _strip_number(_text(dt)), "answer_html": str(dd), "source": f.name})
+    return out
+
+
+def _split_of(qid: str) -> str:
+    h = int(hashlib.sha256(f"realq-split-v1|{qid}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "dev" if h < DEV_FRACTION else "test"
+
+
+def _package_version(pkg: str) -> str:
+    try:
+        return subprocess.run(["dpkg-query", "-W", "-f=${Version}", pkg], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "not installed"
+
+
+def build(names: Iterable[str]) -> None:
+    """Extract each FAQ into ``benchmarks/real_questions/<corpus>.jsonl`` (answers as plain text)."""
+    sys.path.insert(0, str(REPO / "services"))
+    from domain_embed.curate.html_text import html_to_internal
+
+    CACHE.mkdir(exist_ok=True)
+    for name in names:
+        c = CORPORA[name]
+        missing = [p for p in c.package.split() if _package_version(p) == "not installed"]
+        if missing:
+            raise SystemExit(f"{name}: install the Debian package(s) {' '.join(missing)} first "
+                             f"(apt-get install {' '.join(missing)}, or `make real-questions-data`)")
+        rows, seen = [], set()
+        for r in globals()[c.extract]():
+            answer, _ = html_to_internal(f"<html><body>{r['answer_html']}</body></html>")
+            answer = answer.strip()
+            key = r["question"].casefold()
+            if len(answer.split()) < 8 or key in seen:  # no real answer (a pointer only), or a repeat
+                continue
+            seen.add(key)
+            qid = f"{name}-" + hashlib.sha256(r["question"].encode()).hexdigest()[:10]
+            rows.append({"id": qid, "question": r["question"], "answer": answer, "source": r["source"],
+                         "split": _split_of(qid)})
+        path = CACHE / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        versions = {p: _package_version(p) for p in c.package.split()}
+        n_dev = sum(r["split"] == "dev" for r in rows)
+        print(f"{name}: {len(rows)} questions ({n_dev} dev, {len(rows) - n_dev} test) from {versions} -> {path}")
+
+
+def load_set(name: str) -> list[dict[str, Any]]:
+    path = CACHE / f"{name}.jsonl"
+    if not path.is_file():
+        raise SystemExit(f"{path} is missing; run `python benchmarks/real_questions.py build --corpus {name}`")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------- scoring
+def answer_passages(rows: list[dict[str, Any]], corpus: Corpus, spec, curate_cfg) -> tuple[dict[str, str], dict]:
+    """Chunk every answer with the run's chunker and spec; qrels map each question to its chunks."""
+    from transformers import AutoTokenizer
+
+    from domain_embed.curate.chunking import Chunker
+
+    tok = AutoTokenizer.from_pretrained(spec.model_path)
+    ch = Chunker(tok, spec.passage_prefix, spec.max_passage_length,
+                 chunk_sentences=int(curate_cfg.chunk_sentences),
+                 overlap_sentences=int(curate_cfg.get("chunk_overlap_sentences", 0)),
+                 min_chunk_tokens=0, include_title=bool(curate_cfg.get("include_title", True)))
+    passages: dict[str, str] = {}
+    qrels: dict[str, dict[str, int]] = {}
+    for r in rows:
+        for i, c in enumerate(ch.chunk_document(corpus.faq_title, r["answer"])):
+            pid = f"{r['id']}-a{i}"
+            passages[pid] = c.text
+            qrels.setdefault(r["id"], {})[pid] = 1
+    return passages, qrels
+
+
+def per_query(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """nDCG@10, Recall@10 (the project's trec_eval-matching metrics) and MRR@10, per query."""
+    from domain_embed.evaluate.metrics import _ranked, per_query as beir_per_query
+
+    pq = beir_per_query(qrels, run, [K])
+    for qid, m in pq.items():
+        ranked = _ranked(run.get(qid, {}))[:K]
+        rel = {d for d, s in qrels[qid].items() if s > 0}
+        m["mrr@10"] = next((1.0 / (i + 1) for i, d in enumerate(ranked) if d in rel), 0.0)
+    return pq
+
+
+def bootstrap(values: np.ndarray, n: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float, float]:
+    """Mean and percentile 95% interval over query resamples (``values`` may be paired differences)."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(values), size=(n, len(values)))
+    means = values[idx].mean(axis=1)
+    return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def dense(encode: Callable[[list[str], str], np.ndarray], ids: list[str], texts: list[str],
+          qids: list[str], qtexts: list[str], top_k: int = 100) -> dict[str, dict[str, float]]:
+    import faiss
+
+    p = np.ascontiguousarray(encode(texts, "passage"), dtype=np.float32)
+    q = np.ascontiguousarray(encode(qtexts, "query"), dtype=np.float32)
+    index = faiss.IndexFlatIP(p.shape[1])
+    index.add(p)
+    scores, idx = index.search(q, min(top_k, len(ids)))
+    return {qid: {ids[j]: float(s) for j, s in zip(idx[i], scores[i]) if j >= 0} for i, qid in enumerate(qids)}
+
+
+def bm25(ids: list[str], texts: list[str], qids: list[str], qtexts: list[str], top_k: int = 100):
+    import bm25s
+
+    r = bm25s.BM25()
+    r.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
+    docs, scores = r.retrieve(bm25s.tokenize(qtexts, stopwords="en", show_progress=False), k=min(top_k, len(ids)),
+                              show_progress=False)
+    return {qid: {ids[int(j)]: float(s) for j, s in zip(docs[i], scores[i])} for i, qid in enumerate(qids)}
+
+
+def score(name: str, run_dir: Path, split: str, model_dirs: dict[str, Path] | None = None) -> dict[str, Any]:
+    """Score base, BM25 and each tuned model on ``split`` over the run's chunks plus the answers."""
+    sys.path.insert(0, str(REPO / "services"))
+    from domain_embed.config import EncodingSpec, load_config
+    from domain_embed.embed_store import EmbeddingStore
+    from domain_embed.inference import inference_encoder
+    from domain_embed.rundir import read_jsonl
+
+    corpus = CORPORA[name]
+    cfg = load_config(run_dir, [], save=False)
+    base_spec = EncodingSpec.from_config(cfg)
+    rows = load_set(name)
+    passages, qrels_all = answer_passages(rows, corpus, base_spec, cfg.curate)
+    chunks = list(read_jsonl(run_dir / "curate" / "chunks.jsonl"))
+    ids = [c["id"] for c in chunks] + list(passages)
+    texts = [c["text"] for c in chunks] + list(passages.values())
+    qs = [r for r in rows if r["split"] == split and r["id"] in qrels_all]
+    qids, qtexts = [r["id"] for r in qs], [r["question"] for r in qs]
+    qrels = {q: qrels_all[q] for q in qids}
+    runs: dict[str, dict] = {}
+    t0 = time.perf_counter()
+    runs["bm25"] = bm25(ids, texts, qids, qtexts)
+    # The run's embedding store: the base vectors of its chunks are already there from the pipeline,
+    # and a rescore embeds nothing twice. fp32 only, so the numbers are the model's own.
+    store = EmbeddingStore.for_run(run_dir)
+
+    def encoder(spec, mdir=None):
+        enc = inference_encoder(spec, cfg.model, model_path=mdir, allow_int8=False, log=lambda m: None)
+        return store.bind(enc).encode
+
+    runs["base"] = dense(encoder(base_spec), ids, texts, qids, qtexts)
+    for label, mdir in (model_dirs or {}).items():
+        spec_file = Path(mdir) / "encoding_spec.json"
+        spec = (EncodingSpec.from_dict({**json.loads(spec_file.read_text()), "model_path": str(mdir)})
+                if spec_file.is_file() else EncodingSpec.from_config(cfg, model_path=mdir))
+        runs[label] = dense(encoder(spec, mdir), ids, texts, qids, qtexts)
+    pq = {label: per_query(qrels, r) for label, r in runs.items()}
+    metrics = ("ndcg@10", "recall@10", "mrr@10")
+    out: dict[str, Any] = {"corpus": name, "split": split, "n_queries": len(qids), "n_passages": len(ids),
+                           "n_answer_passages": sum(len(v) for v in qrels.values()), "run_dir": str(run_dir),
+                           "score_wall_s": round(time.perf_counter() - t0, 1), "models": {}, "paired": {},
+                           "per_query": {label: {q: m["ndcg@10"] for q, m in v.items()} for label, v in pq.items()}}
+    for label, v in pq.items():
+        out["models"][label] = {m: bootstrap(np.array([v[q][m] for q in qids])) for m in metrics}
+    for label in runs:
+        if label in ("base", "bm25"):
+            continue
+        out["paired"][label] = {}
+        for m in metrics:
+            d = np.array([pq[label][q][m] - pq["base"][q][m] for q in qids])
+            out["paired"][label][m] = {"diff": bootstrap(d), "wins": int((d > 0).sum()), "losses": int((d < 0).sum())}
+    return out
+
+
+def pooled(results: list[dict[str, Any]], label: str) -> dict[str, Any]:
+    """All test questions of every corpus together: paired differences pooled over corpora."""
+    out = {}
+    for m in ("ndcg@10",):
+        d, b, t = [], [], []
+        for r in results:
+            pqb, pqt = r["per_query"]["base"], r["per_query"].get(label)
+            if pqt is None:
+                return {}
+            qs = sorted(pqb)
+            b += [pqb[q] for q in qs]
+            t += [pqt[q] for q in qs]
+            d += [pqt[q] - pqb[q] for q in qs]
+        out[m] = {"base": bootstrap(np.array(b)), label: bootstrap(np.array(t)), "diff": bootstrap(np.array(d)),
+                  "n": len(d), "wins": int((np.array(d) > 0).sum()), "losses": int((np.array(d) < 0).sum())}
+    return out
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    def ci(x: tuple[float, float, float]) -> str:
+        return f"{x[0]:.3f} [{x[1]:.3f}, {x[2]:.3f}]"
+
+    lines = []
+    for r in results:
+        lines += [f"\n### {r['corpus']} — {r['split']} split: {r['n_queries']} questions, {r['n_passages']} passages "
+                  f"({r['n_answer_passages']} answer passages)", "",
+                  "| model | nDCG@10 | Recall@10 | MRR@10 |", "|---|---|---|---|"]
+        for label, m in r["models"].items():
+            lines.append(f"| {label} | {ci(m['ndcg@10'])} | {ci(m['recall@10'])} | {ci(m['mrr@10'])} |")
+        for label, m in r["paired"].items():
+            lines.append(f"| {label} − base (paired) | {ci(m['ndcg@10']['diff'])} | {ci(m['recall@10']['diff'])} | "
+                         f"{ci(m['mrr@10']['diff'])} |")
+            b, t = r["models"]["base"]["ndcg@10"][0], r["models"][label]["ndcg@10"][0]
+            lines.append(f"\n{label}/base nDCG@10 = {t / b:.3f}; wins/losses on nDCG@10: "
+                         f"{m['ndcg@10']['wins']}/{m['ndcg@10']['losses']}")
+    labels = [lb for lb in results[0]["models"] if lb not in ("base", "bm25")] if results else []
+    for label in labels:
+        p = pooled(results, label)
+        if p and len(results) > 1:
+            x = p["ndcg@10"]
+            lines += [f"\n**pooled ({x['n']} questions)**: nDCG@10 base {ci(x['base'])}, {label} {ci(x[label])}, "
+                      f"paired difference {ci(x['diff'])}; wins/losses {x['wins']}/{x['losses']}"]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- pipeline
+def run_pipeline(name: str, run_dir: Path, overrides: list[str]) -> dict[str, float]:
+    c = CORPORA[name]
+    if not Path(c.docs_path).is_dir():
+        raise SystemExit(f"{c.docs_path} is missing; apt-get install {c.package} (or `make real-questions-data`)")
+    args = [sys.executable, "-m", "domain_embed.cli", "run", "--run-dir", str(run_dir), f"name=realq-{name}",
+            f"corpus.path={c.docs_path}", f"corpus.include=[{','.join(repr(i) for i in c.include)}]",
+            f"corpus.exclude=[{','.join(repr(e) for e in c.exclude)}]", *overrides]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "services") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    t0 = time.perf_counter()
+    print(f"[{name}] {' '.join(args[1:])}", file=sys.stderr, flush=True)
+    rc = subprocess.run(args, env=env, cwd=REPO).returncode
+    # exit 3 is the quality gate: the model is still there to score (and the benchmark must say so)
+    if rc not in (0, 3):
+        raise SystemExit(f"[{name}] the pipeline failed with exit code {rc}")
+    times = {"total": round(time.perf_counter() - t0, 1), "exit_code": rc}
+    for m in sorted(run_dir.glob("*/manifest.json")):
+        try:
+            times[m.parent.name] = json.loads(m.read_text()).get("wall_s")
+        except ValueError:
+            pass
+    return times
+
+
+def interpolated(base_dir: Path, tuned_dir: Path, alpha: float, out_root: Path) -> Path:
+    """``alpha * tuned + (1 - alpha) * base`` weights (WiSE-FT style), written beside the tuned model's files."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    out = out_root / f"interp-{alpha:g}"
+    if (out / "model.safetensors").is_file():
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(tuned_dir, out)
+    base, tuned = load_file(str(Path(base_dir) / "model.safetensors")), load_file(str(Path(tuned_dir) / "model.safetensors"))
+    strip = lambda k: k.split(".", 1)[1] if k.split(".", 1)[0] in ("bert", "model") and "." in k else k  # noqa: E731
+    base_by = {strip(k): v for k, v in base.items()}
+    mixed = {}
+    for k, v in tuned.items():
+        b = base_by.get(strip(k))
+        mixed[k] = (alpha * v.float() + (1 - alpha) * b.float()).to(v.dtype) if b is not None and b.shape == v.shape else v
+    save_file(mixed, str(out / "model.safetensors"))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=["build", "run", "score"])
+    p.add_argument("--corpus", action="append", choices=list(CORPORA), help="default: all")
+    p.add_argument("--split", choices=["dev", "test"], default="test")
+    p.add_argument("--run-root", type=Path, default=REPO / "runs", help="run directories: <root>/realq-<corpus>")
+    p.add_argument("--run-dir", type=Path, default=None, help="score: the run directory (one corpus)")
+    p.add_argument("--model", action="append", default=[], metavar="[LABEL=]DIR",
+                   help="score: extra model directories (default: <run-dir>/train/model as 'tuned')")
+    p.add_argument("--interpolate", default="", metavar="A,B,...",
+                   help="score: also score the tuned weights interpolated with the base at these mixing weights")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="run: pipeline overrides (dev tuning only)")
+    a = p.parse_args(argv)
+    names = a.corpus or list(CORPORA)
+    if a.command == "build":
+        build(names)
+        return 0
+    results, timings = [], {}
+    for name in names:
+        run_dir = a.run_dir if (a.run_dir and len(names) == 1) else a.run_root / f"realq-{name}"
+        if a.command == "run":
+            timings[name] = run_pipeline(name, run_dir, a.overrides)
+        models = {}
+        for spec in a.model:
+            label, _, d = spec.rpartition("=")
+            models[label or Path(d).name] = Path(d)
+        if not models and (run_dir / "train" / "model").is_dir():
+            models["tuned"] = run_dir / "train" / "model"
+        if a.interpolate and "tuned" in models:
+            sys.path.insert(0, str(REPO / "services"))
+            from domain_embed.config import load_config, resolve_path
+
+            base_dir = resolve_path(load_config(run_dir, [], save=False).model.path)
+            for alpha in (float(x) for x in a.interpolate.split(",") if x.strip()):
+                models[f"interp-{alpha:g}"] = interpolated(base_dir, models["tuned"], alpha, run_dir / "realq-interp")
+        results.append(score(name, run_dir, a.split, models))
+    print(table(results))
+    if timings:
+        print("\nstage wall times (s):", json.dumps(timings))
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps({"results": results, "timings": timings}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,86 @@
+"""Inference-only encoding through ONNX Runtime: the same vectors as the torch Encoder (fp32), the
+int8 graph only when its parity check passes, and the graph built once per model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from domain_embed.errors import UserError
+
+TEXTS = ["How do I create an index concurrently?", "VACUUM reclaims storage occupied by dead tuples.", "a",
+         "SELECT * FROM pg_stat_activity WHERE state = 'active';",
+         " ".join(["Write-ahead logging ensures durability by logging changes before they are applied."] * 40)]
+
+
+def _mcfg(tmp_path, **kw):
+    return OmegaConf.create({"inference_backend": "auto", "int8": "false", "int8_min_cosine": 0.99,
+                             "onnx_cache_dir": str(tmp_path / "onnx"), **kw})
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
+def test_onnx_fp32_matches_the_torch_encoder(spec, onnx_cache):
+    from domain_embed.encoding import Encoder
+    from domain_embed.inference import OnnxEncoder, cosine_rows, inference_encoder
+
+    enc = inference_encoder(spec, _mcfg(onnx_cache), log=lambda m: None)
+    assert isinstance(enc, OnnxEncoder) and enc.backend == "onnx" and enc.precision == "fp32"
+    assert enc.providers[0] == "CPUExecutionProvider"
+    assert enc.info["parity_vs_torch"]["min_cosine"] > 0.999
+    ref = Encoder(spec, device="cpu", batch_size=2)
+    for kind in ("query", "passage"):
+        a, b = ref.encode(TEXTS, kind), enc.encode(TEXTS, kind)
+        assert b.shape == (len(TEXTS), spec.dim) and b.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+        assert cosine_rows(a, b).min() > 0.999
+    # built once: a second encoder reuses the cached graph and its recorded build
+    (build,) = list((onnx_cache / "onnx").glob("*/build.json"))
+    before = build.stat().st_mtime_ns
+    inference_encoder(spec, _mcfg(onnx_cache), log=lambda m: None)
+    assert build.stat().st_mtime_ns == before
+    assert json.loads(build.read_text())["passed"] is True
+
+
+def test_torch_backend_and_bad_choices(spec, onnx_cache):
+    from domain_embed.inference import inference_encoder
+
+    enc = inference_encoder(spec, _mcfg(onnx_cache, inference_backend="torch"), log=lambda m: None)
+    assert enc.backend == "torch" and enc.info["why"] == "model.inference_backend=torch"
+    with pytest.raises(UserError, match="inference_backend"):
+        inference_encoder(spec, _mcfg(onnx_cache, inference_backend="tensorrt"))
+    with pytest.raises(UserError, match="int8"):
+        inference_encoder(spec, _mcfg(onnx_cache, int8="maybe"))
+
+
+def test_int8_is_used_only_where_allowed_and_when_parity_passes(spec, onnx_cache):
+    from domain_embed.inference import inference_encoder
+
+    logs: list[str] = []
+    q = inference_encoder(spec, _mcfg(onnx_cache, int8="auto"), allow_int8=True, parity_texts=TEXTS,
+                          log=logs.append)
+    assert q.precision == "int8", logs
+    par = q.info["parity_vs_fp32"]
+    assert par["texts"] > 0 and 0.99 <= par["min_cosine"] <= par["mean_cosine"] <= 1.0 + 1e-6
+    # evaluation never gets int8, whatever the config says
+    assert inference_encoder(spec, _mcfg(onnx_cache, int8="true"), allow_int8=False, log=logs.append).precision == "fp32"
+    # a threshold int8 cannot meet: auto falls back to fp32 and says why; true refuses
+    strict = _mcfg(onnx_cache, int8="auto", int8_min_cosine=0.999999)
+    fp = inference_encoder(spec, strict, allow_int8=True, parity_texts=TEXTS, log=logs.append)
+    assert fp.precision == "fp32" and fp.info["int8_rejected"]["min_cosine"] < 0.999999
+    assert any("int8 vectors disagree" in m for m in logs)
+    with pytest.raises(UserError, match="int8_min_cosine"):
+        inference_encoder(spec, _mcfg(onnx_cache, int8="true", int8_min_cosine=0.999999), allow_int8=True,
+                          parity_texts=TEXTS, log=logs.append)
+    # the quantised graph keeps its down-projections in fp32
+    import onnx
+
+    (int8_path,) = list((onnx_cache / "onnx").glob("*/model.int8.onnx"))
+    ops = [n.op_type for n in onnx.load(str(int8_path)).graph.node]
+    assert ops.count("MatMulInteger") == 30 and ops.count("MatMul") == 12 + 6
