@@ -193,6 +193,7 @@ class BiEncoder(L.LightningModule):
             self.trainer.callback_metrics["val_ndcg@10"] = torch.tensor(v)
             for cb in self.trainer.callbacks:  # best checkpoint, early stopping, progress
                 cb.on_validation_end(self.trainer, self)
+            self.owes_validation = False
 
     # ------------------------------------------------------------------ resume
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

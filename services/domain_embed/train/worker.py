@@ -292,6 +292,9 @@ def main(run_dir: Path) -> int:
     try:
         trainer.fit(module, train_dataloaders=train_dl, val_dataloaders=val_dl,
                     ckpt_path=str(ck.last) if resume else None)
+        if module.owes_validation:
+            # resumed at the last step: fit had nothing left to run, not even the validation it owed
+            trainer.validate(module, dataloaders=val_dl, verbose=False)
         trainer.strategy.barrier()
         if trainer.is_global_zero:
             write_outputs(run_dir, cfg, module, tokenizer, spec, ck, trainer, data, total_steps, resume)
