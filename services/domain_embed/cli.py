@@ -114,17 +114,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .rundir import run_stage
     from .stages import STAGES
 
-    from .rundir import stop_on_signals
-
     run_dir, cfg = _resolve_run_dir(args)
     timings: dict[str, float] = {}
     t0 = time.time()
-    with stop_on_signals():  # also between stages, not only inside one
-        for name, st in STAGES.items():
-            m = run_stage(st, run_dir, cfg, STAGES, force=args.force, quiet=args.quiet)
-            timings[name] = 0.0 if m.get("skipped") else float(m.get("wall_time_s", 0.0))
-            if args.until == name:
-                break
+    for name, st in STAGES.items():
+        m = run_stage(st, run_dir, cfg, STAGES, force=args.force, quiet=args.quiet)
+        timings[name] = 0.0 if m.get("skipped") else float(m.get("wall_time_s", 0.0))
+        if args.until == name:
+            break
     total = time.time() - t0
     print(f"\nrun finished in {total:.0f}s: {run_dir}", file=sys.stderr)
     for name, sec in timings.items():
@@ -187,16 +184,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if unknown:
         args.overrides = [*args.overrides, *unknown]
+    from .rundir import stop_on_signals
+
     try:
-        if args.command == "run":
-            return cmd_run(args)
         if args.command == "serve":
-            return cmd_serve(args)
+            return cmd_serve(args)  # serving drains requests on SIGTERM itself
         if args.command == "llm":
             return cmd_llm(args)
         if args.command == "config":
             return cmd_config(args)
-        return cmd_stage(args)
+        # SIGTERM/SIGINT from here on (config loading, between stages, inside one) raise Interrupted
+        with stop_on_signals():
+            return cmd_run(args) if args.command == "run" else cmd_stage(args)
     except UserError as exc:
         print(f"domain-embed {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code

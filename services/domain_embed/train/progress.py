@@ -128,8 +128,9 @@ class TrainProgress(L.Callback):
         self.bar: Any = None
         self.last_val: tuple[int, float] | None = None
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero:
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx) -> None:
+        # started at the first step, so the rate (and ETA) leaves out the base validation before it
+        if self.bar is None and trainer.is_global_zero:
             done = int(trainer.global_step)  # a resumed run counts (and rates) only what is left
             desc = "train: steps" + (f" {done + 1}..{self.total_steps}" if done else "")
             self.bar = Progress(total=max(0, (self.total_steps or done) - done), desc=desc, unit="step")
