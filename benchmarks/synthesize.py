@@ -1,11 +1,17 @@
-"""Synthesis throughput against the local llama.cpp server at concurrency 1 and 4, in one run.
+"""Synthesis throughput before and after, in one run: surviving LLM-written pairs per CPU-minute.
 
-For each concurrency it runs the real synthesize stage in a fresh run directory on the same chunks
-(the server started with as many parallel slots as the concurrency), and reports generation
-requests per second, tokens per second, and pairs kept per document (LLM pairs and all pairs).
-The last row is the ratio c4/c1 measured in this same run.
+"before" is the synthesize stage of a git ref (default: the commit before batched generation), exported
+with ``git archive``; "after" is this working tree. Each runs the real stage (real llama.cpp server,
+SmolLM2-135M) as a subprocess in a fresh run directory on the same chunks, and the CPU time is the
+process tree's (``RUSAGE_CHILDREN``: the CLI, the encoder and the llama.cpp server), so a machine shared
+with other jobs counts only this work.
 
-    python benchmarks/synthesize.py [--chunks runs/demo/curate/chunks.jsonl] [--max-chunks 6]
+    python benchmarks/synthesize.py --chunks runs/x/curate/chunks.jsonl \
+        [--before-ref 0790930] [--before "synth.max_chunks=16"] [--after ""]
+
+By default "after" runs with its defaults (a 4-minute generation budget); "before" with 16 chunks (48
+generations: its default of 80 chunks would take about 15 minutes), which only raises the share of the fixed
+cost in its stage CPU -- the per-CPU-minute of *generation* column subtracts that cost on both sides.
 
 Chunks default to tests/synth/sample_chunks.jsonl (ten chunks of four sample-corpus pages).
 """
@@ -13,73 +19,110 @@ Chunks default to tests/synth/sample_chunks.jsonl (ten chunks of four sample-cor
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
+import resource
 import shutil
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parent.parent
+BEFORE_REF = "0790930"  # main before the synthesis refactor: one request per query type, few-shot per document
 
 
-def run_once(chunks: Path, concurrency: int, args: argparse.Namespace) -> dict:
-    from domain_embed.config import load_config
-    from domain_embed.rundir import run_stage
-    from domain_embed.stages import STAGES
+def _curated_run(chunks: Path, code: Path, overrides: list[str]) -> Path:
+    """A run dir whose curate stage 'wrote' ``chunks`` (with a real manifest), made by ``code``'s package."""
+    rd = Path(tempfile.mkdtemp(prefix="synth-bench-"))
+    script = ("import dataclasses, shutil, sys; from pathlib import Path; from domain_embed.config import load_config; "
+              "from domain_embed.rundir import run_stage; from domain_embed.stages import STAGES; "
+              "rd = Path(sys.argv[1]); cfg = load_config(rd, sys.argv[3:]); "
+              "f = lambda ctx: (shutil.copy(sys.argv[2], ctx.dir / 'chunks.jsonl'), {})[1]; "
+              "run_stage(dataclasses.replace(STAGES['curate'], fn=f), rd, cfg, STAGES, quiet=True)")
+    subprocess.run([sys.executable, "-c", script, str(rd), str(chunks), *overrides], check=True,
+                   env=_env(code))
+    return rd
 
-    rd = Path(tempfile.mkdtemp(prefix=f"synth-bench-c{concurrency}-"))
-    overrides = [f"synth.max_chunks={args.max_chunks}", "synth.types.factual=1", "synth.types.keyword=1",
-                 f"synth.judge.enabled={str(args.judge).lower()}", f"llm.concurrency={concurrency}",
-                 f"llm.local.n_parallel={concurrency}", f"llm.local.threads={args.threads}"]
-    cfg = load_config(rd, overrides)
 
-    def curate(ctx):
-        shutil.copy(chunks, ctx.dir / "chunks.jsonl")
-        return {}
+def _env(code: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(code / "services"), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+            "DOMAIN_EMBED_CONFIG_DIR": str(code / "configs")}
 
-    run_stage(dataclasses.replace(STAGES["curate"], fn=curate), rd, cfg, STAGES, quiet=True)
+
+def run_once(label: str, code: Path, chunks: Path, overrides: list[str]) -> dict:
+    rd = _curated_run(chunks, code, overrides)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    man = run_stage(STAGES["synthesize"], rd, cfg, STAGES, quiet=True)
+    r = subprocess.run([sys.executable, "-m", "domain_embed.cli", "synthesize", "--run-dir", str(rd), "--quiet"],
+                       env=_env(code), capture_output=True, text=True)
     wall = time.perf_counter() - t0
-    c = man["counts"]
-    g = c["llm"]["generate"]
-    n_docs = len({json.loads(l)["doc_id"] for l in chunks.read_text().splitlines() if l.strip()})
-    llm_pairs = sum(v for k, v in c["pairs_by_source"].items() if k.startswith("llm:"))
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if r.returncode != 0:
+        raise SystemExit(f"{label}: synthesize failed: {r.stderr[-800:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    c = json.loads((rd / "synth" / "manifest.json").read_text())["counts"]
+    qa = [json.loads(l) for l in (rd / "synth" / "qa.jsonl").read_text().splitlines() if l.strip()]
+    llm = [q for q in qa if q["source"]["kind"] == "llm"]
+    g = c["llm"].get("generate", {})
+    out = {"label": label, "chunks_sampled": c["chunks_sampled"], "requests": g.get("requests", 0),
+           "llm_queries": sum(v for k, v in c["candidates_by_source"].items() if k.startswith("llm:")),
+           "llm_pairs_kept": len(llm), "cpu_s": cpu, "wall_s": wall,
+           "kept_per_cpu_min": len(llm) / (cpu / 60), "failures": sum(g.get("failures", {}).values()),
+           "sample": [f"{q['query_type']}: {q['question']}" for q in llm[:8]]}
     shutil.rmtree(rd, ignore_errors=True)
-    return {"concurrency": concurrency, "requests": g["requests"], "gen_wall_s": g["wall_s"],
-            "req_per_s": g["requests"] / g["wall_s"], "tok_per_s": g["completion_tokens"] / g["wall_s"],
-            "llm_pairs_per_doc": llm_pairs / n_docs, "pairs_per_doc": c["pairs"] / n_docs,
-            "stage_wall_s": wall, "failures": sum(g["failures"].values()),
-            "failure_kinds": {**g["failures"], **{f"retried_{k}": v for k, v in g["transient_errors"].items()},
-                              "json_repairs": g["json_repairs"]}}
+    return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--chunks", type=Path, default=REPO / "tests" / "synth" / "sample_chunks.jsonl")
-    ap.add_argument("--max-chunks", type=int, default=6)
-    ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads (llm.local.threads)")
-    ap.add_argument("--judge", action="store_true", help="include the LLM judge in the stage")
+    ap.add_argument("--before-ref", default=BEFORE_REF, help="git ref whose synthesize stage is 'before'")
+    ap.add_argument("--before", default="synth.max_chunks=16", help="overrides for the before run (space-separated)")
+    ap.add_argument("--after", default="",
+                    help="overrides for the after run (space-separated)")
+    ap.add_argument("--common", default="", help="overrides for both runs")
     args = ap.parse_args()
     if not args.chunks.is_file():
         print(f"no chunks file at {args.chunks}; run `domain-embed curate` first or pass --chunks", file=sys.stderr)
         return 2
-    rows = [run_once(args.chunks, c, args) for c in (1, 4)]
-    cols = ["concurrency", "requests", "gen_wall_s", "req_per_s", "tok_per_s", "llm_pairs_per_doc", "pairs_per_doc",
-            "failures"]
+    old = Path(tempfile.mkdtemp(prefix="synth-before-"))
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", args.before_ref, "services", "configs"],
+                             check=True, capture_output=True).stdout
+    with tarfile.open(fileobj=__import__("io").BytesIO(archive)) as tf:
+        tf.extractall(old, filter="data")
+    common = args.common.split()
+    # Each side's stage without any generation (imports, encoder, corpus embedding for the round trip), on the
+    # same chunks: subtracted from that side's CPU, it leaves the CPU that generation itself took.
+    no_gen = [f"synth.types.{t}=0" for t in ("factual", "keyword", "procedural", "structural", "multi_hop")]
+    sides = [(f"before ({args.before_ref})", old, args.before.split()), ("after (this tree)", REPO, args.after.split())]
+    rows = []
+    for label, code, extra in sides:
+        # twice: the first may also build caches outside the run (the base model's ONNX graph)
+        fixed = min((run_once(f"{label}, no generation", code, args.chunks, common + extra + no_gen) for _ in range(2)),
+                    key=lambda f: f["cpu_s"])
+        r = run_once(label, code, args.chunks, common + extra)
+        r["fixed_cpu_s"] = fixed["cpu_s"]
+        r["gen_cpu_s"] = max(1e-3, r["cpu_s"] - fixed["cpu_s"])
+        r["kept_per_gen_cpu_min"] = r["llm_pairs_kept"] / (r["gen_cpu_s"] / 60)
+        rows.append(r)
+    shutil.rmtree(old, ignore_errors=True)
+    cols = ["label", "chunks_sampled", "requests", "llm_queries", "llm_pairs_kept", "cpu_s", "wall_s",
+            "kept_per_cpu_min", "fixed_cpu_s", "gen_cpu_s", "kept_per_gen_cpu_min", "failures"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(f"{r[k]:.3g}" if isinstance(r[k], float) else str(r[k]) for k in cols) + " |")
-    c1, c4 = rows
+    b, a = rows
+    print(f"surviving LLM pairs per CPU-minute of the stage, after/before: "
+          f"{a['kept_per_cpu_min'] / max(b['kept_per_cpu_min'], 1e-9):.2f}x; "
+          f"per CPU-minute of generation: {a['kept_per_gen_cpu_min'] / max(b['kept_per_gen_cpu_min'], 1e-9):.2f}x")
     for r in rows:
-        print(f"c{r['concurrency']}: failures and retries by kind {r['failure_kinds']}")
-    print(f"| c4/c1 | | | {c4['req_per_s'] / c1['req_per_s']:.2f}x | {c4['tok_per_s'] / c1['tok_per_s']:.2f}x | | | |")
+        print(f"{r['label']}: first kept LLM queries:")
+        for q in r["sample"]:
+            print(f"   {q}")
     return 0
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from domain_embed.synth import filters as F
 from domain_embed.synth.prompts import build_examples, chat_messages, completion_prompt, parse_judge
-from domain_embed.synth.stage import plan_tasks, sample_chunks
+from domain_embed.synth.candidates import plan_tasks, sample_chunks
 from domain_embed.synth.structure import normalize_heading, structure_queries
 
 CHUNKS = [json.loads(l) for l in (Path(__file__).parent / "sample_chunks.jsonl").read_text().splitlines()]
@@ -23,9 +23,11 @@ def test_format_filter_reasons():
     assert F.format_reason("Indexes?", "factual") == "too_short"
     assert F.format_reason("Partial indexes are indexes built over a subset of a table.", "factual") == "not_a_question"
     assert F.format_reason("What does the passage say about locks?", "factual") == "refers_to_passage"
+    assert F.format_reason("What is the last two lines above?", "factual") == "refers_to_passage"  # SmolLM2 wrote it
     assert F.format_reason("What is MVCC? How does VACUUM work?", "factual") == "several_questions"
     assert F.format_reason(" ".join(["word"] * 41) + "?", "factual") == "too_long"
     assert F.format_reason("vacuum full", "keyword") is None
+    assert F.format_reason("you can use a hostname, but you need to,", "keyword") == "fragment"
     assert F.format_reason(" ".join(["w"] * 11), "keyword") == "too_long"
 
 
@@ -114,7 +116,7 @@ def test_judge_auto_and_degenerate_judge_detection(base_cfg):
     from omegaconf import OmegaConf
 
     from domain_embed.errors import UserError
-    from domain_embed.synth.stage import _degenerate, judge_enabled
+    from domain_embed.synth.generate import degenerate as _degenerate, judge_enabled
 
     cfg = OmegaConf.create(OmegaConf.to_container(base_cfg))
     assert cfg.synth.judge.enabled == "auto" and judge_enabled(cfg) is False  # local tiny model

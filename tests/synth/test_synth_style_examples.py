@@ -6,7 +6,7 @@ import json
 
 from domain_embed.config import load_config
 from domain_embed.synth import prompts as P
-from domain_embed.synth.stage import fingerprint
+from domain_embed.synth.generate import fingerprint
 
 
 def test_style_examples_reach_prompts_and_fingerprint(tmp_path):
@@ -16,7 +16,7 @@ def test_style_examples_reach_prompts_and_fingerprint(tmp_path):
     styled = load_config(None, [f"synth.style_examples_file={real}", "synth.style_examples_n=2"], save=False)
     assert fingerprint(plain) != fingerprint(styled), "generations made without the examples must not be reused"
 
-    from domain_embed.synth.stage import _style_queries
+    from domain_embed.synth.generate import style_queries as _style_queries
 
     shown = _style_queries(styled)
     assert len(shown) == 2 and set(shown) <= {"vacuum full lock", "pg_dump parallel", "hot standby lag"}

@@ -326,20 +326,6 @@ class LLMClient:
                                                 f"matching this schema: {json.dumps(schema)}"}]
         raise AssertionError("unreachable")
 
-    async def complete_json(self, prompt: str, schema: dict[str, Any], prefix: str = "", retries: int = 1,
-                            **params: Any) -> tuple[Any, Completion]:
-        """Completion-style JSON (base models): ``prefix`` is the start of the JSON the prompt ends with."""
-        for turn in range(retries + 1):
-            comp = await self.complete(prompt, **params)
-            obj, kind, reason = _parse(prefix + comp.text, schema)
-            if kind is None:
-                return obj, comp
-            if turn == retries:
-                self.stats.failures[kind] += 1
-                raise LLMError(kind, reason)
-            self.stats.repairs += 1
-        raise AssertionError("unreachable")
-
 
 def _parse(text: str, schema: dict[str, Any]) -> tuple[Any, str | None, str]:
     try:
@@ -350,3 +336,55 @@ def _parse(text: str, schema: dict[str, Any]) -> tuple[Any, str | None, str]:
     if reason is not None:
         return obj, "schema", reason
     return obj, None, ""
+
+
+# ---------------------------------------------------------------- preflight
+def preflight(cfg, base_url: str, attempts: int = 3, pause_s: float = 1.0) -> float:
+    """One tiny request before any real one, so that a wrong URL, key or model fails at once.
+
+    Returns the seconds the request took. Raises :class:`~domain_embed.errors.UserError` naming the
+    URL, the HTTP status and what to set. Transient answers (429, 5xx, no connection yet) are tried
+    ``attempts`` times before giving up; other 4xx are not retried."""
+    from ..errors import UserError
+    from .server import api_key
+
+    llm = cfg.llm
+    completion = llm.kind == "local" and str(llm.local.prompt_style) == "completion"
+    url = f"{base_url.rstrip('/')}/{'completions' if completion else 'chat/completions'}"
+    body: dict[str, Any] = {"model": str(llm.model), "max_tokens": 1, "temperature": 0.0}
+    body.update({"prompt": "ping"} if completion else {"messages": [{"role": "user", "content": "ping"}]})
+    key = api_key(cfg)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    env = str(llm.get("api_key_env") or "")
+    key_hint = (f"the API key in ${env} (llm.api_key_env={env})" if env else "llm.api_key_env, the variable that "
+                "holds the endpoint's API key")
+    status, detail = 0, ""
+    for attempt in range(max(1, attempts)):
+        t0 = time.perf_counter()
+        try:
+            resp = httpx.post(url, json=body, headers=headers, timeout=float(llm.timeout_s))
+        except httpx.HTTPError as exc:
+            status, detail = 0, f"{type(exc).__name__}: {exc}"
+        else:
+            status, detail = resp.status_code, resp.text[:200].strip()
+            if status == 200:
+                return time.perf_counter() - t0
+            if status not in RETRYABLE_STATUS:
+                break
+        if attempt + 1 < attempts:
+            time.sleep(pause_s * (attempt + 1))
+    if status == 0:
+        what = f"could not reach the LLM endpoint at {url} ({detail})"
+        todo = "set llm.base_url to a running OpenAI-compatible server (ending in /v1), or null to start the local one"
+    elif status in (401, 403):
+        what = f"the LLM endpoint {url} answered HTTP {status} (not authorised: {detail})"
+        todo = f"set {key_hint} to a valid key for llm.base_url={llm.get('base_url')}"
+    elif status == 404:
+        what = f"the LLM endpoint {url} answered HTTP 404 ({detail})"
+        todo = (f"set llm.base_url to the OpenAI-compatible base URL (ending in /v1, now {llm.get('base_url')}) "
+                f"and llm.model to a model it serves (now {llm.model})")
+    else:
+        what = f"the LLM endpoint {url} answered HTTP {status} to a test request ({detail})"
+        todo = (f"check llm.base_url={llm.get('base_url')}, llm.model={llm.model} and {key_hint}; "
+                f"retry later if the endpoint is overloaded")
+    raise UserError(f"{what}; {todo}. No generation was sent.")

@@ -9,6 +9,7 @@ Public entries:
 * :func:`local_llm` -- a context manager yielding an OpenAI-compatible base URL (``.../v1``).
   For ``llm.kind=local`` it starts the server and stops it on exit; for ``llm.kind=remote`` it
   checks the API key is set and yields ``llm.base_url`` untouched.
+* :class:`Endpoint` -- the same, started lazily on first use (a stage that resumes fully starts nothing).
 * :func:`serve_forever` -- ``domain-embed llm serve``: serve in the foreground until Ctrl-C.
 """
 
@@ -180,6 +181,35 @@ def local_llm(cfg: DictConfig, log_path: Path | None = None) -> Iterator[str]:
         yield server.base_url
     finally:
         server.stop()
+
+
+class Endpoint:
+    """The LLM endpoint of one stage, made ready on first use and released on exit.
+
+    ``with Endpoint(cfg, log_path) as llm: ... llm.url() ...``: the first ``url()`` starts the local
+    server (or checks the remote settings); nothing starts when no request is needed (a full resume)."""
+
+    def __init__(self, cfg: DictConfig, log_path: Path | None = None):
+        self.cfg, self.log_path = cfg, log_path
+        self._stack = contextlib.ExitStack()
+        self._url: str | None = None
+        self.preflight_s: float | None = None
+
+    def url(self) -> str:
+        """The base URL, checked by one tiny request (:func:`~domain_embed.llm.client.preflight`)."""
+        if self._url is None:
+            from .client import preflight
+
+            url = self._stack.enter_context(local_llm(self.cfg, log_path=self.log_path))
+            self.preflight_s = preflight(self.cfg, url)
+            self._url = url
+        return self._url
+
+    def __enter__(self) -> "Endpoint":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stack.close()
 
 
 def serve_forever(cfg: DictConfig, host: str, port: int) -> int:

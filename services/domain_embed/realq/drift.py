@@ -298,13 +298,13 @@ def drift_flags(report: dict[str, Any]) -> list[dict[str, str]]:
         n_llm = sum(v["n"] for t, v in by_type.items() if t not in STRUCTURE_TYPES)
         add("structure_dominated", f"{_pct(structure)} of synthetic queries are heading/title pseudo-queries and only "
             f"{n_llm} came from the LLM — the generator's questions were mostly filtered out, so the held-out set "
-            f"mostly tests heading lookup; use a stronger LLM (llm=nim) or raise synth.max_chunks")
+            f"mostly tests heading lookup; use a stronger LLM (llm=nim) or raise synth.budget_minutes")
     e = report.get("embedding")
     if e:
         if e["uncovered_fraction"] >= COVERAGE_FRACTION:
             ex = "; ".join(f"'{t}'" for t in e["uncovered_examples"][:3])
             add("coverage", f"{_pct(e['uncovered_fraction'])} of real queries have no synthetic query nearby "
-                f"(cosine < {COVERAGE_COS}), e.g. {ex} — raise synth.max_chunks so more of the corpus gets queries, "
+                f"(cosine < {COVERAGE_COS}), e.g. {ex} — raise synth.budget_minutes so more of the corpus gets queries, "
                 f"and check those topics are in the corpus")
         gap = e["nn_cosine_synthetic_to_synthetic"] - e["nn_cosine_real_to_synthetic"]
         if e["mmd_p_value"] <= MMD_ALPHA and gap >= NN_GAP:

@@ -80,7 +80,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     queried = {chunk_doc[s] for q in qa for s in q.get("segment_ids", []) if s in chunk_doc}
     if len(queried) < 2:
         raise UserError(f"only {len(queried)} document(s) have synthetic queries; the split needs at least 2 "
-                        f"(train and test) -- raise synth.max_chunks or add documents to corpus.path")
+                        f"(train and test) -- raise synth.budget_minutes (or synth.max_chunks if set) or add documents to corpus.path")
     assign = assign_documents(queried, float(sc.test_fraction), float(sc.val_fraction), int(cfg.seed))
     for d in chunk_doc.values():
         assign.setdefault(d, "train")
@@ -130,10 +130,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "counts": counts,
     })
     if not by_part["test"]:
-        raise UserError("the split left no test queries; raise synth.max_chunks or split.test_fraction")
+        raise UserError("the split left no test queries; raise synth.budget_minutes (or synth.max_chunks if set) or split.test_fraction")
     if len(by_part["test"]) < int(sc.min_test_queries_warning):
         ctx.log(f"WARNING: the test set has only {len(by_part['test'])} queries (< {sc.min_test_queries_warning}); "
-                f"metrics will be noisy -- raise synth.max_chunks or split.test_fraction")
+                f"metrics will be noisy -- raise synth.budget_minutes (or synth.max_chunks if set) or split.test_fraction")
     if not by_part["train"]:
-        ctx.log("WARNING: no training queries; raise synth.max_chunks or lower split.test_fraction")
+        ctx.log("WARNING: no training queries; raise synth.budget_minutes (or synth.max_chunks if set) or lower split.test_fraction")
     return counts

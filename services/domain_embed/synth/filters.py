@@ -18,7 +18,8 @@ _QUESTION_START = re.compile(
     re.I)
 # Phrases that make a query depend on the prompt rather than stand alone.
 _CONTEXT_REFS = re.compile(r"\b(the (given |above |following |provided )?(passage|text|paragraph|excerpt|snippet)|"
-                           r"passage \d|according to the (text|passage|author)|this (passage|text|excerpt))\b", re.I)
+                           r"passage \d|according to the (text|passage|author)|this (passage|text|excerpt)|"
+                           r"(lines?|sentences?|paragraphs?|examples?|code|commands?) (above|below))\b", re.I)
 
 
 def words(text: str) -> list[str]:
@@ -41,6 +42,8 @@ def format_reason(question: str, query_type: str, min_words: int = 3, max_words:
     if query_type in ("keyword", "heading", "title"):
         if n > keyword_max_words:
             return "too_long"
+        if query_type == "keyword" and q[-1] in ",;:":  # a sentence cut off by the length cap
+            return "fragment"
         return None
     if n < min_words:
         return "too_short"

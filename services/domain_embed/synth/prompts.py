@@ -15,7 +15,7 @@ from typing import Any
 QUERY_TYPES = ("factual", "keyword", "procedural", "structural", "multi_hop")
 
 # Bump when prompts change: generations keyed under an older version are not reused on resume.
-PROMPT_VERSION = "5"
+PROMPT_VERSION = "6"  # 6: one call answers several query types (synth.batch_types), constant prefix
 
 INSTRUCTIONS = {
     "factual": "Write one specific question that a user of this documentation would ask and that the passage "
@@ -199,3 +199,64 @@ def parse_judge(text: str) -> dict[str, int] | None:
 def request_seed(key: str) -> int:
     """A per-request sampling seed, so a rerun of the same key asks for the same sample."""
     return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
+
+
+# ---------------------------------------------------------------- several types from one call
+# The JSON key each single-passage type is answered under, and what the system prompt asks for it.
+BATCH_KEYS = {"factual": "question", "keyword": "search", "procedural": "how_to", "structural": "section_question"}
+BATCH_ASK = {
+    "factual": '"question": a specific question the passage answers, in your own words',
+    "keyword": '"search": a short search-box query (2 to 5 words)',
+    "procedural": '"how_to": a "How do I ..." question about a task the passage explains',
+    "structural": '"section_question": a question about what the passage\'s section covers',
+}
+BATCH_MAX_CHARS = {"factual": 120, "keyword": 40, "procedural": 120, "structural": 120}
+
+
+def batch_types(types: dict[str, int]) -> list[str]:
+    """The single-passage types one batched call answers, in a fixed order."""
+    return [t for t in QUERY_TYPES if t in BATCH_KEYS and int(types.get(t, 0) or 0) > 0]
+
+
+def batch_schema(qtypes: list[str]) -> dict[str, Any]:
+    """Every requested key, length-capped, so constrained decoding cannot ramble."""
+    return {"type": "object", "required": [BATCH_KEYS[t] for t in qtypes],
+            "properties": {BATCH_KEYS[t]: {"type": "string", "minLength": 3, "maxLength": BATCH_MAX_CHARS[t]}
+                           for t in qtypes}}
+
+
+def batch_system(qtypes: list[str], style_queries: list[str] | None = None) -> str:
+    asks = "; ".join(BATCH_ASK[t] for t in qtypes)
+    return ("You write search queries that users of technical documentation would type to find a passage. "
+            f"For each passage answer with one JSON object: {asks}.{style_hint(style_queries)}")
+
+
+def batch_examples(structure_rows: list[dict[str, Any]], chunks_by_id: dict[str, dict[str, Any]],
+                   qtypes: list[str], n: int, seed: int, words_per_passage: int = 40) -> list[dict[str, Any]]:
+    """``n`` examples chosen once per run (not per document), so every prompt starts with the same tokens
+    and llama.cpp reuses their KV cache: the examples cost prompt evaluation once per slot, not per call."""
+    pool = [r for r in structure_rows if r["query_type"] == "heading"]
+    if not pool or n <= 0:
+        return []
+    rng = random.Random(f"{seed}:batch")
+    out = []
+    for r in rng.sample(pool, min(n, len(pool))):
+        c = chunks_by_id[r["segment_ids"][0]]
+        title = str(c.get("title") or "")
+        answer = {BATCH_KEYS[t]: example_question(t, r["question"], title) for t in qtypes}
+        body = c["text"].partition("\n")[2].strip() or c["text"]
+        out.append({"passages": [_words(body, words_per_passage)], "answer": answer})
+    return out
+
+
+def batch_messages(qtypes: list[str], passages: list[str], examples: list[dict[str, Any]],
+                   style_queries: list[str] | None = None) -> list[dict[str, str]]:
+    """The constant prefix (system prompt and examples) first, the passage last."""
+    import json
+
+    msgs = [{"role": "system", "content": batch_system(qtypes, style_queries)}]
+    for ex in examples:
+        msgs.append({"role": "user", "content": _passage_block(ex["passages"])})
+        msgs.append({"role": "assistant", "content": json.dumps(ex["answer"])})
+    msgs.append({"role": "user", "content": _passage_block(passages)})
+    return msgs

@@ -1,0 +1,136 @@
+"""A bad LLM endpoint fails the synthesize stage loudly (issue 12).
+
+The endpoint faults are injected by small HTTP servers on 127.0.0.1: one that answers every request
+401 or 404 (a wrong key or URL), and a proxy in front of the real llama.cpp server that fails some
+requests with 500. The success path against the real server is in test_synth_stage_real.py, and the
+rerun here goes to the real server directly."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from domain_embed.config import load_config
+from domain_embed.errors import UserError
+from domain_embed.llm.server import local_llm
+from domain_embed.rundir import read_jsonl, run_stage
+from domain_embed.stages import STAGES
+
+BIN = Path(sys.executable).parent / "domain-embed"
+HERE = Path(__file__).parent
+
+
+def make_run(run_dir: Path, overrides: list[str]) -> None:
+    """A run directory whose curate stage 'wrote' the sample chunks (as in test_synth_stage_real.py)."""
+    cfg = load_config(run_dir, overrides)
+
+    def curate(ctx):
+        shutil.copy(HERE / "sample_chunks.jsonl", ctx.dir / "chunks.jsonl")
+        return {}
+
+    run_stage(dataclasses.replace(STAGES["curate"], fn=curate), run_dir, cfg, STAGES, quiet=True)
+
+
+class _Server:
+    """A threaded HTTP server on 127.0.0.1 whose POST answers come from ``answer(path, body)``."""
+
+    def __init__(self, answer):
+        outer = self
+        self.requests = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                outer.requests += 1
+                status, data = answer(self.path, body, outer.requests)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("status,hint", [(401, "DE_TEST_LLM_KEY"), (404, "llm.base_url")])
+def test_bad_endpoint_fails_at_once_with_url_status_and_what_to_set(tmp_path, status, hint):
+    srv = _Server(lambda path, body, n: (status, json.dumps({"error": "nope"}).encode()))
+    try:
+        rd = tmp_path / "run"
+        make_run(rd, ["synth.max_chunks=2"])
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "DE_TEST_LLM_KEY": "wrong-key"}
+        r = subprocess.run([str(BIN), "synthesize", "--run-dir", str(rd), "llm=nim", f"llm.base_url={srv.url}",
+                            "llm.api_key_env=DE_TEST_LLM_KEY"], env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        srv.close()
+    assert r.returncode != 0
+    assert f"{srv.url}/chat/completions" in r.stderr and f"HTTP {status}" in r.stderr and hint in r.stderr
+    assert srv.requests == 1, "a wrong key or URL is not retried, and no generation is sent after it"
+    assert not (rd / "synth" / "manifest.json").exists()
+
+
+def test_unreachable_endpoint_names_the_setting(tmp_path):
+    rd = tmp_path / "run"
+    make_run(rd, ["synth.max_chunks=2"])
+    cfg = load_config(rd, [f"llm.base_url=http://127.0.0.1:{_free_port()}/v1"])
+    with pytest.raises(UserError, match=r"could not reach the LLM endpoint .*set llm.base_url"):
+        run_stage(STAGES["synthesize"], rd, cfg, STAGES, quiet=True)
+
+
+def test_too_many_failed_generations_fail_the_stage_and_a_fixed_rerun_resumes(tmp_path):
+    """A proxy before the real server fails every third generation: over synth.max_failed_fraction the stage
+    exits with the failure kinds; the rerun against the real server sends only the failed ones."""
+    cfg0 = load_config(None, [], save=False)
+    with local_llm(cfg0) as real_url:
+        def forward(path, body, n):
+            if n > 1 and n % 3 == 0:  # request 1 is the preflight
+                return 500, b'{"error": "injected"}'
+            r = httpx.post(real_url.rsplit("/v1", 1)[0] + path, content=body, timeout=300,
+                           headers={"Content-Type": "application/json"})
+            return r.status_code, r.content
+
+        proxy = _Server(forward)
+        rd = tmp_path / "run"
+        common = ["synth.max_chunks=3", "synth.types.factual=1", "synth.types.keyword=1", "synth.types.multi_hop=0",
+                  "synth.judge.enabled=false", "llm.max_retries=0", "llm.concurrency=1", "synth.max_failed_fraction=0.1"]
+        make_run(rd, common)
+        try:
+            with pytest.raises(UserError, match=r"generations failed \(http_5xx: \d+\).*synth.max_failed_fraction"):
+                run_stage(STAGES["synthesize"], rd, load_config(rd, [f"llm.base_url={proxy.url}"]), STAGES, quiet=True)
+        finally:
+            proxy.close()
+        gen = rd / "synth" / "generations.jsonl"
+        ok_before = {r["key"] for r in read_jsonl(gen) if r.get("ok")}
+        failed = {r["key"] for r in read_jsonl(gen) if not r.get("ok")}
+        assert ok_before and failed and not (rd / "synth" / "manifest.json").exists()
+
+        man = run_stage(STAGES["synthesize"], rd, load_config(rd, [f"llm.base_url={real_url}"]), STAGES, quiet=True)
+    c = man["counts"]
+    assert c["generations_resumed"] == len(ok_before)
+    assert c["llm"]["generate"]["requests"] >= len(failed) and c["generations_ok"] == c["generations_planned"]
