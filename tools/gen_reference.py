@@ -44,8 +44,10 @@ ENV_DOCS = {
     "TOKENIZERS_PARALLELISM": ("false (set by the CLI)", "Silences the tokenizers fork warning in multi-process stages."),
     "DOMAIN_EMBED_TRITONSERVER": ("the binary in the nvidia-pytriton wheel, else `tritonserver` on PATH",
                                   "The tritonserver binary `domain-embed serve` starts."),
-    "DOMAIN_EMBED_WEIGHT_HASH": ("unset", "When set, each training rank writes a hash of its final weights "
-                                 "(to check DDP kept the ranks identical)."),
+    "DOMAIN_EMBED_STOP_TIMEOUT_S": ("25", "Seconds from SIGTERM/SIGINT to exit for a stage command: it saves what "
+                                    "it can (a training checkpoint), stops its children, and exits 128+signal; past "
+                                    "this a watchdog kills the children and exits. Keep it under the pod's "
+                                    "terminationGracePeriodSeconds (Kubernetes' default: 30)."),
     "DOMAIN_EMBED_CACHE_DIR": ("`$XDG_CACHE_HOME/domain-embed`, else `~/.cache/domain-embed`",
                                "Per-machine caches: built ONNX inference graphs (`onnx/`, unless `model.onnx_cache_dir` "
                                "is set) and memoised sha256 of large model files (`file-sha256/`)."),

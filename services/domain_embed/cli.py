@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import UserError
+from .errors import Interrupted, UserError
 
 EPILOG = """examples:
   domain-embed run                                   # the whole pipeline on the sample corpus -> runs/demo
@@ -206,18 +206,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if unknown:
         args.overrides = [*args.overrides, *unknown]
+    from .rundir import stop_on_signals
+
     try:
-        if args.command == "run":
-            return cmd_run(args)
         if args.command == "serve":
-            return cmd_serve(args)
+            return cmd_serve(args)  # serving drains requests on SIGTERM itself
         if args.command == "llm":
             return cmd_llm(args)
         if args.command == "config":
             return cmd_config(args)
-        return cmd_stage(args)
+        # SIGTERM/SIGINT from here on (config loading, between stages, inside one) raise Interrupted
+        with stop_on_signals():
+            return cmd_run(args) if args.command == "run" else cmd_stage(args)
     except UserError as exc:
         print(f"domain-embed {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Interrupted as exc:
+        # SIGTERM -> 143, SIGINT -> 130: a stopped run is never reported as a success
+        print(f"domain-embed {args.command}: {exc}; finished work is kept, rerun to resume", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"domain-embed {args.command}: interrupted; finished work is kept, rerun to resume", file=sys.stderr)

@@ -19,3 +19,18 @@ class QualityGateFailed(UserError):
     def __init__(self, message: str, counts: dict | None = None):
         super().__init__(message)
         self.counts = counts or {}
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGINT arrived: stop now, keep what is saved, exit ``128 + signal``.
+
+    A ``KeyboardInterrupt`` so that ``except Exception`` never swallows it and every ``finally``
+    (servers, worker processes, temporary files) still runs on the way out.
+    """
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = int(signum)
+        self.exit_code = 128 + self.signum
+        super().__init__(f"stopped by {signal.Signals(self.signum).name}")

@@ -8,6 +8,10 @@ Layout (see DESIGN.md)::
 A stage is *done* when its manifest exists and records the same config hash, the same input
 hashes, and outputs whose hashes still match. A later stage verifies each input against the
 manifest of the stage that wrote it, and refuses it (with the command that fixes it) otherwise.
+
+SIGTERM and SIGINT during a stage raise :class:`errors.Interrupted`: the stage unwinds through its
+``finally`` blocks (saving what it can, stopping its children), no manifest is written, and the
+command exits 128+signal, at the latest :func:`stop_timeout_s` after the signal.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Any, Callable, Iterable, Iterator
 from omegaconf import DictConfig, OmegaConf
 
 from .config import EncodingSpec, config_hash, model_spec
-from .errors import QualityGateFailed, UserError
+from .errors import Interrupted, QualityGateFailed, UserError
 
 
 # ---------------------------------------------------------------- atomic writes
@@ -240,6 +244,107 @@ def package_versions(names: Iterable[str] = ()) -> dict[str, str]:
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[n] = metadata.version(n)
     return out
+
+
+# ---------------------------------------------------------------- stopping on SIGTERM / SIGINT
+def stop_timeout_s() -> float:
+    """Seconds from SIGTERM to exit. The chart's pipeline pods get Kubernetes' default grace of 30 s
+    before SIGKILL, so 25 s leaves a margin (``DOMAIN_EMBED_STOP_TIMEOUT_S`` changes it)."""
+    try:
+        return max(1.0, float(os.environ.get("DOMAIN_EMBED_STOP_TIMEOUT_S", "25")))
+    except ValueError:
+        return 25.0
+
+
+class _Stopping:
+    signum: int | None = None
+    deadline: float | None = None    # time.monotonic() by which the process must be gone
+    active = False
+    children: dict[int, tuple[Any, bool]] = {}   # pid -> (Popen, whole process group)
+    timer: Any = None
+
+
+def register_child(proc: Any, group: bool = False) -> Any:
+    """Track a child process so a stop that overruns its deadline can kill it (and its group)."""
+    _Stopping.children[proc.pid] = (proc, group)
+    return proc
+
+
+def unregister_child(proc: Any) -> None:
+    _Stopping.children.pop(proc.pid, None)
+
+
+def stop_deadline() -> float | None:
+    """When a stop was requested: the ``time.monotonic()`` by which everything must have exited."""
+    return _Stopping.deadline
+
+
+def kill_child(proc: Any, group: bool, sig: int) -> None:
+    import signal as _signal
+
+    with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
+        if group and sys.platform != "win32":
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+    if sig == getattr(_signal, "SIGKILL", None):
+        with contextlib.suppress(Exception):
+            proc.wait(timeout=5)
+
+
+def _hard_stop() -> None:  # pragma: no cover - the last resort, exercised by the kill tests
+    import signal as _signal
+
+    for proc, group in list(_Stopping.children.values()):
+        kill_child(proc, group, _signal.SIGKILL)
+    sig = _Stopping.signum or _signal.SIGTERM
+    print(f"domain-embed: did not stop within {stop_timeout_s():.0f}s of {_signal.Signals(sig).name}; killed "
+          f"{len(_Stopping.children)} child process(es) and exiting. Rerun to resume.", file=sys.stderr, flush=True)
+    os._exit(128 + sig)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGINT raise :class:`errors.Interrupted` in the main thread, so every stage
+    unwinds through its ``finally`` blocks: it saves what it can and stops its children. A watchdog
+    makes sure the process is gone within :func:`stop_timeout_s`, whatever a stage is stuck in.
+
+    Nested use, and use outside the main thread (a notebook's worker thread), is a no-op.
+    """
+    import signal as _signal
+    import threading
+
+    from .errors import Interrupted
+
+    if _Stopping.active or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = [s for s in (getattr(_signal, "SIGTERM", None), _signal.SIGINT) if s is not None]
+    old = {s: _signal.getsignal(s) for s in sigs}
+
+    def handler(signum: int, frame: Any) -> None:
+        if _Stopping.signum is not None:
+            left = (_Stopping.deadline or time.monotonic()) - time.monotonic()
+            print(f"domain-embed: already stopping ({left:.0f}s left before a hard stop)", file=sys.stderr, flush=True)
+            return
+        _Stopping.signum = signum
+        _Stopping.deadline = time.monotonic() + stop_timeout_s()
+        _Stopping.timer = threading.Timer(stop_timeout_s(), _hard_stop)
+        _Stopping.timer.daemon = True
+        _Stopping.timer.start()
+        raise Interrupted(signum)
+
+    _Stopping.active = True
+    for s in sigs:
+        _signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            _signal.signal(s, h)
+        if _Stopping.timer is not None:
+            _Stopping.timer.cancel()
+        _Stopping.active, _Stopping.signum, _Stopping.deadline, _Stopping.timer = False, None, None, None
 
 
 # ---------------------------------------------------------------- stages
@@ -533,9 +638,15 @@ def run_stage(stage: Stage, run_dir: Path, cfg: DictConfig, stages: dict[str, St
     ctx.log("starting")
     gate_error: QualityGateFailed | None = None
     try:
-        counts = stage.fn(ctx) or {}
+        with stop_on_signals():
+            counts = stage.fn(ctx) or {}
     except QualityGateFailed as exc:
         gate_error, counts = exc, exc.counts
+    except Interrupted as exc:
+        # No manifest: the stage is not done. What it saved (checkpoints, append-only logs) is kept.
+        print(f"[{stage.name}] {exc} after {time.time() - started:.1f}s; saved work is kept, rerun to resume",
+              file=sys.stderr, flush=True)
+        raise
     store = ctx.__dict__.get("_embed_store")
     if store is not None and store.used:
         # Hits and misses of the run's embedding store: a rerun, or mining after synthesis, shows 0 misses.

@@ -130,13 +130,18 @@ class BatchPlan:
         return sum(len(self.epoch(e)) for e in range(epochs))
 
 
-def make_collate(tokenizer, spec) -> Callable[[list[str], list[str]], dict]:
-    """Tokenise queries and passages with the spec's prefixes and per-type max lengths."""
+def make_collate(tokenizer, spec, max_passage_length: int | None = None) -> Callable[[list[str], list[str]], dict]:
+    """Tokenise queries and passages with the spec's prefixes and per-type max lengths.
+
+    Padding is dynamic (to the longest text of the batch, not to the max length). Training may cut
+    passages shorter than the spec does (``max_passage_length``, from ``train.max_passage_length``).
+    """
+    p_len = int(max_passage_length or spec.max_passage_length)
 
     def collate(queries: list[str], passages: list[str]) -> dict[str, torch.Tensor]:
         q = tokenizer([spec.query_prefix + t for t in queries], max_length=spec.max_query_length, truncation=True,
                       padding=True, return_tensors="pt")
-        p = tokenizer([spec.passage_prefix + t for t in passages], max_length=spec.max_passage_length,
+        p = tokenizer([spec.passage_prefix + t for t in passages], max_length=p_len,
                       truncation=True, padding=True, return_tensors="pt")
         return {"q_input_ids": q["input_ids"], "q_attention_mask": q["attention_mask"],
                 "p_input_ids": p["input_ids"], "p_attention_mask": p["attention_mask"]}
@@ -174,11 +179,15 @@ class PlannedBatches(torch.utils.data.IterableDataset):
     """Yields this rank's tokenised slice of global micro-batch ``start()``, ``start()+1``, ..."""
 
     def __init__(self, plan: BatchPlan, texts: list[str], collate: Callable[[list[str], list[str]], dict],
-                 rank: int, world: int, total: int, start: Callable[[], int]):
+                 rank: int, world: int, total: int, start: Callable[[], int],
+                 rank_world: Callable[[], tuple[int, int]] | None = None):
         self.plan, self.texts, self.collate = plan, texts, collate
         self.rank, self.world, self.total, self.start = rank, world, total, start
+        self.rank_world = rank_world  # if given, (rank, world) are read from it when iteration starts
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self.rank_world is not None:
+            self.rank, self.world = self.rank_world()
         per = self.plan.global_batch // self.world
         for b in range(self.start(), self.total):
             items = self.plan.batch(b)[self.rank * per : (self.rank + 1) * per]

@@ -20,6 +20,8 @@ class AtomicCheckpoints(L.Callback):
         self.monitor = monitor
         self.best_score: float | None = None
         self.best_step: int | None = None
+        self.saved_step: int | None = None   # the step of the last.ckpt this run wrote
+        self.val_every = 0                   # also save right before each validation (see save_last)
 
     @property
     def last(self) -> Path:
@@ -37,10 +39,19 @@ class AtomicCheckpoints(L.Callback):
             os.replace(tmp, path)
         trainer.strategy.barrier()
 
+    def save_last(self, trainer: L.Trainer) -> None:
+        self._save(trainer, self.last)
+        self.saved_step = int(trainer.global_step)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         accum = trainer.accumulate_grad_batches
-        if (batch_idx + 1) % accum == 0 and trainer.global_step > 0 and trainer.global_step % self.every == 0:
-            self._save(trainer, self.last)
+        step = trainer.global_step
+        if (batch_idx + 1) % accum != 0 or step <= 0:
+            return
+        # Before a validation pass too: a stop during validation abandons it, and the rerun then
+        # resumes from this very step instead of from the last periodic checkpoint.
+        if step % self.every == 0 or (self.val_every > 0 and step % self.val_every == 0):
+            self.save_last(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:

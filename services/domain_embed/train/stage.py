@@ -2,7 +2,9 @@
 
 Training runs in a child process (``domain_embed.train.worker``) so that Lightning can launch the
 other DDP ranks by re-running that command, and torchrun's environment passes through unchanged.
-Killing the stage and running it again resumes from ``train/checkpoints/last.ckpt``.
+Killing the stage and running it again resumes from ``train/checkpoints/last.ckpt``. On SIGTERM or
+SIGINT the stage stops the worker's whole process group (every DDP rank): each rank finishes its
+step, ``last.ckpt`` is saved, and the command exits 128+signal within ``DOMAIN_EMBED_STOP_TIMEOUT_S``.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 from omegaconf import OmegaConf
 
-from ..errors import UserError
-from ..rundir import StageContext, atomic_write_text
+from ..errors import Interrupted, UserError
+from ..rundir import (StageContext, atomic_write_text, kill_child, register_child, stop_deadline, stop_timeout_s,
+                      unregister_child)
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
@@ -26,6 +30,20 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except Exception:
         pass
+
+
+def stop_worker(proc: subprocess.Popen) -> int | None:
+    """SIGTERM the worker's process group (every rank): each saves a checkpoint after its current
+    step and exits. Past the stop deadline, less a margin to exit ourselves, SIGKILL the group."""
+    kill_child(proc, True, signal.SIGTERM)
+    deadline = stop_deadline() or (time.monotonic() + stop_timeout_s())
+    try:
+        return proc.wait(timeout=max(1.0, deadline - time.monotonic() - 3.0))
+    except subprocess.TimeoutExpired:
+        kill_child(proc, True, signal.SIGKILL)
+        print(f"[train] the worker did not stop in time and was killed; a rerun resumes from the last periodic "
+              f"checkpoint", file=sys.stderr, flush=True)
+        return proc.poll()
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -46,19 +64,23 @@ def run(ctx: StageContext) -> dict[str, Any]:
     env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "TOKENIZERS_PARALLELISM": "false"}
     cmd = [sys.executable, "-m", "domain_embed.train.worker", str(ctx.run_dir)]
     ctx.log(f"training: {' '.join(cmd)}")
-    proc = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    # Its own process group: a stop reaches every DDP rank the worker launched, and nothing else.
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True,
+                            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    register_child(proc, group=True)
     try:
         rc = proc.wait()
     except BaseException:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_worker(proc)
         raise
+    finally:
+        unregister_child(proc)
     err = tdir / ".error"
     if rc == 2 and err.is_file():
         raise UserError(err.read_text().strip())
+    if rc in (128 + signal.SIGTERM, 128 + signal.SIGINT):
+        # the worker itself was signalled (not through this stage): it saved a checkpoint and stopped
+        raise Interrupted(rc - 128)
     if rc != 0:
         raise RuntimeError(f"training process exited with code {rc}; rerun `domain-embed train` to resume from "
                            f"{tdir / 'checkpoints' / 'last.ckpt'}")

@@ -3,17 +3,21 @@
 The ``train`` stage starts it as a child process so that Lightning's DDP launcher can re-run this
 same command for the other local ranks, and torchrun (multi-node) environment variables pass
 straight through. It reads ``train/run_config.yaml`` that the stage wrote.
+
+Exit status: 0 trained (``train/model`` and ``summary.json`` written); 2 bad input (the message in
+``train/.error``); 128+signal stopped by SIGTERM/SIGINT after saving ``checkpoints/last.ckpt``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 
 def resolve_precision(p: str) -> str:
@@ -32,153 +36,306 @@ def _devices(v):
     return v
 
 
+def _say(msg: str) -> None:
+    print(f"[train] {msg}", file=sys.stderr, flush=True)
+
+
+def quiet_libraries() -> None:
+    """Silence what a user cannot act on: Lightning's tips and device banners, deprecation and
+    'few dataloader workers' warnings, transformers' weight-loading bars. Errors still show."""
+    import logging
+    import warnings
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.pytorch.accelerators.cuda", "lightning.fabric.utilities.distributed",
+                 "lightning.pytorch.utilities.distributed", "lightning.pytorch.trainer.connectors.signal_connector"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*litlogger.*|.*litmodels.*|.*LitLogger.*")
+    warnings.filterwarnings("ignore", message=r".*sync_dist=True.*")
+    warnings.filterwarnings("ignore", message=r".*predefined length.*|.*IterableDataset.*")
+    try:
+        from lightning.fabric.utilities.warnings import PossibleUserWarning
+
+        warnings.filterwarnings("ignore", category=PossibleUserWarning)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+# ---------------------------------------------------------------- inputs
+@dataclass
+class TrainingData:
+    texts: list[str]           # split/train_corpus.jsonl, row = passage id used by the plan
+    examples: list             # batching.Example
+    dropped: int               # mined queries without a positive in the corpus
+    val: Any                   # evaluate.retrieval.BeirDataset (corpus bounded) or None
+    val_counts: dict[str, int]
+
+
+def load_training_data(run_dir: Path, cfg: DictConfig) -> TrainingData:
+    from ..errors import UserError
+    from ..evaluate.retrieval import load_beir
+    from ..rundir import read_jsonl
+    from .batching import load_examples
+    from .validation import bounded_validation
+
+    tc = cfg.train
+    corpus = list(read_jsonl(run_dir / "split" / "train_corpus.jsonl"))
+    mined = list(read_jsonl(run_dir / "mine" / "train.jsonl"))
+    examples, dropped = load_examples(mined, [c["id"] for c in corpus])
+    if not examples:
+        raise UserError("mine/train.jsonl has no query with a positive in split/train_corpus.jsonl; rerun mine")
+    val, counts = None, {}
+    vdir = run_dir / "split" / "val_beir"
+    if vdir.is_dir() and int(tc.val_every_n_steps) > 0:
+        try:
+            full = load_beir(vdir, "dev", "val")
+        except UserError as exc:
+            _say(f"no validation: {exc}")
+        else:
+            # mining covers training queries today; should it mine validation queries, use their negatives
+            val_q = set(full.query_ids)
+            negs = [n["id"] for r in mined if str(r.get("query_id")) in val_q for n in r.get("neg", [])]
+            # a passage's document, by its title (split/val_beir rows carry the document title)
+            docs = [str(r.get("title") or "") for r in read_jsonl(vdir / "corpus.jsonl")]
+            val, counts = bounded_validation(full, int(tc.get("val_corpus_size", 0)), int(cfg.seed), negs,
+                                             documents=docs if len(docs) == len(full.corpus_ids) else None)
+    return TrainingData([c["text"] for c in corpus], examples, dropped, val, counts)
+
+
+# ---------------------------------------------------------------- the trainer
+def build_trainer(cfg: DictConfig, callbacks: list, has_val: bool, root_dir: Path):
+    import lightning as L
+
+    tc = cfg.train
+    strategy: Any = str(tc.strategy)
+    if strategy == "ddp":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = DDPStrategy(find_unused_parameters=False)
+    return L.Trainer(
+        accelerator=str(tc.accelerator), devices=_devices(tc.devices), num_nodes=int(tc.num_nodes), strategy=strategy,
+        precision=resolve_precision(tc.precision), accumulate_grad_batches=int(tc.grad_accum),
+        gradient_clip_val=float(tc.gradient_clip) if float(tc.gradient_clip) > 0 else None,
+        max_epochs=-1, max_steps=1, logger=False, callbacks=callbacks, enable_checkpointing=False,
+        # our own progress (train.progress): Lightning's bar has no ETA across validations or a non-TTY mode
+        enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, use_distributed_sampler=False, default_root_dir=str(root_dir),
+        val_check_interval=(int(tc.val_every_n_steps) * int(tc.grad_accum)) if has_val else None,
+        check_val_every_n_epoch=None, limit_val_batches=1 if has_val else 0,
+    )
+
+
+# ---------------------------------------------------------------- resuming
+def resume_fingerprint(run_dir: Path, cfg: DictConfig, world: int) -> str:
+    """A checkpoint is resumed only if it came from this very config, these inputs and world size."""
+    from ..rundir import sha256_path
+
+    blob = json.dumps({"cfg": OmegaConf.to_container(cfg.train), "model": OmegaConf.to_container(cfg.model),
+                       "seed": int(cfg.seed), "mined": sha256_path(run_dir / "mine" / "train.jsonl"), "world": world},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def prepare_resume(tdir: Path, ck, fingerprint: str, is_global_zero: bool) -> tuple[bool, int]:
+    """(True, its step) to resume from ``ck.last``. Otherwise the old checkpoints and log go; a resumed run
+    drops what the stopped run logged after its checkpoint (it logs that again)."""
+    import torch
+
+    from ..rundir import atomic_write_json, atomic_write_jsonl, read_jsonl
+
+    fp_file = tdir / "checkpoints" / "fingerprint.json"
+    resume = ck.last.is_file() and fp_file.is_file() and json.loads(fp_file.read_text()).get("fingerprint") == fingerprint
+    metrics_path = tdir / "metrics.jsonl"
+    if not resume:
+        if is_global_zero:
+            for f in (ck.last, ck.best, metrics_path):
+                f.unlink(missing_ok=True)
+            atomic_write_json(fp_file, {"fingerprint": fingerprint})
+        return False, 0
+    step = int(torch.load(ck.last, map_location="cpu", weights_only=False)["global_step"])
+    if not is_global_zero:  # every rank must know the step (they decide the same things from it)
+        return True, step
+    keep = [r for r in read_jsonl(metrics_path) if r["step"] <= step] if metrics_path.is_file() else []
+    atomic_write_jsonl(metrics_path, keep)
+    _say(f"resuming from {ck.last} at step {step}")
+    return True, step
+
+
+def owes_validation(tdir: Path, tc: DictConfig, resume: bool, start_step: int, has_val: bool) -> bool:
+    """A checkpoint at a validation step is written before that validation; if the stopped run did
+    not log it, the resumed run must run it first."""
+    from ..rundir import read_jsonl
+
+    every = int(tc.val_every_n_steps)
+    if not (resume and has_val and every > 0 and start_step > 0 and start_step % every == 0):
+        return False
+    path = tdir / "metrics.jsonl"
+    logged = {r["step"] for r in read_jsonl(path) if "val_ndcg@10" in r} if path.is_file() else set()
+    return start_step not in logged
+
+
+# ---------------------------------------------------------------- outputs
+def write_outputs(run_dir: Path, cfg: DictConfig, module, tokenizer, spec, ck, trainer, data: TrainingData,
+                  total_steps: int, resumed: bool) -> dict[str, Any]:
+    """Load the best validated weights (or keep the last), then write train/model with its model
+    card and train/summary.json. Rank 0 only."""
+    import torch
+
+    from ..rundir import atomic_write_json, read_jsonl, sha256_path
+    from .model_dir import save_model_dir
+
+    tdir, tc = run_dir / "train", cfg.train
+    if ck.best.is_file():
+        module.load_state_dict(torch.load(ck.best, map_location="cpu", weights_only=False)["state_dict"])
+    metrics_path = tdir / "metrics.jsonl"
+    rows = list(read_jsonl(metrics_path)) if metrics_path.is_file() else []
+    vals = [(r["step"], r["val_ndcg@10"]) for r in rows if "val_ndcg@10" in r]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    summary = {
+        "steps": int(trainer.global_step), "planned_steps": total_steps, "world_size": trainer.world_size,
+        "train_queries": len(data.examples), "dropped_queries": data.dropped, "train_passages": len(data.texts),
+        "val_queries": len(data.val.query_ids) if data.val else 0, **data.val_counts,
+        "base_val_ndcg@10": next((v for s, v in vals if s == 0), None), "best_val_ndcg@10": ck.best_score,
+        "best_step": ck.best_step, "final_loss": losses[-1] if losses else None, "resumed": bool(resumed),
+        "precision": resolve_precision(tc.precision),
+        "early_stopped": bool(trainer.should_stop and trainer.global_step < total_steps),
+    }
+    card = {**summary, "train": OmegaConf.to_container(tc), "base_model_name": str(cfg.model.name),
+            "base_model_path": spec.model_path, "served_name": str(cfg.model.served_name),
+            "train_sha": sha256_path(run_dir / "mine" / "train.jsonl"), "val_curve": vals}
+    save_model_dir(module.model, tokenizer, spec, tdir / "model", card)
+    atomic_write_json(tdir / "summary.json", summary)
+    return summary
+
+
+# ---------------------------------------------------------------- main
 def main(run_dir: Path) -> int:
+    quiet_libraries()
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import EarlyStopping
     from transformers import AutoTokenizer
 
     from ..config import EncodingSpec
-    from ..errors import UserError
-    from ..evaluate.retrieval import load_beir
-    from ..rundir import AppendLog, atomic_write_json, read_jsonl, sha256_path
-    from .batching import PlannedBatches, fit_plan, load_examples, make_collate
+    from ..rundir import AppendLog
+    from .batching import PlannedBatches, fit_plan, make_collate
     from .bi_encoder import BiEncoder
     from .checkpointing import AtomicCheckpoints
-    from .model_dir import save_model_dir
+    from .progress import TrainProgress
+    from .stopping import StopOnSignal
 
     tdir = run_dir / "train"
     cfg = OmegaConf.load(tdir / "run_config.yaml")
-    tc = cfg.train
+    tc, quiet = cfg.train, bool(cfg.get("_quiet", False))
+    ck = AtomicCheckpoints(tdir / "checkpoints", int(tc.checkpoint_every_n_steps))
+    stop = StopOnSignal(ck)
+    stop.install()  # from here on a signal is a request to stop, honoured at the next safe point
     spec = EncodingSpec.from_config(cfg)
     seed = int(cfg.seed)
     L.seed_everything(seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision("high")
 
-    corpus = list(read_jsonl(run_dir / "split" / "train_corpus.jsonl"))
-    corpus_ids = [c["id"] for c in corpus]
-    texts = [c["text"] for c in corpus]
-    mined = list(read_jsonl(run_dir / "mine" / "train.jsonl"))
-    examples, dropped = load_examples(mined, corpus_ids)
-    if not examples:
-        raise UserError("mine/train.jsonl has no query with a positive in split/train_corpus.jsonl; rerun mine")
-    val = None
-    vdir = run_dir / "split" / "val_beir"
-    if vdir.is_dir() and int(tc.val_every_n_steps) > 0:
-        try:
-            val = load_beir(vdir, "dev", "val")
-        except UserError as exc:
-            print(f"[train] no validation: {exc}", file=sys.stderr)
-
-    strategy = str(tc.strategy)
-    if strategy == "ddp":
-        from lightning.pytorch.strategies import DDPStrategy
-
-        strategy = DDPStrategy(find_unused_parameters=False)
-    ck = AtomicCheckpoints(tdir / "checkpoints", int(tc.checkpoint_every_n_steps))
-    callbacks: list = [ck]
-    if val is not None and int(tc.early_stopping_patience) > 0:
+    data = load_training_data(run_dir, cfg)
+    if data.val is not None:
+        ck.val_every = int(tc.val_every_n_steps)
+    show = not quiet  # (and rank 0: TrainProgress and the estimate check the rank themselves)
+    bar = TrainProgress()
+    callbacks: list = [ck, stop, *([bar] if show else [])]
+    if data.val is not None and int(tc.early_stopping_patience) > 0:
         callbacks.append(EarlyStopping("val_ndcg@10", mode="max", patience=int(tc.early_stopping_patience),
                                        check_on_train_epoch_end=False))
-    trainer = L.Trainer(
-        accelerator=str(tc.accelerator), devices=_devices(tc.devices), num_nodes=int(tc.num_nodes), strategy=strategy,
-        precision=resolve_precision(tc.precision), accumulate_grad_batches=int(tc.grad_accum),
-        gradient_clip_val=float(tc.gradient_clip) if float(tc.gradient_clip) > 0 else None,
-        max_epochs=-1, max_steps=1, logger=False, callbacks=callbacks, enable_checkpointing=False,
-        enable_progress_bar=not bool(cfg.get("_quiet", False)), enable_model_summary=False,
-        num_sanity_val_steps=0, use_distributed_sampler=False, default_root_dir=str(tdir),
-        val_check_interval=(int(tc.val_every_n_steps) * int(tc.grad_accum)) if val is not None else None,
-        check_val_every_n_epoch=None, limit_val_batches=1 if val is not None else 0,
-    )
-    world = trainer.world_size
-    per_device = int(tc.batch_size)
-    plan = fit_plan(examples, len(texts), per_device, world, int(tc.num_negatives), seed,
+    trainer = build_trainer(cfg, callbacks, data.val is not None, tdir)
+    world, accum = trainer.world_size, int(tc.grad_accum)
+    plan = fit_plan(data.examples, len(data.texts), int(tc.batch_size), world, int(tc.num_negatives), seed,
                     log=lambda m: print(m, file=sys.stderr))
-    accum = int(tc.grad_accum)
     total_steps = int(tc.max_steps) if int(tc.max_steps) > 0 else max(1, plan.batches_in(int(tc.epochs)) // accum)
     trainer.fit_loop.epoch_loop.max_steps = total_steps  # known only once the world size is
+    bar.total_steps = total_steps
+    show = show and trainer.is_global_zero
 
     tokenizer = AutoTokenizer.from_pretrained(spec.model_path)
-
-    collate = make_collate(tokenizer, spec)
-
-    # Resume only from a checkpoint of this very config and these very inputs.
-    fp_blob = json.dumps({"cfg": OmegaConf.to_container(cfg.train), "model": OmegaConf.to_container(cfg.model),
-                          "seed": seed, "mined": sha256_path(run_dir / "mine" / "train.jsonl"), "world": world},
-                         sort_keys=True, default=str)
-    fingerprint = hashlib.sha256(fp_blob.encode()).hexdigest()[:16]
-    fp_file = tdir / "checkpoints" / "fingerprint.json"
-    resume = ck.last.is_file() and fp_file.is_file() and json.loads(fp_file.read_text()).get("fingerprint") == fingerprint
-    metrics_path = tdir / "metrics.jsonl"
-    if trainer.is_global_zero:
-        if not resume:
-            for f in (ck.last, ck.best, metrics_path):
-                f.unlink(missing_ok=True)
-            atomic_write_json(fp_file, {"fingerprint": fingerprint})
-        else:
-            # Drop what the killed run logged after its last checkpoint; the resumed run logs it again.
-            step = int(torch.load(ck.last, map_location="cpu", weights_only=False)["global_step"])
-            keep = [r for r in read_jsonl(metrics_path) if r["step"] <= step] if metrics_path.is_file() else []
-            from ..rundir import atomic_write_jsonl
-
-            atomic_write_jsonl(metrics_path, keep)
-            print(f"[train] resuming from {ck.last} at step {step}", file=sys.stderr)
-    log = AppendLog(metrics_path) if trainer.is_global_zero else None
-    module = BiEncoder(spec, tc, tokenizer, total_steps, val=val, metrics_log=log)
-    rank_world = lambda: (trainer.global_rank, trainer.world_size)  # noqa: E731
-
-    class _Data(PlannedBatches):
-        def __iter__(self):
-            self.rank, self.world = rank_world()
-            return super().__iter__()
-
-    train_ds = _Data(plan, texts, collate, 0, world, total_steps * accum, lambda: module.resume_batch)
-    train_dl = torch.utils.data.DataLoader(train_ds, batch_size=None, num_workers=0)
-    val_dl = torch.utils.data.DataLoader([0], batch_size=1) if val is not None else None
-    trainer.fit(module, train_dataloaders=train_dl, val_dataloaders=val_dl,
-                ckpt_path=str(ck.last) if resume else None)
-    trainer.strategy.barrier()
-
-    # Each rank's final weights, hashed, so a test (or a person) can check DDP kept them identical.
-    if os.environ.get("DOMAIN_EMBED_WEIGHT_HASH"):
-        h = hashlib.sha256()
-        for k, v in sorted(module.model.state_dict().items()):
-            h.update(k.encode())
-            h.update(v.detach().float().cpu().numpy().tobytes())
-        atomic_write_json(tdir / f".weights_rank{trainer.global_rank}.json", {"sha256": h.hexdigest()})
-
-    # Export the best validated weights (or the last, without validation).
-    best_step = ck.best_step
-    if ck.best.is_file():
-        state = torch.load(ck.best, map_location="cpu", weights_only=False)["state_dict"]
-        module.load_state_dict(state)
-    if trainer.is_global_zero:
-        rows = list(read_jsonl(metrics_path)) if metrics_path.is_file() else []
-        vals = [(r["step"], r["val_ndcg@10"]) for r in rows if "val_ndcg@10" in r]
-        losses = [r["loss"] for r in rows if "loss" in r]
-        base_val = next((v for s, v in vals if s == 0), None)
-        summary = {
-            "steps": int(trainer.global_step), "planned_steps": total_steps, "world_size": world,
-            "train_queries": len(examples), "dropped_queries": dropped, "train_passages": len(texts),
-            "val_queries": len(val.query_ids) if val else 0,
-            "base_val_ndcg@10": base_val, "best_val_ndcg@10": ck.best_score, "best_step": best_step,
-            "final_loss": losses[-1] if losses else None, "resumed": bool(resume),
-            "precision": resolve_precision(tc.precision), "early_stopped": bool(trainer.should_stop
-                                                                                and trainer.global_step < total_steps),
-        }
-        card = {**summary, "train": OmegaConf.to_container(tc), "base_model_name": str(cfg.model.name),
-                "base_model_path": spec.model_path, "served_name": str(cfg.model.served_name),
-                "train_sha": sha256_path(run_dir / "mine" / "train.jsonl"), "val_curve": vals}
-        save_model_dir(module.model, tokenizer, spec, tdir / "model", card)
-        atomic_write_json(tdir / "summary.json", summary)
-    trainer.strategy.barrier()
-    if log is not None:
-        log.close()
+    collate = make_collate(tokenizer, spec, train_passage_length(tc, spec))
+    resume, start_step = prepare_resume(tdir, ck, resume_fingerprint(run_dir, cfg, world), trainer.is_global_zero)
+    log = AppendLog(tdir / "metrics.jsonl") if trainer.is_global_zero else None
+    module = BiEncoder(spec, tc, tokenizer, total_steps, val=data.val, metrics_log=log)
+    module.stop_check = lambda: stop.check(int(trainer.global_step))
+    module.owes_validation = owes_validation(tdir, tc, resume, start_step, data.val is not None)
+    module.show_progress = show
+    if data.val is not None and show:
+        c = data.val_counts
+        _say(f"validation: {len(data.val.query_ids)} queries over {c['val_corpus']} passages "
+             f"({c['val_positives']} positives and their documents + seeded distractors, of {c['val_corpus_full']}; "
+             f"train.val_corpus_size)")
+    if show:
+        print_estimate(module, plan, data, collate, total_steps, accum, world, resume, start_step)
+    stop.check(None)
+    # rank and world size are read when iteration starts: under DDP they exist only once Lightning launched the ranks
+    train_ds = PlannedBatches(plan, data.texts, collate, 0, world, total_steps * accum, lambda: module.resume_batch,
+                              rank_world=lambda: (trainer.global_rank, trainer.world_size))
+    # Their own generators: a DataLoader iterator otherwise draws its seed from the global torch RNG,
+    # which dropout uses too, so a run resumed from a checkpoint (RNG restored, then a new iterator)
+    # would train on a shifted dropout stream and drift from the uninterrupted run.
+    train_dl = torch.utils.data.DataLoader(train_ds, batch_size=None, num_workers=0,
+                                           generator=torch.Generator().manual_seed(seed))
+    val_dl = (torch.utils.data.DataLoader([0], batch_size=1, generator=torch.Generator().manual_seed(seed))
+              if data.val is not None else None)
+    try:
+        trainer.fit(module, train_dataloaders=train_dl, val_dataloaders=val_dl,
+                    ckpt_path=str(ck.last) if resume else None)
+        if module.owes_validation:
+            # resumed at the last step: fit had nothing left to run, not even the validation it owed
+            trainer.validate(module, dataloaders=val_dl, verbose=False)
+        trainer.strategy.barrier()
+        if trainer.is_global_zero:
+            write_outputs(run_dir, cfg, module, tokenizer, spec, ck, trainer, data, total_steps, resume)
+        trainer.strategy.barrier()
+    finally:
+        if log is not None:
+            log.close()
     return 0
+
+
+def train_passage_length(tc: DictConfig, spec) -> int:
+    """Passage token limit while training: ``train.max_passage_length`` if set and shorter, else the
+    spec's (serving and evaluation always use the spec's)."""
+    v = int(tc.get("max_passage_length") or 0)
+    return min(v, spec.max_passage_length) if v > 0 else spec.max_passage_length
+
+
+def print_estimate(module, plan, data: TrainingData, collate, total_steps: int, accum: int, world: int,
+                   resume: bool, start_step: int) -> None:
+    """Before training: what it will do and how long it is likely to take here (a timed probe)."""
+    from .batching import PlannedBatches
+    from .progress import estimate_line, probe_step, probe_validation
+
+    steps = max(0, total_steps - start_step)
+    batches = PlannedBatches(plan, data.texts, collate, 0, world, 2, lambda: 0)
+    timing = probe_step(module, batches, n=2, rows=max(1, (plan.global_batch // world) // 4))
+    validations, val_texts, per_text = 0, 0, 0.0
+    if data.val is not None:
+        every = int(module.tcfg.val_every_n_steps)
+        validations = (0 if resume else 1) + (total_steps // every - start_step // every)
+        val_texts = len(data.val.corpus_texts) + len(data.val.query_ids)
+        per_text = probe_validation(module, data.val.corpus_texts)
+    per_device = plan.global_batch // world
+    _say(f"plan: {len(data.examples)} queries, {per_device} a micro-batch with {plan.k} negatives each, "
+         f"{plan.batches_in(1)} batches an epoch")
+    _say(estimate_line(steps, accum, timing, validations, val_texts, per_text, world))
 
 
 if __name__ == "__main__":
     from ..errors import UserError
+    from .stopping import TrainingStopped
 
     try:
         sys.exit(main(Path(sys.argv[1]).resolve()))
@@ -187,4 +344,9 @@ if __name__ == "__main__":
         from ..rundir import atomic_write_text
 
         atomic_write_text(Path(sys.argv[1]) / "train" / ".error", str(exc))
+        sys.exit(exc.exit_code)
+    except TrainingStopped as exc:
+        ckpt = Path(sys.argv[1]) / "train" / "checkpoints" / "last.ckpt"
+        saved = f"checkpoint {ckpt}" if ckpt.is_file() else "no checkpoint yet"
+        _say(f"{exc}; {saved}; rerun `domain-embed train` to resume")
         sys.exit(exc.exit_code)

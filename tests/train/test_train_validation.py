@@ -1,0 +1,103 @@
+"""The bounded validation corpus (train.val_corpus_size) and the run-time estimate's pieces."""
+
+from __future__ import annotations
+
+import pytest
+
+from domain_embed.evaluate.retrieval import load_beir
+from domain_embed.train.validation import bounded_validation
+from split_fixture import write_split
+
+
+@pytest.fixture(scope="module")
+def val_run(tmp_path_factory):
+    return write_split(tmp_path_factory.mktemp("val") / "run")
+
+
+@pytest.fixture(scope="module")
+def val(val_run):
+    return load_beir(val_run / "split" / "val_beir", "dev", "val")
+
+
+def test_bounded_corpus_keeps_every_positive_and_samples_the_same_distractors(val):
+    positives = {d for q in val.query_ids for d, r in val.qrels[q].items() if r > 0}
+    assert len(val.corpus_ids) > len(positives) + 5
+    a, counts = bounded_validation(val, 5, seed=42)
+    b, _ = bounded_validation(val, 5, seed=42)
+    c, _ = bounded_validation(val, 5, seed=7)
+    assert positives <= set(a.corpus_ids)
+    assert len(a.corpus_ids) == len(positives) + 5 == counts["val_corpus"]
+    assert counts["val_corpus_full"] == len(val.corpus_ids) and counts["val_positives"] == len(positives)
+    assert a.corpus_ids == b.corpus_ids, "the distractor sample must be fixed for a seed"
+    assert a.corpus_ids != c.corpus_ids, "a different seed should sample other distractors"
+    # texts stay aligned with their ids, queries and qrels are untouched
+    text_of = dict(zip(val.corpus_ids, val.corpus_texts))
+    assert all(text_of[i] == t for i, t in zip(a.corpus_ids, a.corpus_texts))
+    assert a.query_ids == val.query_ids and a.qrels == val.qrels
+
+
+def test_mined_negatives_are_kept_and_zero_means_the_whole_corpus(val):
+    positives = {d for q in val.query_ids for d, r in val.qrels[q].items() if r > 0}
+    neg = next(i for i in val.corpus_ids if i not in positives)
+    a, _ = bounded_validation(val, 1, seed=0, negatives=[neg])
+    assert neg in a.corpus_ids and len(a.corpus_ids) == len(positives) + 2
+    full, counts = bounded_validation(val, 0, seed=0)
+    assert full.corpus_ids == val.corpus_ids and counts["val_corpus"] == len(val.corpus_ids)
+    big, _ = bounded_validation(val, 10**6, seed=0)
+    assert big.corpus_ids == val.corpus_ids
+
+
+def test_the_positives_documents_stay_whole_as_hard_distractors(val, val_run):
+    from domain_embed.rundir import read_jsonl
+
+    docs = [r["title"] for r in read_jsonl(val_run / "split" / "val_beir" / "corpus.jsonl")]
+    positives = {d for q in val.query_ids for d, r in val.qrels[q].items() if r > 0}
+    pos_title = next(docs[i] for i, cid in enumerate(val.corpus_ids) if cid in positives)
+    # two training passages said to come from a positive's document: they must stay
+    others = [i for i, cid in enumerate(val.corpus_ids) if cid not in positives][:2]
+    for i in others:
+        docs[i] = pos_title
+    a, counts = bounded_validation(val, 2, seed=1, documents=docs)
+    kept = set(a.corpus_ids)
+    assert positives <= kept and {val.corpus_ids[i] for i in others} <= kept
+    assert len(kept) == len(positives) + 2 + 2 == counts["val_corpus"]
+
+
+def test_probe_times_a_real_step_without_changing_the_weights(tmp_path, base_cfg):
+    import torch
+    from transformers import AutoTokenizer
+
+    from domain_embed.config import EncodingSpec
+    from domain_embed.rundir import read_jsonl
+    from domain_embed.train.batching import BatchPlan, PlannedBatches, load_examples, make_collate
+    from domain_embed.train.bi_encoder import BiEncoder
+    from domain_embed.train.progress import estimate_line, probe_step
+
+    run = write_split(tmp_path / "run")
+    corpus = list(read_jsonl(run / "split" / "train_corpus.jsonl"))
+    texts = [c["text"] for c in corpus]
+    qa = list(read_jsonl(run / "split" / "train_qa.jsonl"))
+    mined = [{"query": r["question"], "pos": [{"id": s} for s in r["segment_ids"]], "neg": []} for r in qa]
+    examples, _ = load_examples(mined, [c["id"] for c in corpus])
+    spec = EncodingSpec.from_config(base_cfg)
+    tok = AutoTokenizer.from_pretrained(spec.model_path)
+    module = BiEncoder(spec, base_cfg.train, tok, 10)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    rng = torch.get_rng_state()
+    plan = BatchPlan(examples, len(texts), 2, 1, 0)
+    collate = make_collate(tok, spec, 16)
+    t = probe_step(module, PlannedBatches(plan, texts, collate, 0, 1, 2, lambda: 0), n=2, rows=1)
+    assert t.forward_s > 0 and t.backward_s > 0 and t.collate_s >= 0
+    assert t.tokens <= 2 * 64 + 2 * 2 * 16  # queries up to 64 tokens (spec), passages cut to 16 for training
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+    assert all(p.grad is None for p in module.parameters())
+    assert torch.equal(rng, torch.get_rng_state())
+    line = estimate_line(93, 1, t, 4, 2000, 0.01, 1)
+    assert line.startswith("93 steps at about") and "4 validations of 2000 passages" in line and "about" in line
+
+
+def test_durations_read_as_a_person_would_say_them():
+    from domain_embed.train.progress import format_duration
+
+    assert format_duration(5) == "5.0 s" and format_duration(42) == "42 s"
+    assert format_duration(372) == "6 min" and format_duration(4000) == "1 h 6 min"
