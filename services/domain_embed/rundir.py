@@ -363,8 +363,6 @@ class Stage:
     outputs: list[str]
     config_keys: list[str]
     fn: Callable[["StageContext"], dict[str, Any]]
-    # Inputs that may be absent (e.g. an optional real-query file); absent ones are not hashed.
-    optional_inputs: list[str] = field(default_factory=list)
     description: str = ""
     # Files from outside the run directory that the outputs depend on, by name (e.g. "corpus"),
     # given the config and the command-line extras. They take part in the up-to-date check by
@@ -590,8 +588,6 @@ def run_stage(stage: Stage, run_dir: Path, cfg: DictConfig, stages: dict[str, St
     run_dir.mkdir(parents=True, exist_ok=True)
     inputs: dict[str, str] = {}
     for rel in stage.inputs:
-        if rel in stage.optional_inputs and not (run_dir / rel).exists():
-            continue
         inputs[rel] = verify_input(run_dir, rel, stages)
     chash = config_hash(cfg, stage.config_keys)
     ctx = StageContext(stage=stage, run_dir=run_dir, cfg=cfg, force=force, quiet=quiet, extra=extra or {})

@@ -13,7 +13,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 HEADING = "§§ "
 
@@ -311,8 +311,3 @@ def _read_pdf(path: Path, rel: str, data: bytes, res: ReadResult) -> None:
         return
     title = str(meta_title).strip() if meta_title and str(meta_title).strip() else txt_title(body, _stem_title(path))
     res.docs.append(Document(source=rel, title=title, text=body, order=(rel, 0)))
-
-
-def iter_skips(res: ReadResult) -> Iterator[str]:
-    for source, reason in res.skipped_files:
-        yield f"{source}: {reason}"

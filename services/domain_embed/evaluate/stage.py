@@ -7,7 +7,6 @@ the weights and nothing else.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from ..errors import QualityGateFailed, UserError
 from ..rundir import StageContext, atomic_write_json, read_jsonl
 from .metrics import evaluate as beir_evaluate
 from .report import write_curves, write_markdown
-from .retrieval import BeirDataset, bm25_run, dense_run, load_beir, read_qrels
+from .retrieval import BeirDataset, bm25_run, dense_run, load_beir
 
 
 def _real_queries(ctx: StageContext, heldout: BeirDataset) -> BeirDataset | None:

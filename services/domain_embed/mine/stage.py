@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 
 from ..errors import UserError
 from ..rundir import StageContext, atomic_open, read_jsonl

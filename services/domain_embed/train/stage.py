@@ -41,8 +41,8 @@ def stop_worker(proc: subprocess.Popen) -> int | None:
         return proc.wait(timeout=max(1.0, deadline - time.monotonic() - 3.0))
     except subprocess.TimeoutExpired:
         kill_child(proc, True, signal.SIGKILL)
-        print(f"[train] the worker did not stop in time and was killed; a rerun resumes from the last periodic "
-              f"checkpoint", file=sys.stderr, flush=True)
+        print("[train] the worker did not stop in time and was killed; a rerun resumes from the last periodic "
+              "checkpoint", file=sys.stderr, flush=True)
         return proc.poll()
 
 
