@@ -378,9 +378,9 @@ def run_pipeline(name: str, run_dir: Path, overrides: list[str]) -> dict[str, fl
     if rc not in (0, 3):
         raise SystemExit(f"[{name}] the pipeline failed with exit code {rc}")
     times = {"total": round(time.perf_counter() - t0, 1), "exit_code": rc}
-    for m in sorted(run_dir.glob("*/manifest.json")):
+    for m in sorted(run_dir.glob("*/manifest.json")):  # each stage's own wall time
         try:
-            times[m.parent.name] = json.loads(m.read_text()).get("wall_s")
+            times[m.parent.name] = json.loads(m.read_text()).get("wall_time_s")
         except ValueError:
             pass
     return times
