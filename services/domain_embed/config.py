@@ -292,7 +292,7 @@ def load_config(run_dir: Path | None, overrides: Iterable[str] = (), save: bool 
     except Exception as exc:  # interpolation errors name the key
         raise UserError(f"config does not resolve: {exc}") from None
     if run_dir is not None and save:
-        from .rundir import atomic_write_text
+        from .files import atomic_write_text
 
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / OVERRIDES_FILE, json.dumps(merged, indent=1))

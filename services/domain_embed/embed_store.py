@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .config import EncodingSpec
-from .rundir import atomic_open, atomic_write_json
+from .files import atomic_open, atomic_write_json
 
 # Files of a model directory that change its vectors: weights, configs, tokenizer.
 _MODEL_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".json", ".txt", ".model")
@@ -52,7 +52,7 @@ def user_cache_dir() -> Path:
 
 
 def _file_sha256(f: Path) -> str:
-    from .rundir import sha256_file
+    from .files import sha256_file
 
     st = f.stat()
     if st.st_size < _MEMO_BYTES:

@@ -1,4 +1,4 @@
-"""The run directory: atomic writes, per-stage manifests, and the rules for skipping and resuming.
+"""The run directory: per-stage manifests, the rules for skipping and resuming, and stopping cleanly.
 
 Layout (see DESIGN.md)::
 
@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -34,125 +33,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import EncodingSpec, config_hash, model_spec
 from .errors import Interrupted, QualityGateFailed, UserError
-
-
-# ---------------------------------------------------------------- atomic writes
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_open(path: Path | str, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[Any]:
-    """Write to a temporary file beside ``path`` and rename it into place only on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    kwargs = {} if "b" in mode else {"encoding": encoding}
-    try:
-        with open(tmp, mode, **kwargs) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Path | str, text: str) -> None:
-    with atomic_open(path) as fh:
-        fh.write(text)
-
-
-def atomic_write_bytes(path: Path | str, data: bytes) -> None:
-    with atomic_open(path, "wb", encoding=None) as fh:
-        fh.write(data)
-
-
-def atomic_write_json(path: Path | str, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
-
-
-def atomic_write_jsonl(path: Path | str, rows: Iterable[dict[str, Any]]) -> int:
-    n = 0
-    with atomic_open(path) as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-            n += 1
-    return n
-
-
-def read_jsonl(path: Path | str) -> Iterator[dict[str, Any]]:
-    """Rows of a JSONL file. A torn last line (a crash mid-append) is skipped, not fatal."""
-    path = Path(path)
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                # Only a torn final line is tolerated; anything else is real corruption.
-                rest = fh.read()
-                if rest.strip():
-                    raise UserError(f"{path}:{lineno} is not valid JSON; fix or delete the file and rerun") from None
-                return
-
-
-class AppendLog:
-    """An append-only JSONL file, flushed and fsynced per record: a crash loses nothing written."""
-
-    def __init__(self, path: Path | str):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "a", encoding="utf-8")
-
-    def append(self, row: dict[str, Any]) -> None:
-        self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-
-    def close(self) -> None:
-        self._fh.close()
-
-    def __enter__(self) -> "AppendLog":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-
-# ---------------------------------------------------------------- hashing
-def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while True:
-            b = fh.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
-
-
-def sha256_path(path: Path | str) -> str:
-    """sha256 of a file, or of a directory tree (relative names and file hashes, sorted)."""
-    path = Path(path)
-    if path.is_file():
-        return sha256_file(path)
-    h = hashlib.sha256()
-    for p in sorted(q for q in path.rglob("*") if q.is_file() and not q.name.startswith(".")):
-        h.update(str(p.relative_to(path)).encode())
-        h.update(sha256_file(p).encode())
-    return h.hexdigest()
+# Re-exported: the file helpers live on the lower floor (files.py); stages import them from either.
+from .files import (AppendLog, atomic_open, atomic_write_bytes, atomic_write_json, atomic_write_jsonl,  # noqa: F401
+                    atomic_write_text, read_jsonl, sha256_file, sha256_path)
 
 
 # ---------------------------------------------------------------- outside inputs

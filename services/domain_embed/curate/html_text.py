@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from .readers import HEADING
+from .markup import HEADING
 
 DROP_TAGS = {"script", "style", "noscript", "nav", "header", "footer", "aside", "form", "button",
              "iframe", "svg", "canvas", "template", "select", "input", "head"}

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-HEADING = "§§ "
+from .markup import HEADING  # noqa: E402,F401  (re-exported: the chunker imports it from here)
 
 TEXT_EXTS = {".txt", ".text"}
 MD_EXTS = {".md", ".markdown"}

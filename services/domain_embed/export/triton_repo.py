@@ -26,10 +26,9 @@ from typing import Any
 
 from ..config import EncodingSpec
 from ..errors import UserError
-from ..rundir import atomic_write_json, atomic_write_text, sha256_file
+from ..model_repository import MANIFEST, MODEL_NAME, verify_manifest, write_manifest  # noqa: F401
+from ..rundir import atomic_write_json, atomic_write_text
 
-MODEL_NAME = "embed"
-MANIFEST = "manifest.json"
 TEMPLATE = Path(__file__).resolve().parent / "triton_model" / "model.py"
 
 
@@ -121,36 +120,6 @@ def _pad_id(tokenizer_json: Path) -> int:
     return 0
 
 
-def write_manifest(repo: Path) -> dict[str, str]:
-    files = {p.relative_to(repo).as_posix(): sha256_file(p)
-             for p in sorted(repo.rglob("*"))
-             if p.is_file() and p.name != MANIFEST and "__pycache__" not in p.parts and not p.name.startswith(".")}
-    atomic_write_json(repo / MANIFEST, {"algorithm": "sha256", "files": files})
-    return files
-
-
-def verify_manifest(repo: Path) -> int:
-    """Raise UserError naming the first file that differs from the manifest; returns files checked."""
-    mpath = repo / MANIFEST
-    if not mpath.is_file():
-        raise UserError(f"{mpath} is missing, so the model repository cannot be verified; "
-                        f"rerun `domain-embed export --run-dir {repo.parent} --force`")
-    files = json.loads(mpath.read_text())["files"]
-    for rel, digest in files.items():
-        p = repo / rel
-        if not p.is_file():
-            raise UserError(f"tampered model repository: {p} is missing; rerun `domain-embed export --force`")
-        if sha256_file(p) != digest:
-            raise UserError(f"tampered model repository: {p} does not match its sha256 in {mpath}; refusing to "
-                            f"serve it. Rerun `domain-embed export --run-dir {repo.parent} --force`")
-    for p in repo.rglob("*"):
-        rel = p.relative_to(repo).as_posix()
-        if p.is_file() and p.name != MANIFEST and "__pycache__" not in p.parts and not p.name.startswith(".") \
-                and rel not in files:
-            raise UserError(f"tampered model repository: {p} is not in {mpath}; remove it or rerun export --force")
-    return len(files)
-
-
 def choose_layout(tcfg: Any, plan_built: bool = False) -> tuple[str, bool, str]:
     """(layout, use the TensorRT plan, why) from ``export.triton.backend``.
 
@@ -161,7 +130,7 @@ def choose_layout(tcfg: Any, plan_built: bool = False) -> tuple[str, bool, str]:
     anything else gets the python layout, which loads wherever the python backend does. Whether
     torch sees a GPU plays no part: the CPU tritonserver of nvidia-pytriton runs on GPU hosts too.
     """
-    from ..serve.triton_process import available_backends, backend_directory
+    from ..tritonserver import available_backends, backend_directory
 
     want = str(tcfg.get("backend", "auto"))
     if want not in ("auto", "python", "ensemble"):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import re
 import time
@@ -23,6 +24,8 @@ from typing import Any
 
 import httpx
 import jsonschema
+
+from ..errors import UserError
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -197,7 +200,6 @@ class LLMClient:
 
     @classmethod
     def from_config(cls, cfg, base_url: str, **overrides: Any) -> "LLMClient":
-        from .server import api_key
 
         llm = cfg.llm
         kw = dict(
@@ -345,8 +347,6 @@ def preflight(cfg, base_url: str, attempts: int = 3, pause_s: float = 1.0) -> fl
     Returns the seconds the request took. Raises :class:`~domain_embed.errors.UserError` naming the
     URL, the HTTP status and what to set. Transient answers (429, 5xx, no connection yet) are tried
     ``attempts`` times before giving up; other 4xx are not retried."""
-    from ..errors import UserError
-    from .server import api_key
 
     llm = cfg.llm
     completion = llm.kind == "local" and str(llm.local.prompt_style) == "completion"
@@ -388,3 +388,20 @@ def preflight(cfg, base_url: str, attempts: int = 3, pause_s: float = 1.0) -> fl
         todo = (f"check llm.base_url={llm.get('base_url')}, llm.model={llm.model} and {key_hint}; "
                 f"retry later if the endpoint is overloaded")
     raise UserError(f"{what}; {todo}. No generation was sent.")
+
+
+def api_key(cfg: Any) -> str | None:
+    """The key for the configured endpoint: None for local, the env var's value for remote."""
+    llm = cfg.llm
+    if llm.kind == "local":
+        return None
+    env = str(llm.get("api_key_env") or "")
+    if not env:
+        return None  # an in-cluster endpoint without auth
+    key = os.environ.get(env)
+    if not key:
+        raise UserError(
+            f"llm.kind=remote needs an API key in the environment variable {env}, which is not set; "
+            f"export {env}=... (or set llm.api_key_env to the variable that holds it)"
+        )
+    return key

@@ -33,23 +33,7 @@ from omegaconf import DictConfig
 
 from ..config import resolve_path
 from ..errors import UserError
-
-
-def api_key(cfg: DictConfig) -> str | None:
-    """The key for the configured endpoint: None for local, the env var's value for remote."""
-    llm = cfg.llm
-    if llm.kind == "local":
-        return None
-    env = str(llm.get("api_key_env") or "")
-    if not env:
-        return None  # an in-cluster endpoint without auth
-    key = os.environ.get(env)
-    if not key:
-        raise UserError(
-            f"llm.kind=remote needs an API key in the environment variable {env}, which is not set; "
-            f"export {env}=... (or set llm.api_key_env to the variable that holds it)"
-        )
-    return key
+from .client import api_key, preflight  # noqa: F401  (api_key: re-exported, callers import it from here too)
 
 
 def weights_path(cfg: DictConfig) -> Path:
@@ -198,7 +182,6 @@ class Endpoint:
     def url(self) -> str:
         """The base URL, checked by one tiny request (:func:`~domain_embed.llm.client.preflight`)."""
         if self._url is None:
-            from .client import preflight
 
             url = self._stack.enter_context(local_llm(self.cfg, log_path=self.log_path))
             self.preflight_s = preflight(self.cfg, url)

@@ -22,6 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..beir import build_index, search  # noqa: F401  (dense search lives on the lower floor; mine uses it)
 from ..errors import UserError
 
 
@@ -41,51 +42,6 @@ def margin_threshold(min_pos: float, margin: float, margin_type: str = "perc_pos
 def normalise_text(t: str) -> str:
     return re.sub(r"\s+", " ", t).strip().lower()
 
-
-def build_index(emb: np.ndarray, kind: str = "flat", use_gpu: str | bool = "auto", nprobe: int = 16, hnsw_m: int = 32):
-    """A FAISS inner-product index over ``emb``; moved to the GPU(s) when present (same code path)."""
-    import faiss
-
-    n, d = emb.shape
-    emb = np.ascontiguousarray(emb, dtype=np.float32)
-    if kind == "flat":
-        index = faiss.IndexFlatIP(d)
-    elif kind == "ivf":
-        nlist = max(1, min(int(4 * np.sqrt(n)), n // 39 or 1))
-        quant = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFFlat(quant, d, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.train(emb)
-        index.nprobe = min(nprobe, nlist)
-    elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-    else:
-        raise UserError(f"mine.index={kind!r} is not one of flat, ivf, hnsw")
-    want_gpu = str(use_gpu).lower() in ("auto", "true", "1")
-    n_gpu = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-    if str(use_gpu).lower() == "true" and n_gpu == 0:
-        raise UserError("mine.use_gpu=true but faiss sees no GPU; install faiss-gpu or set mine.use_gpu=auto")
-    if want_gpu and n_gpu > 0 and kind != "hnsw":  # HNSW has no GPU implementation
-        index = faiss.index_cpu_to_all_gpus(index)
-    index.add(emb)
-    return index
-
-
-def search(index, queries: np.ndarray, k: int, batch: int = 1024, progress=None) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` of every query, ``batch`` queries at a time (``progress``: a ctx.progress factory)."""
-    k = min(k, index.ntotal)
-    scores = np.zeros((len(queries), k), dtype=np.float32)
-    ids = np.zeros((len(queries), k), dtype=np.int64)
-    bar = progress(total=len(queries), desc="search", unit="query") if progress is not None else None
-    try:
-        for s in range(0, len(queries), batch):
-            sc, ix = index.search(np.ascontiguousarray(queries[s : s + batch], dtype=np.float32), k)
-            scores[s : s + batch], ids[s : s + batch] = sc, ix
-            if bar is not None:
-                bar.update(len(sc))
-    finally:
-        if bar is not None:
-            bar.close()
-    return scores, ids
 
 
 @dataclass

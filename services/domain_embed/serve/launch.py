@@ -67,7 +67,7 @@ class Supervisor(threading.Thread):
 def serve_run(run_dir: Path, cfg, host: str | None = None, port: int | None = None) -> int:
     import uvicorn
 
-    from ..export.triton_repo import verify_manifest
+    from ..model_repository import verify_manifest
     from .app import create_app
     from .triton_process import TritonProcess
 

@@ -31,15 +31,8 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-
-
-def pytriton_dist() -> Path | None:
-    try:
-        import pytriton
-    except ImportError:
-        return None
-    d = Path(pytriton.__file__).resolve().parent / "tritonserver"
-    return d if (d / "bin" / "tritonserver").is_file() else None
+# Where a tritonserver install is and what it can load: on the lower floor (export's layout probe uses it too).
+from ..tritonserver import available_backends, backend_directory, pytriton_dist  # noqa: F401
 
 
 def _backend_dir(dist: Path) -> Path:
@@ -62,34 +55,6 @@ def _backend_dir(dist: Path) -> Path:
         except OSError:  # another process made it first
             shutil.rmtree(tmp, ignore_errors=True)
     return root
-
-
-def backend_directory() -> Path | None:
-    """The backends folder of the tritonserver that ``serve`` would start (None when there is none)."""
-    custom = os.environ.get("DOMAIN_EMBED_TRITONSERVER")
-    dist = pytriton_dist()
-    if not custom and dist is not None:
-        return dist / "backends"
-    binary = custom or shutil.which("tritonserver")
-    if not binary:
-        return None
-    # the stock layout: /opt/tritonserver/bin/tritonserver next to /opt/tritonserver/backends
-    d = Path(binary).resolve().parent.parent / "backends"
-    return d if d.is_dir() else None
-
-
-def available_backends(directory: Path | None = None) -> set[str]:
-    """Names of the backends a tritonserver install can load: its backends/<name>/ folders that
-    hold a backend library (libtriton_<name>.so) or, for python, triton_python_backend_utils.py
-    (nvidia-pytriton ships the python backend that way)."""
-    d = Path(directory) if directory else backend_directory()
-    if d is None or not d.is_dir():
-        return set()
-    found = set()
-    for sub in d.iterdir():
-        if sub.is_dir() and (any(sub.glob("libtriton_*.so")) or (sub / "triton_python_backend_utils.py").is_file()):
-            found.add(sub.name)
-    return found
 
 
 def clear_bytecode(repo: Path) -> int:

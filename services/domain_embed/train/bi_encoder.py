@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..config import EncodingSpec
 from ..encoding import apply_prefix, pool
-from ..evaluate.metrics import evaluate as beir_evaluate
+from ..beir import evaluate as beir_evaluate
 from .info_nce import info_nce
 
 
@@ -132,7 +132,7 @@ class BiEncoder(L.LightningModule):
     # ------------------------------------------------------------------ validation
     def val_ndcg(self) -> float:
         """nDCG@10 on the validation slice; every rank encodes a shard of the corpus."""
-        from ..mine.mining import search
+        from ..beir import search
         import faiss
         import numpy as np
 

@@ -15,7 +15,7 @@ from typing import Iterable
 
 import numpy as np
 
-from ..evaluate.retrieval import BeirDataset
+from ..beir import BeirDataset
 
 
 def bounded_validation(ds: BeirDataset, distractors: int, seed: int, negatives: Iterable[str] = (),

@@ -83,7 +83,7 @@ class TrainingData:
 
 def load_training_data(run_dir: Path, cfg: DictConfig) -> TrainingData:
     from ..errors import UserError
-    from ..evaluate.retrieval import load_beir
+    from ..beir import load_beir
     from ..rundir import read_jsonl
     from .batching import load_examples
     from .validation import bounded_validation

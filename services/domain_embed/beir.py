@@ -1,0 +1,184 @@
+"""BEIR on the lower floor: the dataset layout, its metrics, and dense search. Every stage may use it; none owns it.
+
+* **Files:** ``corpus.jsonl`` (``_id``, ``title``, ``text``), ``queries.jsonl`` (``_id``, ``text``) and
+  ``qrels/<split>.tsv`` (``query-id<TAB>corpus-id<TAB>score``), so our data works with every BEIR
+  tool and theirs with ours.
+* **Metrics** (nDCG, Recall, MAP and Precision at k) match trec_eval's definitions: gain = graded
+  relevance, discount 1/log2(rank+1), ideal DCG from the qrels; results ranked by score, ties
+  broken by document id descending; queries with judgments but no results count as zero, queries
+  without a relevant judgment are skipped. Cross-checked against pytrec_eval in tests/evaluate.
+* **Dense search:** a FAISS index (flat, IVF or HNSW; GPU when faiss sees one) searched in batches.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+import numpy as np
+
+from .errors import UserError
+from .files import read_jsonl
+
+Qrels = Mapping[str, Mapping[str, int]]
+Run = Mapping[str, Mapping[str, float]]
+
+
+def _ranked(docs: Mapping[str, float]) -> list[str]:
+    # trec_eval: score descending, then docno descending
+    return [d for d, _ in sorted(docs.items(), key=lambda x: (x[1], x[0]), reverse=True)]
+
+
+def per_query(qrels: Qrels, run: Run, k_values: Iterable[int]) -> dict[str, dict[str, float]]:
+    ks = sorted(set(int(k) for k in k_values))
+    out: dict[str, dict[str, float]] = {}
+    for qid, judged in qrels.items():
+        rel = {d: int(r) for d, r in judged.items() if int(r) > 0}
+        if not rel:
+            continue
+        ranked = _ranked(run.get(qid, {}))
+        ideal = sorted(rel.values(), reverse=True)
+        m: dict[str, float] = {}
+        for k in ks:
+            top = ranked[:k]
+            dcg = sum(rel.get(d, 0) / math.log2(i + 2) for i, d in enumerate(top))
+            idcg = sum(g / math.log2(i + 2) for i, g in enumerate(ideal[:k]))
+            hits = [i for i, d in enumerate(top) if d in rel]
+            m[f"ndcg@{k}"] = dcg / idcg if idcg > 0 else 0.0
+            m[f"recall@{k}"] = len(hits) / len(rel)
+            m[f"precision@{k}"] = len(hits) / k
+            m[f"map@{k}"] = sum((n + 1) / (i + 1) for n, i in enumerate(hits)) / len(rel)
+        out[qid] = m
+    return out
+
+
+def evaluate(qrels: Qrels, run: Run, k_values: Iterable[int] = (1, 5, 10, 100)) -> dict[str, float]:
+    """Mean of each metric over the judged queries, e.g. ``{"ndcg@10": 0.71, ...}``."""
+    pq = per_query(qrels, run, k_values)
+    if not pq:
+        return {}
+    keys = next(iter(pq.values())).keys()
+    return {key: sum(m[key] for m in pq.values()) / len(pq) for key in keys}
+
+
+# ---------------------------------------------------------------- BEIR datasets
+@dataclass
+class BeirDataset:
+    name: str
+    corpus_ids: list[str]
+    corpus_texts: list[str]
+    query_ids: list[str]
+    query_texts: list[str]
+    qrels: dict[str, dict[str, int]]
+
+
+def load_beir(folder: Path | str, split: str | None = None, name: str | None = None) -> BeirDataset:
+    """corpus.jsonl, queries.jsonl, qrels/<split>.tsv. ``split`` None: test, else dev, else the only one."""
+    folder = Path(folder)
+    for f in ("corpus.jsonl", "queries.jsonl"):
+        if not (folder / f).is_file():
+            raise UserError(f"{folder} is not a BEIR dataset: {f} is missing (need corpus.jsonl, queries.jsonl, qrels/*.tsv)")
+    if split is None:
+        cands = sorted((folder / "qrels").glob("*.tsv")) if (folder / "qrels").is_dir() else []
+        names = [p.stem for p in cands]
+        split = "test" if "test" in names else "dev" if "dev" in names else names[0] if len(names) == 1 else None
+        if split is None:
+            raise UserError(f"{folder}/qrels has {names or 'no .tsv files'}; add qrels/test.tsv")
+    qrels = read_qrels(folder / "qrels" / f"{split}.tsv")
+    corpus = list(read_jsonl(folder / "corpus.jsonl"))
+    queries = {str(q["_id"]): str(q["text"]) for q in read_jsonl(folder / "queries.jsonl")}
+    qids = [q for q in queries if q in qrels]
+    if not qids:
+        raise UserError(f"no query in {folder}/queries.jsonl has judgments in qrels/{split}.tsv")
+    return BeirDataset(name or folder.name, [str(c["_id"]) for c in corpus], [str(c.get("text", "")) for c in corpus],
+                       qids, [queries[q] for q in qids], qrels)
+
+
+def read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    if not path.is_file():
+        raise UserError(f"qrels file {path} is missing")
+    out: dict[str, dict[str, int]] = {}
+    with open(path, encoding="utf-8") as fh:
+        for i, row in enumerate(csv.reader(fh, delimiter="\t")):
+            if not row or (i == 0 and row[0] == "query-id"):
+                continue
+            if len(row) < 3:
+                raise UserError(f"{path}:{i + 1}: expected 'query-id<TAB>corpus-id<TAB>score'")
+            out.setdefault(row[0], {})[row[1]] = int(float(row[2]))
+    return out
+
+
+def dense_run(ds: BeirDataset, encode: Callable[[list[str], str], np.ndarray], top_k: int = 100
+              ) -> dict[str, dict[str, float]]:
+    """Exact inner-product search of every query over the corpus."""
+    import faiss
+
+    p = np.ascontiguousarray(encode(ds.corpus_texts, "passage"), dtype=np.float32)
+    q = np.ascontiguousarray(encode(ds.query_texts, "query"), dtype=np.float32)
+    index = faiss.IndexFlatIP(p.shape[1])
+    index.add(p)
+    scores, idx = index.search(q, min(top_k, len(ds.corpus_ids)))
+    return {qid: {ds.corpus_ids[j]: float(s) for j, s in zip(idx[i], scores[i]) if j >= 0}
+            for i, qid in enumerate(ds.query_ids)}
+
+
+def bm25_run(ds: BeirDataset, top_k: int = 100) -> dict[str, dict[str, float]]:
+    import bm25s
+
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize(ds.corpus_texts, stopwords="en", show_progress=False), show_progress=False)
+    k = min(top_k, len(ds.corpus_ids))
+    docs, scores = retriever.retrieve(bm25s.tokenize(ds.query_texts, stopwords="en", show_progress=False), k=k,
+                                      show_progress=False)
+    return {qid: {ds.corpus_ids[int(j)]: float(s) for j, s in zip(docs[i], scores[i])}
+            for i, qid in enumerate(ds.query_ids)}
+
+
+# ---------------------------------------------------------------- dense search
+def build_index(emb: np.ndarray, kind: str = "flat", use_gpu: str | bool = "auto", nprobe: int = 16, hnsw_m: int = 32):
+    """A FAISS inner-product index over ``emb``; moved to the GPU(s) when present (same code path)."""
+    import faiss
+
+    n, d = emb.shape
+    emb = np.ascontiguousarray(emb, dtype=np.float32)
+    if kind == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif kind == "ivf":
+        nlist = max(1, min(int(4 * np.sqrt(n)), n // 39 or 1))
+        quant = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quant, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(emb)
+        index.nprobe = min(nprobe, nlist)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    else:
+        raise UserError(f"mine.index={kind!r} is not one of flat, ivf, hnsw")
+    want_gpu = str(use_gpu).lower() in ("auto", "true", "1")
+    n_gpu = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    if str(use_gpu).lower() == "true" and n_gpu == 0:
+        raise UserError("mine.use_gpu=true but faiss sees no GPU; install faiss-gpu or set mine.use_gpu=auto")
+    if want_gpu and n_gpu > 0 and kind != "hnsw":  # HNSW has no GPU implementation
+        index = faiss.index_cpu_to_all_gpus(index)
+    index.add(emb)
+    return index
+
+
+def search(index, queries: np.ndarray, k: int, batch: int = 1024, progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` of every query, ``batch`` queries at a time (``progress``: a ctx.progress factory)."""
+    k = min(k, index.ntotal)
+    scores = np.zeros((len(queries), k), dtype=np.float32)
+    ids = np.zeros((len(queries), k), dtype=np.int64)
+    bar = progress(total=len(queries), desc="search", unit="query") if progress is not None else None
+    try:
+        for s in range(0, len(queries), batch):
+            sc, ix = index.search(np.ascontiguousarray(queries[s : s + batch], dtype=np.float32), k)
+            scores[s : s + batch], ids[s : s + batch] = sc, ix
+            if bar is not None:
+                bar.update(len(sc))
+    finally:
+        if bar is not None:
+            bar.close()
+    return scores, ids
