@@ -48,7 +48,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -222,7 +222,7 @@ def answer_passages(rows: list[dict[str, Any]], corpus: Corpus, spec, curate_cfg
 
 def per_query(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
     """nDCG@10, Recall@10 (the project's trec_eval-matching metrics) and MRR@10, per query."""
-    from domain_embed.evaluate.metrics import _ranked, per_query as beir_per_query
+    from domain_embed.beir import _ranked, per_query as beir_per_query
 
     pq = beir_per_query(qrels, run, [K])
     for qid, m in pq.items():
@@ -240,31 +240,10 @@ def bootstrap(values: np.ndarray, n: int = BOOTSTRAP, seed: int = 0) -> tuple[fl
     return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def dense(encode: Callable[[list[str], str], np.ndarray], ids: list[str], texts: list[str],
-          qids: list[str], qtexts: list[str], top_k: int = 100) -> dict[str, dict[str, float]]:
-    import faiss
-
-    p = np.ascontiguousarray(encode(texts, "passage"), dtype=np.float32)
-    q = np.ascontiguousarray(encode(qtexts, "query"), dtype=np.float32)
-    index = faiss.IndexFlatIP(p.shape[1])
-    index.add(p)
-    scores, idx = index.search(q, min(top_k, len(ids)))
-    return {qid: {ids[j]: float(s) for j, s in zip(idx[i], scores[i]) if j >= 0} for i, qid in enumerate(qids)}
-
-
-def bm25(ids: list[str], texts: list[str], qids: list[str], qtexts: list[str], top_k: int = 100):
-    import bm25s
-
-    r = bm25s.BM25()
-    r.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
-    docs, scores = r.retrieve(bm25s.tokenize(qtexts, stopwords="en", show_progress=False), k=min(top_k, len(ids)),
-                              show_progress=False)
-    return {qid: {ids[int(j)]: float(s) for j, s in zip(docs[i], scores[i])} for i, qid in enumerate(qids)}
-
-
 def score(name: str, run_dir: Path, split: str, model_dirs: dict[str, Path] | None = None) -> dict[str, Any]:
     """Score base, BM25 and each tuned model on ``split`` over the run's chunks plus the answers."""
     sys.path.insert(0, str(REPO / "services"))
+    from domain_embed.beir import BeirDataset, bm25_run, dense_run
     from domain_embed.config import EncodingSpec, load_config
     from domain_embed.embed_store import EmbeddingStore
     from domain_embed.inference import inference_encoder
@@ -281,23 +260,24 @@ def score(name: str, run_dir: Path, split: str, model_dirs: dict[str, Path] | No
     qs = [r for r in rows if r["split"] == split and r["id"] in qrels_all]
     qids, qtexts = [r["id"] for r in qs], [r["question"] for r in qs]
     qrels = {q: qrels_all[q] for q in qids}
+    ds = BeirDataset(name, ids, texts, qids, qtexts, qrels)
     runs: dict[str, dict] = {}
     t0 = time.perf_counter()
-    runs["bm25"] = bm25(ids, texts, qids, qtexts)
+    runs["bm25"] = bm25_run(ds)
     # The run's embedding store: the base vectors of its chunks are already there from the pipeline,
     # and a rescore embeds nothing twice. fp32 only, so the numbers are the model's own.
     store = EmbeddingStore.for_run(run_dir)
 
     def encoder(spec, mdir=None):
-        enc = inference_encoder(spec, cfg.model, model_path=mdir, allow_int8=False, log=lambda m: None)
-        return store.bind(enc).encode
+        enc = store.bind(inference_encoder(spec, cfg.model, model_path=mdir, allow_int8=False, log=lambda m: None))
+        return lambda t, kind: enc.encode(t, kind)
 
-    runs["base"] = dense(encoder(base_spec), ids, texts, qids, qtexts)
+    runs["base"] = dense_run(ds, encoder(base_spec))
     for label, mdir in (model_dirs or {}).items():
         spec_file = Path(mdir) / "encoding_spec.json"
         spec = (EncodingSpec.from_dict({**json.loads(spec_file.read_text()), "model_path": str(mdir)})
                 if spec_file.is_file() else EncodingSpec.from_config(cfg, model_path=mdir))
-        runs[label] = dense(encoder(spec, mdir), ids, texts, qids, qtexts)
+        runs[label] = dense_run(ds, encoder(spec, mdir))
     pq = {label: per_query(qrels, r) for label, r in runs.items()}
     metrics = ("ndcg@10", "recall@10", "mrr@10")
     out: dict[str, Any] = {"corpus": name, "split": split, "n_queries": len(qids), "n_passages": len(ids),
