@@ -86,8 +86,13 @@ def test_synthesize_real_server_then_resume_without_requests(tmp_path):
     # --force reruns the stage, but every generation and grade is reused from the logs: no requests
     man2 = run_stage(STAGES["synthesize"], rd, cfg, STAGES, force=True, quiet=True)
     assert man2["counts"]["generations_resumed"] == c["generations_ok"]
-    assert "generate" not in man2["counts"]["llm"]
-    assert [r["id"] for r in read_jsonl(rd / "synth" / "qa.jsonl")] == [r["id"] for r in qa]
+    failed = sum(c["generations_failed"].values())
+    if failed == 0:
+        assert "generate" not in man2["counts"]["llm"]
+        assert [r["id"] for r in read_jsonl(rd / "synth" / "qa.jsonl")] == [r["id"] for r in qa]
+    else:  # the real 135M model sometimes writes invalid JSON: only those generations are asked again
+        assert man2["counts"]["generations_planned"] - man2["counts"]["generations_resumed"] == failed
+        assert 0 < man2["counts"]["llm"]["generate"]["requests"]
 
 
 def _ok_keys(path: Path) -> list[str]:
