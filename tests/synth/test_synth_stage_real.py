@@ -39,10 +39,23 @@ def make_run(run_dir: Path, overrides: list[str]) -> None:
     run_stage(dataclasses.replace(STAGES["curate"], fn=curate), run_dir, cfg, STAGES, quiet=True)
 
 
+def assert_rerun_asks_only_what_failed(first: dict, rerun: dict) -> None:
+    """A rerun reuses every generation the first run got; the real 135M model sometimes writes invalid JSON
+    (a failed generation, counted by kind), and only those are asked again."""
+    assert rerun["generations_resumed"] == first["generations_ok"]
+    failed = sum(first["generations_failed"].values())
+    assert rerun["generations_planned"] - rerun["generations_resumed"] == failed
+    if failed == 0:
+        assert "generate" not in rerun["llm"], rerun["llm"]
+    else:
+        assert 0 < rerun["llm"]["generate"]["requests"]
+
+
 def test_synthesize_real_server_then_resume_without_requests(tmp_path):
     rd = tmp_path / "run"
     make_run(rd, ["synth.max_chunks=2", "synth.types.factual=1", "synth.types.keyword=1", "synth.batch_types=false",
-                  "synth.types.multi_hop=1", "synth.judge.enabled=true", "synth.round_trip_top_k=5"])
+                  "synth.types.multi_hop=1", "synth.judge.enabled=true", "synth.round_trip_top_k=5",
+                  "synth.max_failed_fraction=1"])
     cfg = load_config(rd, [])
     man = run_stage(STAGES["synthesize"], rd, cfg, STAGES, quiet=True)
     c = man["counts"]
@@ -85,14 +98,9 @@ def test_synthesize_real_server_then_resume_without_requests(tmp_path):
 
     # --force reruns the stage, but every generation and grade is reused from the logs: no requests
     man2 = run_stage(STAGES["synthesize"], rd, cfg, STAGES, force=True, quiet=True)
-    assert man2["counts"]["generations_resumed"] == c["generations_ok"]
-    failed = sum(c["generations_failed"].values())
-    if failed == 0:
-        assert "generate" not in man2["counts"]["llm"]
+    assert_rerun_asks_only_what_failed(c, man2["counts"])
+    if not c["generations_failed"]:
         assert [r["id"] for r in read_jsonl(rd / "synth" / "qa.jsonl")] == [r["id"] for r in qa]
-    else:  # the real 135M model sometimes writes invalid JSON: only those generations are asked again
-        assert man2["counts"]["generations_planned"] - man2["counts"]["generations_resumed"] == failed
-        assert 0 < man2["counts"]["llm"]["generate"]["requests"]
 
 
 def _ok_keys(path: Path) -> list[str]:
@@ -104,7 +112,7 @@ def test_kill_mid_run_then_resume_loses_nothing_and_duplicates_nothing(tmp_path)
     make_run(rd, ["synth.max_chunks=3", "synth.types.factual=1", "synth.types.keyword=1", "synth.types.multi_hop=0",
                   "synth.batch_types=false",
                   "synth.judge.enabled=false", "synth.round_trip_top_k=0", "synth.dedup_cosine=0",
-                  "llm.concurrency=2"])
+                  "llm.concurrency=2", "synth.max_failed_fraction=1"])
     gen = rd / "synth" / "generations.jsonl"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([str(BIN), "synthesize", "--run-dir", str(rd), "--quiet"], env=env,
@@ -130,18 +138,24 @@ def test_kill_mid_run_then_resume_loses_nothing_and_duplicates_nothing(tmp_path)
     complete_before = before if before.endswith("\n") else before.rsplit("\n", 1)[0] + "\n"
     assert after.startswith(complete_before)
     keys = _ok_keys(gen)
-    assert len(keys) == len(set(keys)) == 6            # no key generated twice
+    assert len(keys) == len(set(keys))                 # no key generated twice
     assert set(before_keys) <= set(keys)
     man = json.loads((rd / "synth" / "manifest.json").read_text())
-    assert man["counts"]["generations_resumed"] == len(before_keys)
-    assert man["counts"]["generations_ok"] == 6
+    c = man["counts"]
+    assert c["generations_resumed"] == len(before_keys)
+    # every one of the 6 planned generations is accounted for once: got, or failed after its retries (the
+    # real 135M model sometimes writes invalid JSON; the stage tolerates a fraction of that)
+    assert c["generations_planned"] == 6
+    assert c["generations_ok"] == len(keys)
+    assert c["generations_ok"] + sum(c["generations_failed"].values()) == 6
 
 
 def test_default_batched_generation_real_server(tmp_path):
     """The default: one request per chunk answers factual and keyword at once (one JSON object), after a
     constant prefix; each record yields one candidate per type, LLM pairs survive, and a rerun sends nothing."""
     rd = tmp_path / "run"
-    make_run(rd, ["synth.max_chunks=4", "synth.judge.enabled=false", "synth.round_trip_top_k=5"])
+    make_run(rd, ["synth.max_chunks=4", "synth.judge.enabled=false", "synth.round_trip_top_k=5",
+                  "synth.max_failed_fraction=1"])
     cfg = load_config(rd, [])
     assert cfg.synth.batch_types and cfg.synth.budget_minutes > 0
     man = run_stage(STAGES["synthesize"], rd, cfg, STAGES, quiet=True)
@@ -157,7 +171,7 @@ def test_default_batched_generation_real_server(tmp_path):
     assert llm, c["filters"]
     assert all(r["quality"]["round_trip_rank"] <= 5 and r["query_type"] in ("factual", "keyword") for r in llm)
     man2 = run_stage(STAGES["synthesize"], rd, cfg, STAGES, force=True, quiet=True)
-    assert "generate" not in man2["counts"]["llm"] and man2["counts"]["generations_resumed"] == c["generations_ok"]
+    assert_rerun_asks_only_what_failed(c, man2["counts"])
 
 
 def test_budget_caps_the_plan_and_a_rerun_keeps_it(tmp_path):
@@ -174,4 +188,5 @@ def test_budget_caps_the_plan_and_a_rerun_keeps_it(tmp_path):
     plan = json.loads((rd / "synth" / "plan.json").read_text())
     assert plan["tasks"] == 2 and plan["planned_from"] > 2
     man2 = run_stage(STAGES["synthesize"], rd, cfg, STAGES, force=True, quiet=True)
-    assert man2["counts"]["generations_planned"] == 2 and "generate" not in man2["counts"]["llm"]
+    assert man2["counts"]["generations_planned"] == 2          # the kept plan: no new probe, no new tasks
+    assert_rerun_asks_only_what_failed(c, man2["counts"])
