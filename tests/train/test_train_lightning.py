@@ -205,3 +205,33 @@ def test_sigterm_stops_training_saves_a_checkpoint_and_the_rerun_resumes(mined_r
     a, b = _weights(trained / "train" / "model"), _weights(run / "train" / "model")
     diff = max(float(np.abs(a[k] - b[k]).max()) for k in a)
     assert diff < 1e-6, f"resumed weights differ from the uninterrupted run by {diff} (stopped at {ckpt_step})"
+
+
+def test_budget_caps_the_steps_from_a_timed_probe_and_says_so(mined_run, tmp_path):
+    """train.budget_minutes far below one step: the probe decides, one step is trained (with the
+    schedule planned for it), the decision is kept for a resume, reported, and the user is told."""
+    run = _copy(mined_run, tmp_path / "run")
+    p = _train(run, "train.max_steps=-1", "train.epochs=3", "train.budget_minutes=0.0001")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "train.budget_minutes=0.0001" in p.stderr and "training 1 steps" in p.stderr, p.stderr[-2000:]
+    summary = json.loads((run / "train" / "summary.json").read_text())
+    kept = json.loads((run / "train" / "checkpoints" / "budget.json").read_text())
+    assert summary["steps"] == kept["steps"] == 1 and kept["capped"] is True
+    assert kept["planned_steps"] > 1 and kept["probe_step_s"] > 0
+    assert summary["budget"] == kept and summary["planned_steps"] == 1
+    assert [r["step"] for r in read_jsonl(run / "train" / "metrics.jsonl") if "loss" in r] == [1]
+
+
+def test_steps_within_the_budget_count_the_validations():
+    from domain_embed.train.progress import StepTiming, steps_within
+
+    t = StepTiming(collate_s=0.5, forward_s=4.0, backward_s=5.5, tokens=1)
+    one = t.step_s * 1.03
+    # no validation: as many whole steps as fit, never more than planned, never fewer than 1
+    assert steps_within(10 * one + 0.5, 100, 1, t, 0, 0, 0.0, 1) == 10
+    assert steps_within(10 * one, 4, 1, t, 0, 0, 0.0, 1) == 4
+    assert steps_within(0.001, 100, 1, t, 0, 0, 0.0, 1) == 1
+    # validation of 100 texts at 0.1 s: one at the start (10 s) and one every 5 steps (2 s a step)
+    assert steps_within(10 + 10 * (one + 2) + 0.5, 100, 1, t, 5, 100, 0.1, 1) == 10
+    # gradient accumulation makes an optimizer step that many micro-batches long
+    assert steps_within(10 * 2 * one + 0.5, 100, 2, t, 0, 0, 0.0, 1) == 10

@@ -120,6 +120,20 @@ def estimate_line(steps: int, accum: int, timing: StepTiming, validations: int, 
             f"micro-batch)")
 
 
+def steps_within(budget_s: float, planned: int, accum: int, timing: StepTiming, val_every: int,
+                 val_texts: int, val_s_per_text: float, world: int) -> int:
+    """The most optimizer steps (at most ``planned``, at least 1) whose estimated time, with the initial
+    validation and one every ``val_every`` steps, fits in ``budget_s`` seconds (the same arithmetic as
+    ``estimate_line``)."""
+    step_s = timing.step_s * accum * 1.03
+    val_s = val_texts * val_s_per_text / max(1, world)
+    per_step = step_s + (val_s / val_every if val_every > 0 and val_texts else 0.0)
+    room = budget_s - (val_s if val_texts else 0.0)
+    if per_step <= 0:
+        return planned
+    return max(1, min(planned, int(room // per_step)))
+
+
 class TrainProgress(L.Callback):
     """Rank 0: optimizer steps done/total with loss, last validation nDCG@10, rate and ETA."""
 

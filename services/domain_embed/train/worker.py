@@ -209,6 +209,7 @@ def write_outputs(run_dir: Path, cfg: DictConfig, module, tokenizer, spec, ck, t
         "best_step": ck.best_step, "final_loss": losses[-1] if losses else None, "resumed": bool(resumed),
         "precision": resolve_precision(tc.precision),
         "early_stopped": bool(trainer.should_stop and trainer.global_step < total_steps),
+        "budget": getattr(module, "budget", {}) or None,
     }
     card = {**summary, "train": OmegaConf.to_container(tc), "base_model_name": str(cfg.model.name),
             "base_model_path": spec.model_path, "served_name": str(cfg.model.served_name),
@@ -276,8 +277,13 @@ def main(run_dir: Path) -> int:
         _say(f"validation: {len(data.val.query_ids)} queries over {c['val_corpus']} passages "
              f"({c['val_positives']} positives and their documents + seeded distractors, of {c['val_corpus_full']}; "
              f"train.val_corpus_size)")
+    total_steps, budget = fit_budget(tdir, tc, module, plan, data, collate, total_steps, accum, world, resume,
+                                     start_step, trainer.is_global_zero)
+    trainer.fit_loop.epoch_loop.max_steps = module.total_steps = bar.total_steps = total_steps
     if show:
-        print_estimate(module, plan, data, collate, total_steps, accum, world, resume, start_step)
+        print_estimate(module, plan, data, collate, total_steps, accum, world, resume, start_step,
+                       timing=budget.get("_timing"), per_text=budget.get("_per_text"))
+    module.budget = {k: v for k, v in budget.items() if not k.startswith("_")}
     stop.check(None)
     # rank and world size are read when iteration starts: under DDP they exist only once Lightning launched the ranks
     train_ds = PlannedBatches(plan, data.texts, collate, 0, world, total_steps * accum, lambda: module.resume_batch,
@@ -312,21 +318,68 @@ def train_passage_length(tc: DictConfig, spec) -> int:
     return min(v, spec.max_passage_length) if v > 0 else spec.max_passage_length
 
 
-def print_estimate(module, plan, data: TrainingData, collate, total_steps: int, accum: int, world: int,
-                   resume: bool, start_step: int) -> None:
-    """Before training: what it will do and how long it is likely to take here (a timed probe)."""
+def probe(module, plan, data: TrainingData, collate, world: int):
+    """(one micro-batch's timing, seconds per validation passage): a short timed probe, weights untouched."""
     from .batching import PlannedBatches
-    from .progress import estimate_line, probe_step, probe_validation
+    from .progress import probe_step, probe_validation
 
-    steps = max(0, total_steps - start_step)
     batches = PlannedBatches(plan, data.texts, collate, 0, world, 2, lambda: 0)
     timing = probe_step(module, batches, n=2, rows=max(1, (plan.global_batch // world) // 4))
-    validations, val_texts, per_text = 0, 0, 0.0
+    per_text = probe_validation(module, data.val.corpus_texts) if data.val is not None else 0.0
+    return timing, per_text
+
+
+def fit_budget(tdir: Path, tc: DictConfig, module, plan, data: TrainingData, collate, total_steps: int, accum: int,
+               world: int, resume: bool, start_step: int, is_global_zero: bool) -> tuple[int, dict[str, Any]]:
+    """``train.budget_minutes``: when the planned steps would take longer here than the budget (a timed
+    probe decides), train fewer steps, with the learning-rate schedule planned for them. The decision
+    is kept in checkpoints/budget.json, so a resumed run trains to the same step count. Off when 0,
+    when ``train.max_steps`` is set, and with more than one process (every rank must agree; set
+    ``train.max_steps`` there)."""
+    from ..rundir import atomic_write_json
+    from .progress import format_duration, steps_within
+
+    budget_min = float(tc.get("budget_minutes") or 0)
+    path = tdir / "checkpoints" / "budget.json"
+    if budget_min <= 0 or int(tc.max_steps) > 0 or world > 1:
+        return total_steps, {}
+    if resume and path.is_file():
+        kept = json.loads(path.read_text())
+        if kept.get("planned_steps") == total_steps and kept.get("budget_minutes") == budget_min:
+            return int(kept["steps"]), kept
+    timing, per_text = probe(module, plan, data, collate, world)
+    val_texts = len(data.val.corpus_texts) + len(data.val.query_ids) if data.val is not None else 0
+    every = int(tc.val_every_n_steps) if data.val is not None else 0
+    steps = steps_within(budget_min * 60, total_steps, accum, timing, every, val_texts, per_text, world)
+    if resume and steps < start_step:  # a checkpoint from before the budget existed: never go backwards
+        steps = total_steps
+    info = {"budget_minutes": budget_min, "planned_steps": total_steps, "steps": steps,
+            "capped": steps < total_steps, "probe_step_s": round(timing.step_s * accum * 1.03, 3),
+            "_timing": timing, "_per_text": per_text}
+    if is_global_zero:
+        atomic_write_json(path, {k: v for k, v in info.items() if not k.startswith("_")})
+        if steps < total_steps:
+            epochs = steps * accum / max(1, plan.batches_in(1))
+            _say(f"train.budget_minutes={budget_min:g}: the {total_steps} planned steps would take about "
+                 f"{format_duration(total_steps * info['probe_step_s'])} here; training {steps} steps "
+                 f"({epochs:.2f} epochs, learning-rate schedule planned for them) to fit. Raise "
+                 f"train.budget_minutes (0 = off) or set train.max_steps to train longer.")
+    return steps, info
+
+
+def print_estimate(module, plan, data: TrainingData, collate, total_steps: int, accum: int, world: int,
+                   resume: bool, start_step: int, timing=None, per_text=None) -> None:
+    """Before training: what it will do and how long it is likely to take here (a timed probe)."""
+    from .progress import estimate_line
+
+    steps = max(0, total_steps - start_step)
+    if timing is None:
+        timing, per_text = probe(module, plan, data, collate, world)
+    validations, val_texts = 0, 0
     if data.val is not None:
         every = int(module.tcfg.val_every_n_steps)
         validations = (0 if resume else 1) + (total_steps // every - start_step // every)
         val_texts = len(data.val.corpus_texts) + len(data.val.query_ids)
-        per_text = probe_validation(module, data.val.corpus_texts)
     per_device = plan.global_batch // world
     _say(f"plan: {len(data.examples)} queries, {per_device} a micro-batch with {plan.k} negatives each, "
          f"{plan.batches_in(1)} batches an epoch")
