@@ -155,7 +155,7 @@ FALLBACK = {
     "synth.judge.enabled": "Grade each generated pair with the LLM and drop those under the threshold.",
     "synth.judge.max_tokens": "Max tokens for the judge's answer.",
     "synth.style_examples_file": "Real user queries (JSONL with text/query, BEIR queries.jsonl, or .txt); a few are shown "
-                                 "to the generator as style examples (domain_embed.realq.style_examples).",
+                                 "to the generator as style examples (domain_embed.user_queries.style_examples).",
 }
 _ENV_IN_CODE = re.compile(r"""["'](DOMAIN_EMBED_[A-Z0-9_]+)["']""")
 

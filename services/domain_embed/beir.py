@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,18 +96,66 @@ def load_beir(folder: Path | str, split: str | None = None, name: str | None = N
                        qids, [queries[q] for q in qids], qrels)
 
 
-def read_qrels(path: Path) -> dict[str, dict[str, int]]:
-    if not path.is_file():
-        raise UserError(f"qrels file {path} is missing")
-    out: dict[str, dict[str, int]] = {}
-    with open(path, encoding="utf-8") as fh:
-        for i, row in enumerate(csv.reader(fh, delimiter="\t")):
-            if not row or (i == 0 and row[0] == "query-id"):
+def read_qrels(path: Path | str, split: str = "test") -> dict[str, dict[str, int]]:
+    """Relevance judgments as ``{query_id: {corpus_id: score}}`` (integer grades): the one reader, for the
+    pipeline's own BEIR folders and for a user's ``--qrels`` alike.
+
+    ``path``: the TSV, or a BEIR folder (``qrels/<split>.tsv``, or ``<split>.tsv`` in it). Lines are
+    ``query-id<TAB>corpus-id<TAB>score``; the BEIR header line and TREC's four columns (``qid iter docid
+    score``) are accepted. Anything else is an error naming the file, the line and what to write.
+    """
+    p = Path(path).expanduser()
+    if p.is_dir():
+        found = next((c for c in (p / "qrels" / f"{split}.tsv", p / f"{split}.tsv") if c.is_file()), None)
+        if found is None:
+            raise UserError(f"{p} holds no qrels/{split}.tsv; give the TSV file itself (query-id, corpus-id, score)")
+        p = found
+    if not p.is_file():
+        raise UserError(f"qrels file {p} does not exist; give a BEIR TSV 'query-id<TAB>corpus-id<TAB>score'")
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"{p} is not UTF-8 text; qrels must be a TSV 'query-id<TAB>corpus-id<TAB>score'") from None
+    qrels: dict[str, dict[str, int]] = {}
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) == 4:  # TREC style: qid, iteration, docid, score
+            parts = [parts[0], parts[2], parts[3]]
+        if len(parts) != 3:
+            raise UserError(f"{p}:{lineno} has {len(parts)} tab-separated columns, not 3; each line must be "
+                            f"'query-id<TAB>corpus-id<TAB>score'")
+        qid, did, score = (x.strip() for x in parts)
+        try:
+            grade = int(float(score))
+        except ValueError:
+            if lineno == 1:  # the BEIR header line
                 continue
-            if len(row) < 3:
-                raise UserError(f"{path}:{i + 1}: expected 'query-id<TAB>corpus-id<TAB>score'")
-            out.setdefault(row[0], {})[row[1]] = int(float(row[2]))
-    return out
+            raise UserError(f"{p}:{lineno} has score {score!r}, not a number; use integer relevance grades "
+                            f"(0, 1, 2...)") from None
+        qrels.setdefault(qid, {})[did] = grade
+    if not qrels:
+        raise UserError(f"{p} holds no judgments; add lines 'query-id<TAB>corpus-id<TAB>score'")
+    return qrels
+
+
+def write_beir(folder: Path | str, corpus: Iterable[Mapping], queries: Iterable[Mapping],
+               qrels: Qrels | None, split: str = "test") -> Path:
+    """The one writer: ``corpus`` rows (``_id``, ``title``, ``text``), ``queries`` rows (``_id``, ``text``,
+    optional ``metadata``) and ``qrels`` as ``qrels/<split>.tsv`` with its header line. Atomic per file."""
+    from .files import atomic_write_jsonl, atomic_write_text
+
+    folder = Path(folder)
+    atomic_write_jsonl(folder / "corpus.jsonl",
+                       ({"_id": str(c["_id"]), "title": c.get("title") or "", "text": c.get("text") or ""} for c in corpus))
+    atomic_write_jsonl(folder / "queries.jsonl", (
+        {"_id": str(q["_id"]), "text": q["text"], **({"metadata": q["metadata"]} if "metadata" in q else {})}
+        for q in queries))
+    if qrels is not None:
+        lines = ["query-id\tcorpus-id\tscore", *(f"{q}\t{d}\t{g}" for q, docs in qrels.items() for d, g in docs.items())]
+        atomic_write_text(folder / "qrels" / f"{split}.tsv", "\n".join(lines) + "\n")
+    return folder
 
 
 def dense_run(ds: BeirDataset, encode: Callable[[list[str], str], np.ndarray], top_k: int = 100

@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import EncodingSpec, config_hash, model_spec
 from .errors import Interrupted, QualityGateFailed, UserError
+from .records import versions as record_versions
 # Re-exported: the file helpers live on the lower floor (files.py); stages import them from either.
 from .files import (AppendLog, atomic_open, atomic_write_bytes, atomic_write_json, atomic_write_jsonl,  # noqa: F401
                     atomic_write_text, read_jsonl, sha256_file, sha256_path)
@@ -465,6 +466,37 @@ def verify_input(run_dir: Path, rel: str, stages: dict[str, Stage]) -> str:
     return digest
 
 
+def check_records(run_dir: Path, rels: list[str], stages: dict[str, Stage], produced: bool) -> None:
+    """The first rows of every record file among (or inside) ``rels`` match their record type
+    (domain_embed.records), and the version its producer recorded is the one this code reads.
+
+    Inputs (``produced=False``): a mismatch is the user's to fix (a hand-edited file, a run directory
+    from another version), so the error names the file, the line, the field and the stage to rerun.
+    Outputs (``produced=True``): a stage that wrote a malformed record is a bug, caught here, before
+    any later stage reads it."""
+    from .records import RecordError, check_file, files_in
+
+    for rel in rels:
+        for f, rec in files_in(rel):
+            path = run_dir / f
+            if not path.is_file():
+                continue
+            producer = _producer_of(f, stages)
+            if not produced and producer is not None:
+                kept = ((read_manifest(run_dir, producer.folder) or {}).get("records") or {}).get(f)
+                want = f"{rec.__name__}/{rec.VERSION}"
+                if kept is not None and kept != want:
+                    raise UserError(f"{path} holds {kept} records but this version of domain-embed reads {want}; "
+                                    f"rerun `domain-embed {producer.name} --force --run-dir {run_dir}`")
+            try:
+                check_file(path, rec, display=str(path))
+            except RecordError as exc:
+                if produced:
+                    raise RuntimeError(f"stage wrote a malformed record: {exc}") from None
+                fix = f"; rerun `domain-embed {producer.name} --force --run-dir {run_dir}`" if producer else ""
+                raise UserError(f"{exc}{fix}") from None
+
+
 def run_stage(stage: Stage, run_dir: Path, cfg: DictConfig, stages: dict[str, Stage], force: bool = False,
               quiet: bool = False, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run one stage with the skip/force/verify rules and write its manifest. Returns the manifest."""
@@ -513,6 +545,7 @@ def run_stage(stage: Stage, run_dir: Path, cfg: DictConfig, stages: dict[str, St
         # The stage's outputs are about to change: its old manifest must not vouch for them.
         manifest_path(run_dir, stage.folder).unlink(missing_ok=True)
 
+    check_records(run_dir, stage.inputs, stages, produced=False)
     started = time.time()
     ctx.log("starting")
     gate_error: QualityGateFailed | None = None
@@ -535,6 +568,7 @@ def run_stage(stage: Stage, run_dir: Path, cfg: DictConfig, stages: dict[str, St
     missing = [rel for rel in stage.outputs if rel not in outputs]
     if missing:
         raise RuntimeError(f"stage {stage.name} finished without writing {missing}")
+    check_records(run_dir, stage.outputs, stages, produced=True)
     manifest = {
         "stage": stage.name,
         "config_hash": chash,
@@ -543,6 +577,7 @@ def run_stage(stage: Stage, run_dir: Path, cfg: DictConfig, stages: dict[str, St
         "inputs": inputs,
         "outside_inputs": outside,
         "outputs": outputs,
+        "records": record_versions(stage.outputs),
         "counts": counts,
         "extra": extra_sig,
         "wall_time_s": round(wall, 3),

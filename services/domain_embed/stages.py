@@ -27,6 +27,7 @@ def _lazy(module: str, attr: str = "run"):
             ) from None
         return getattr(mod, attr)(ctx)
 
+    call.module = module  # type: ignore[attr-defined]  (which subpackage implements the stage)
     return call
 
 

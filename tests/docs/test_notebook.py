@@ -69,7 +69,7 @@ def test_walkthrough_executes_at_tiny_size(tmp_path):
     assert "Traceback" not in outputs
     report = json.loads((run_dir / "eval" / "report.json").read_text())
     assert {"base", "tuned"} <= set(report["datasets"]["heldout"])
-    assert (run_dir / "realq" / "drift.png").stat().st_size > 0
+    assert (run_dir / "user_queries" / "drift.png").stat().st_size > 0
     assert "image/png" in outputs  # the plots rendered
     assert "query:" in outputs and "first relevant passage: rank" in outputs
     if importlib.util.find_spec("domain_embed.serve.launch") is not None:

@@ -19,7 +19,7 @@ from .retrieval import BeirDataset, bm25_run, dense_run, load_beir
 
 def _real_queries(ctx: StageContext, heldout: BeirDataset) -> BeirDataset | None:
     """Real user queries with judgments, scored like the held-out set (None without --qrels)."""
-    from ..realq import load_qrels, load_real_queries, validate_qrels
+    from ..user_queries import load_qrels, load_real_queries, validate_qrels
 
     rq, qr = ctx.extra.get("real_queries"), ctx.extra.get("qrels")
     if not rq or not qr:
@@ -123,7 +123,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     # ---- real queries without judgments: how far are the synthetic queries from them?
     drift_md = ""
     if ctx.extra.get("real_queries") and not ctx.extra.get("qrels"):
-        from ..realq.run import drift_for_run, drift_markdown
+        from ..user_queries.run import drift_for_run, drift_markdown
 
         drift = drift_for_run(ctx.run_dir, ctx.extra["real_queries"], stored["base"], out_dir=ctx.dir)
         report["drift"] = {"flags": drift.get("flags", []), "files": ["drift.json", "drift.md", "drift.png"]}

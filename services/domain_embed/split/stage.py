@@ -16,8 +16,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..beir import write_beir
 from ..errors import UserError
-from ..rundir import StageContext, atomic_open, atomic_write_json, atomic_write_jsonl, read_jsonl
+from ..rundir import StageContext, atomic_write_json, atomic_write_jsonl, read_jsonl
 
 
 def assign_documents(doc_ids: Iterable[str], test_fraction: float, val_fraction: float,
@@ -46,25 +47,16 @@ def assign_documents(doc_ids: Iterable[str], test_fraction: float, val_fraction:
     return out
 
 
-def _beir_corpus_row(c: dict[str, Any]) -> dict[str, Any]:
-    return {"_id": c["id"], "title": c.get("title") or "", "text": c["text"]}
-
-
-def write_beir(folder: Path, corpus: list[dict[str, Any]], queries: list[dict[str, Any]], split_name: str) -> None:
-    """BEIR layout: corpus.jsonl, queries.jsonl, qrels/<split>.tsv (header, score 1 for every supporting chunk)."""
+def write_split_beir(folder: Path, corpus: list[dict[str, Any]], queries: list[dict[str, Any]], split_name: str) -> None:
+    """One BEIR dataset of the split: every chunk of ``corpus``, the queries with their type and source as
+    BEIR metadata (the report says what each contributed), and score 1 for every supporting chunk in it."""
     corpus_ids = {c["id"] for c in corpus}
-    atomic_write_jsonl(folder / "corpus.jsonl", (_beir_corpus_row(c) for c in corpus))
-    # BEIR allows per-query metadata; the type and source let the report say what each contributed.
-    atomic_write_jsonl(folder / "queries.jsonl", (
-        {"_id": q["id"], "text": q["question"],
-         "metadata": {"query_type": q.get("query_type", ""), "source": (q.get("source") or {}).get("kind", "")}}
-        for q in queries))
-    with atomic_open(folder / "qrels" / f"{split_name}.tsv") as fh:
-        fh.write("query-id\tcorpus-id\tscore\n")
-        for q in queries:
-            for sid in dict.fromkeys(q["segment_ids"]):
-                if sid in corpus_ids:
-                    fh.write(f"{q['id']}\t{sid}\t1\n")
+    qrels = {q["id"]: {sid: 1 for sid in q["segment_ids"] if sid in corpus_ids} for q in queries}
+    write_beir(folder, ({"_id": c["id"], "title": c.get("title"), "text": c["text"]} for c in corpus),
+               ({"_id": q["id"], "text": q["question"],
+                 "metadata": {"query_type": q.get("query_type", ""), "source": (q.get("source") or {}).get("kind", "")}}
+                for q in queries),
+               {q: docs for q, docs in qrels.items() if docs}, split_name)
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -112,8 +104,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     # Training data: queries whose every supporting chunk is in a train document.
     atomic_write_jsonl(ctx.dir / "train_qa.jsonl", by_part["train"])
     atomic_write_jsonl(ctx.dir / "train_corpus.jsonl", train_chunks)
-    write_beir(ctx.dir / "val_beir", trainval_chunks, by_part["val"], "dev")
-    write_beir(ctx.dir / "eval_beir", chunks, by_part["test"], "test")
+    write_split_beir(ctx.dir / "val_beir", trainval_chunks, by_part["val"], "dev")
+    write_split_beir(ctx.dir / "eval_beir", chunks, by_part["test"], "test")
 
     docs = {p: sorted(d for d, a in assign.items() if a == p) for p in ("train", "val", "test")}
     counts = {

@@ -24,7 +24,7 @@ from . import prompts as P
 
 def style_queries(cfg: DictConfig) -> list[str]:
     """Real queries shown to the generator as style examples (synth.style_examples_file), if any."""
-    from ..realq import style_examples
+    from ..user_queries import style_examples
 
     path = cfg.synth.get("style_examples_file")
     return style_examples(path, int(cfg.synth.get("style_examples_n", 5)), int(cfg.seed)) if path else []
@@ -206,9 +206,11 @@ def budgeted_generate(ctx: StageContext, endpoint, tasks: list[dict[str, Any]], 
                       stats_out: dict) -> list[dict[str, Any]]:
     """Generate ``todo`` within synth.budget_minutes; returns the tasks of the plan (maybe fewer than given).
 
-    A short timed probe (the first ``llm.concurrency`` tasks, real ones) gives the time a generation
-    takes here; the plan keeps as many tasks as fit the budget (tasks come spread over documents and
-    sections, so a prefix still covers the corpus) and is recorded in plan.json, so that a rerun
+    A short timed probe (real tasks) gives the time a generation takes here: the first
+    ``llm.concurrency`` tasks warm the server's prompt cache (the constant prefix is read once, so they
+    are slower than the rest: they made the estimate twice too long), the next ``2 x concurrency`` are
+    timed. The plan keeps as many tasks as fit the rest of the budget (tasks come spread over documents
+    and sections, so a prefix still covers the corpus) and is recorded in plan.json, so that a rerun
     resumes the same plan instead of spending a new budget. The estimate is printed before the rest."""
     import time
 
@@ -226,20 +228,28 @@ def budgeted_generate(ctx: StageContext, endpoint, tasks: list[dict[str, Any]], 
     bar = GenerationProgress(ctx, len(todo))
     try:
         t0 = time.perf_counter()
-        generate(ctx, url, todo[:k], by_id, struct_rows, fp, gen_path, stats_out, bar)
+        generate(ctx, url, todo[:k], by_id, struct_rows, fp, gen_path, stats_out, bar)   # warm-up
         each = (time.perf_counter() - t0) / k  # wall seconds per generation, k running at once
-        rest = todo[k:]
+        probed = k
+        if plan is None and (budget_s <= 0 or time.perf_counter() - t0 < budget_s):
+            m = min(len(todo) - k, 2 * k)
+            if m > 0:
+                t1 = time.perf_counter()
+                generate(ctx, url, todo[k:k + m], by_id, struct_rows, fp, gen_path, stats_out, bar)
+                each, probed = (time.perf_counter() - t1) / m, k + m
+        rest = todo[probed:]
         if plan is None:
             n_all = len(tasks)
             if budget_s > 0:
-                fit = len(tasks) - len(todo) + k + int(max(0.0, budget_s - each * k) / max(each, 1e-3))
+                left = max(0.0, budget_s - (time.perf_counter() - t0))
+                fit = len(tasks) - len(todo) + probed + int(left / max(each, 1e-3))
                 tasks = tasks[:fit] if fit < n_all else tasks
                 keep = {t["key"] for t in tasks}
                 rest = [t for t in rest if t["key"] in keep]
             _write_plan(plan_path, fp, n_all, len(tasks), budget_s)
             capped = f" of {n_all} possible (synth.budget_minutes={budget_s / 60:g} caps it)" if len(tasks) < n_all \
                 else ""
-            bar.set_total(k + len(rest))
+            bar.set_total(probed + len(rest))
             ctx.log(f"{len(tasks)} generations{capped}; at about {each:.1f} s each ({k} at once, from a timed probe): "
                     f"{len(rest)} left, about {_minutes(each * len(rest))}")
         if rest:

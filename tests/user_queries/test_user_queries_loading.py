@@ -7,7 +7,7 @@ import json
 import pytest
 
 from domain_embed.errors import UserError
-from domain_embed.realq import load_qrels, load_real_queries, real_queries_beir, style_examples, validate_qrels
+from domain_embed.user_queries import load_qrels, load_real_queries, real_queries_beir, style_examples, validate_qrels
 
 
 def write(path, text):

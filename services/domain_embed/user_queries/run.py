@@ -63,11 +63,11 @@ def drift_for_run(run_dir: str | Path, real_queries: str | Path, encoder: Any | 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m domain_embed.realq RUN_DIR QUERIES`` prints the drift flags (a helper for notebooks and notes)."""
+    """``python -m domain_embed.user_queries RUN_DIR QUERIES`` prints the drift flags (a helper for notebooks and notes)."""
     import argparse
     import sys
 
-    p = argparse.ArgumentParser(prog="python -m domain_embed.realq", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m domain_embed.user_queries", description=main.__doc__)
     p.add_argument("run_dir", type=Path)
     p.add_argument("queries", type=Path)
     p.add_argument("--no-embed", action="store_true", help="skip the embedding-space statistics")

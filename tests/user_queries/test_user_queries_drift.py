@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from domain_embed.realq import drift_for_run, drift_markdown, drift_report, plot_drift, query_style
+from domain_embed.user_queries import drift_for_run, drift_markdown, drift_report, plot_drift, query_style
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from realq_queries import CORPUS, REAL_KEYWORDS, REAL_QUESTIONS, SYNTH_KEYWORDS, SYNTH_QUESTIONS, rows  # noqa: E402
+from query_sets import CORPUS, REAL_KEYWORDS, REAL_QUESTIONS, SYNTH_KEYWORDS, SYNTH_QUESTIONS, rows  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pytest
 from domain_embed.rundir import atomic_write_json, sha256_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from realq_queries import CORPUS, REAL_KEYWORDS, SYNTH_QUESTIONS  # noqa: E402
+from query_sets import CORPUS, REAL_KEYWORDS, SYNTH_QUESTIONS  # noqa: E402
 
 BIN = Path(sys.executable).parent / "domain-embed"
 
@@ -28,7 +28,7 @@ def _manifest(run: Path, stage: str, folder: str, outputs: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, minilm_path) -> Path:
-    run = tmp_path_factory.mktemp("realq_cli") / "run"
+    run = tmp_path_factory.mktemp("user_queries_cli") / "run"
     beir = run / "split" / "eval_beir"
     (beir / "qrels").mkdir(parents=True)
     (beir / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"c{i}", "title": "", "text": t}) + "\n"
@@ -81,7 +81,7 @@ def _evaluate_wires_drift() -> bool:
 
 
 @pytest.mark.xfail(not _evaluate_wires_drift(), strict=True, run=False,
-                   reason="the evaluate stage does not call domain_embed.realq.drift_for_run yet (integrator: see issue 7 note)")
+                   reason="the evaluate stage does not call domain_embed.user_queries.drift_for_run yet (integrator: see issue 7 note)")
 def test_real_queries_without_qrels_report_drift(run_dir):
     p = evaluate(run_dir, "--real-queries", str(run_dir / "real.jsonl"))
     assert p.returncode == 0, p.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""Hand-written query sets about the PostgreSQL manual, shared by the realq tests."""
+"""Hand-written query sets about the PostgreSQL manual, shared by the user_queries tests."""
 
 # What a user of the PostgreSQL manual types into a search box...
 REAL_KEYWORDS = [

@@ -1,6 +1,10 @@
-"""Validation against real user queries: loaders, the synthetic-vs-real drift report, and its plot.
+"""User queries: the questions a domain's users really ask, as judged queries and as a drift check.
 
-    from domain_embed.realq import load_real_queries, drift_report, plot_drift
+Takes: a user's queries (JSONL, BEIR folder or text) and, optionally, their relevance judgments (BEIR qrels).
+Gives: validated query/qrels maps for evaluate's gate, style examples for synthesis, the drift report and plot.
+Guarantees: ids and judgments that cannot be scored fail with the file, the line and what to fix.
+
+    from domain_embed.user_queries import load_real_queries, drift_report, plot_drift
     report = drift_report(list(load_real_queries("queries.jsonl").values()), qa_rows, chunk_texts, encoder)
     for flag in report["flags"]:
         print(flag["message"])

@@ -17,6 +17,7 @@ import json
 import random
 from pathlib import Path
 
+from ..beir import read_qrels, write_beir
 from ..errors import UserError
 
 _TEXT_KEYS = ("text", "query", "question")
@@ -88,41 +89,9 @@ def load_real_queries(path: str | Path) -> dict[str, str]:
 
 
 def load_qrels(path: str | Path, split: str = "test") -> dict[str, dict[str, int]]:
-    """BEIR relevance judgments as ``{query_id: {corpus_id: score}}`` (scores are integers)."""
-    p = Path(path).expanduser()
-    if p.is_dir():
-        cand = [p / "qrels" / f"{split}.tsv", p / f"{split}.tsv"]
-        found = next((c for c in cand if c.is_file()), None)
-        if found is None:
-            raise UserError(f"{p} holds no qrels/{split}.tsv; give the TSV file itself (query-id, corpus-id, score)")
-        p = found
-    if not p.is_file():
-        raise UserError(f"qrels file {p} does not exist; give a BEIR TSV 'query-id<TAB>corpus-id<TAB>score'")
-    qrels: dict[str, dict[str, int]] = {}
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise UserError(f"{p} is not UTF-8 text; qrels must be a TSV 'query-id<TAB>corpus-id<TAB>score'") from None
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        parts = line.rstrip("\n").split("\t")
-        if len(parts) == 4:  # TREC style: qid, iteration, docid, score
-            parts = [parts[0], parts[2], parts[3]]
-        if len(parts) != 3:
-            raise UserError(f"{p}:{lineno} has {len(parts)} tab-separated columns, not 3; each line must be "
-                            f"'query-id<TAB>corpus-id<TAB>score'")
-        qid, did, score = (x.strip() for x in parts)
-        try:
-            s = int(float(score))
-        except ValueError:
-            if lineno == 1:  # the BEIR header line
-                continue
-            raise UserError(f"{p}:{lineno} has score {score!r}, not a number; use integer relevance grades (0, 1, 2...)") from None
-        qrels.setdefault(qid, {})[did] = s
-    if not qrels:
-        raise UserError(f"{p} holds no judgments; add lines 'query-id<TAB>corpus-id<TAB>score'")
-    return qrels
+    """A user's relevance judgments as ``{query_id: {corpus_id: score}}``: ``beir.read_qrels``, the one
+    reader (a TSV, or a BEIR folder holding ``qrels/<split>.tsv``)."""
+    return read_qrels(path, split)
 
 
 def validate_qrels(queries: dict[str, str], qrels: dict[str, dict[str, int]],
@@ -149,16 +118,8 @@ def validate_qrels(queries: dict[str, str], qrels: dict[str, dict[str, int]],
 def real_queries_beir(queries: dict[str, str], qrels: dict[str, dict[str, int]] | None,
                       corpus: dict[str, dict[str, str]], out_dir: str | Path) -> Path:
     """Write real queries (+ qrels) and a corpus as a BEIR folder, so any BEIR tool can score them."""
-    from ..rundir import atomic_write_jsonl, atomic_write_text
-
-    out = Path(out_dir)
-    atomic_write_jsonl(out / "corpus.jsonl",
-                       ({"_id": cid, "title": d.get("title", ""), "text": d.get("text", "")} for cid, d in corpus.items()))
-    atomic_write_jsonl(out / "queries.jsonl", ({"_id": qid, "text": t} for qid, t in queries.items()))
-    if qrels:
-        lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{s}" for q, docs in qrels.items() for d, s in docs.items()]
-        atomic_write_text(out / "qrels" / "test.tsv", "\n".join(lines) + "\n")
-    return out
+    return write_beir(out_dir, ({"_id": cid, **d} for cid, d in corpus.items()),
+                      ({"_id": qid, "text": t} for qid, t in queries.items()), qrels or None, "test")
 
 
 def style_examples(path: str | Path | None, n: int = 5, seed: int = 0) -> list[str]:
