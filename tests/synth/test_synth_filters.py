@@ -58,6 +58,18 @@ def test_round_trip_ranks():
     assert F.round_trip_ranks(q[1:], corpus, [[3, 2]]) == [1]  # best of several positives
 
 
+def test_heading_numbering_goes_and_terms_that_look_like_it_stay():
+    # appendix and chapter numbering (the PostgreSQL manual's "F.35.", Debian Reference's "A.1.")
+    assert normalize_heading("F.35. pg_trgm") == "pg_trgm"
+    assert normalize_heading("A.1. Getting Started") == "getting started"
+    assert normalize_heading("Chapter 5. Data Definition") == "data definition"
+    assert normalize_heading("IV. Client Interfaces") == "client interfaces"
+    # not numbering: a standard's name, a lone capital, a file name
+    assert normalize_heading("X.509 Certificates") == "X.509 certificates"
+    assert normalize_heading("A Note on Locking") == "A note on locking"
+    assert normalize_heading("a.out format") == "a.out format"
+
+
 def test_structure_queries_skip_generic_headings():
     assert normalize_heading("11.8. Partial Indexes") == "partial indexes"
     assert normalize_heading("CREATE INDEX") == "CREATE INDEX"

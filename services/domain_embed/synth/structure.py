@@ -21,7 +21,12 @@ GENERIC_HEADINGS = {
     "license", "changelog", "todo", "misc", "miscellaneous", "other", "general", "getting started",
 }
 
-_NUMBERING = re.compile(r"^\s*(?:[\dIVXivx]+[.)]?)+(?:\s+|$)|^\s*(?:chapter|section|part)\s+[\dIVX.]+[:.]?\s*", re.I)
+# "1.2.3.", "2)", "IV.", "Chapter 5.", and appendix numbering "A.1.", "F.35.", "Appendix A.". Terms that look
+# like numbering stay: "X.509 certificates" (a Roman numeral must end with its own dot; an appendix letter
+# takes one- or two-digit parts), "A Note on Locking" (a lone capital is a word).
+_NUMBERING = re.compile(r"^\s*\d+(?:\.\d+)*[.)]?(?:\s+|$)|^\s*[IVX]+[.)](?:\s+|$)"
+                        r"|^\s*(?:chapter|section|part)\s+[\dIVX.]+[:.]?\s*"
+                        r"|^\s*[A-Z](?:\.\d{1,2})+\.?(?:\s+|$)|^\s*appendix\s+[A-Z\d]+[:.]?\s*", re.I)
 
 
 def normalize_heading(heading: str) -> str:
