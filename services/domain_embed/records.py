@@ -56,14 +56,14 @@ class QAPair:
     FILES: ClassVar[tuple[str, ...]] = ("synth/qa.jsonl", "split/train_qa.jsonl")
     id: str = _doc("q_ and 16 hex digits of sha256 of the lower-cased question and its positives' ids")
     question: str = _doc("the query as a user would type it")
-    answer: str = _doc("the answer or the passage's opening ('' for structure queries without one)")
     query_type: str = _doc("factual, keyword, procedural, structural, multi_hop, heading or title")
-    reasoning_type: str = _doc("lookup, comparison, procedure, ... (what answering it takes)")
-    hop_count: int = _doc("chunks needed to answer: 1, or 2+ for multi-hop")
     segment_ids: list = _doc("the positive chunks' ids (Chunk.id)")
     doc_ids: list = _doc("their documents' ids (Chunk.doc_id)")
     source: dict = _doc("who wrote it: {kind: llm or structure, model: ...}")
-    quality: dict = _doc("filter evidence: round_trip_rank, judge scores")
+    answer: str = _doc("the answer or the passage's opening (informational)", default=None)
+    reasoning_type: str = _doc("lookup, comparison, procedure, ... (informational)", default=None)
+    hop_count: int = _doc("chunks needed to answer: 1, or 2+ for multi-hop (informational)", default=None)
+    quality: dict = _doc("filter evidence: round_trip_rank, judge scores", default=None)
 
 
 @dataclass(frozen=True)

@@ -235,3 +235,14 @@ def test_steps_within_the_budget_count_the_validations():
     assert steps_within(10 + 10 * (one + 2) + 0.5, 100, 1, t, 5, 100, 0.1, 1) == 10
     # gradient accumulation makes an optimizer step that many micro-batches long
     assert steps_within(10 * 2 * one + 0.5, 100, 2, t, 0, 0, 0.0, 1) == 10
+
+
+def test_budget_auto_is_a_cpu_cap_and_bad_values_are_named():
+    from domain_embed.errors import UserError
+    from domain_embed.train.worker import CPU_BUDGET_MINUTES, budget_minutes
+
+    assert budget_minutes("auto", on_cpu=True) == CPU_BUDGET_MINUTES > 0
+    assert budget_minutes("auto", on_cpu=False) == 0.0          # a GPU trains the planned epochs
+    assert budget_minutes(12, on_cpu=False) == 12.0 and budget_minutes("0", on_cpu=True) == 0.0
+    with pytest.raises(UserError, match=r"train.budget_minutes='soon' is not a number of minutes or 'auto'"):
+        budget_minutes("soon", on_cpu=True)

@@ -277,8 +277,9 @@ def main(run_dir: Path) -> int:
         _say(f"validation: {len(data.val.query_ids)} queries over {c['val_corpus']} passages "
              f"({c['val_positives']} positives and their documents + seeded distractors, of {c['val_corpus_full']}; "
              f"train.val_corpus_size)")
+    on_cpu = type(trainer.accelerator).__name__ == "CPUAccelerator"
     total_steps, budget = fit_budget(tdir, tc, module, plan, data, collate, total_steps, accum, world, resume,
-                                     start_step, trainer.is_global_zero)
+                                     start_step, trainer.is_global_zero, on_cpu)
     trainer.fit_loop.epoch_loop.max_steps = module.total_steps = bar.total_steps = total_steps
     if show:
         print_estimate(module, plan, data, collate, total_steps, accum, world, resume, start_step,
@@ -329,17 +330,35 @@ def probe(module, plan, data: TrainingData, collate, world: int):
     return timing, per_text
 
 
+CPU_BUDGET_MINUTES = 30.0  # train.budget_minutes=auto on CPU
+
+
+def budget_minutes(value, on_cpu: bool) -> float:
+    """``train.budget_minutes`` as minutes (0 = off): a number, or ``auto``."""
+    if value is None or str(value).strip().lower() == "auto":
+        return CPU_BUDGET_MINUTES if on_cpu else 0.0
+    try:
+        return max(0.0, float(value))
+    except (TypeError, ValueError):
+        from ..errors import UserError
+
+        raise UserError(f"train.budget_minutes={value!r} is not a number of minutes or 'auto'; "
+                        f"set e.g. train.budget_minutes=30, 0 (off) or auto") from None
+
+
 def fit_budget(tdir: Path, tc: DictConfig, module, plan, data: TrainingData, collate, total_steps: int, accum: int,
-               world: int, resume: bool, start_step: int, is_global_zero: bool) -> tuple[int, dict[str, Any]]:
+               world: int, resume: bool, start_step: int, is_global_zero: bool,
+               on_cpu: bool = True) -> tuple[int, dict[str, Any]]:
     """``train.budget_minutes``: when the planned steps would take longer here than the budget (a timed
     probe decides), train fewer steps, with the learning-rate schedule planned for them. The decision
-    is kept in checkpoints/budget.json, so a resumed run trains to the same step count. Off when 0,
-    when ``train.max_steps`` is set, and with more than one process (every rank must agree; set
+    is kept in checkpoints/budget.json, so a resumed run trains to the same step count. ``auto``: 30
+    minutes on CPU, off on a GPU (where the planned epochs are what a platform team asked for). Off when
+    0, when ``train.max_steps`` is set, and with more than one process (every rank must agree; set
     ``train.max_steps`` there)."""
     from ..rundir import atomic_write_json
     from .progress import format_duration, steps_within
 
-    budget_min = float(tc.get("budget_minutes") or 0)
+    budget_min = budget_minutes(tc.get("budget_minutes"), on_cpu)
     path = tdir / "checkpoints" / "budget.json"
     if budget_min <= 0 or int(tc.max_steps) > 0 or world > 1:
         return total_steps, {}
