@@ -251,3 +251,17 @@ def test_gateway_entry_point_matches_the_chart(rendered, dh):
                     f"--model-repository DIR without starting Triton) does not exist yet in services/")
     r = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "--model-repository" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("value_set", VALUE_SET_NAMES)
+def test_every_pipeline_pod_gets_time_to_checkpoint_on_sigterm(rendered, dh, value_set):
+    """Eviction or preemption sends SIGTERM: train stops at the next step boundary and writes its
+    checkpoint, which takes longer than Kubernetes' default 30 s on a CPU step or a large model."""
+    docs = rendered[value_set]
+    jobs = _jobs(docs)
+    assert jobs
+    for stage, job in jobs.items():
+        for pod in dh.pod_specs(job):
+            assert pod.get("terminationGracePeriodSeconds", 30) >= 120, (value_set, stage)
+    custom = _jobs(dh.render({"pipeline": {"terminationGracePeriodSeconds": 900}}))
+    assert all(p["terminationGracePeriodSeconds"] == 900 for j in custom.values() for p in dh.pod_specs(j))
