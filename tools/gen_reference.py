@@ -5,8 +5,10 @@
     python tools/gen_reference.py --check    # exit 1 if docs/reference.md is stale
 
 Config keys come from composing the Hydra tree (configs/run.yaml and every option of every
-group, e.g. llm=local and llm=nim); each key's description is the YAML comment on its line, or
-the comment block just above it. Command flags come from the CLI's argparse parser. Environment
+group, e.g. llm=local and llm=nim), with each option's own defaults; each key's type (allowed
+values for an enum) and description come from its field in services/domain_embed/schema.py, and
+each file's description from the comment block at its top. Command flags come from the CLI's
+argparse parser. Environment
 variables are the ones the code reads: the fixed list below, every ``*_env`` config value (the
 names of API-key variables), the gateway's ``DOMAIN_EMBED_SERVE_<KEY>`` twin of each
 ``serve.*`` key, and any ``DOMAIN_EMBED_*`` name found in the package source.
@@ -56,107 +58,6 @@ ENV_DOCS = {
 }
 SERVE_TWIN_PREFIX = "DOMAIN_EMBED_SERVE_"
 
-# Descriptions for keys whose YAML line carries no comment. A comment in the YAML always wins,
-# so the better fix for a key listed here is a comment on its line in configs/.
-FALLBACK = {
-    "seed": "Seeds sampling, splitting, mining and training, so a rerun gives the same run.",
-    "corpus.path": "The documents: a folder (searched with include/exclude) or one file.",
-    "corpus.jsonl_text_field": "For .jsonl documents: the field holding the text.",
-    "curate.min_words": "Documents with fewer words are dropped.",
-    "curate.max_words": "Documents with more words are dropped.",
-    "curate.max_non_alpha_ratio": "Documents whose share of non-alphabetic characters is above this are dropped.",
-    "curate.max_repeated_line_fraction": "Documents whose share of repeated lines is above this are dropped.",
-    "curate.exact_dedup": "Drop documents whose text is identical to an earlier one.",
-    "curate.near_dedup": "Drop near-duplicate documents (MinHash/LSH).",
-    "curate.minhash_num_perm": "MinHash permutations for near dedup; more is more precise and slower.",
-    "curate.chunk_overlap_sentences": "Sentences shared by consecutive chunks.",
-    "curate.min_chunk_tokens": "Chunks with fewer tokens are merged or dropped.",
-    "evaluate.k_values": "Cut-offs for nDCG, Recall, MAP and P (BEIR metrics).",
-    "evaluate.bm25": "Also report a BM25 baseline.",
-    "evaluate.gate.enabled": "Exit 3 when the tuned model is worse than the base (report kept).",
-    "evaluate.gate.metric": "The metric the quality gate compares.",
-    "evaluate.batch_size": "Texts per encoder batch.",
-    "export.opset": "ONNX opset.",
-    "export.trt_profiles.batch": "TensorRT optimisation profile: min, opt, max batch.",
-    "export.trt_profiles.seq": "TensorRT optimisation profile: min, opt, max sequence length.",
-    "export.triton.max_batch_size": "Triton's max_batch_size for the encoder model.",
-    "export.triton.preferred_batch_sizes": "Triton dynamic batcher's preferred batch sizes.",
-    "export.triton.max_queue_delay_us": "How long Triton waits to fill a batch (microseconds).",
-    "export.triton.instances": "Model instances per device.",
-    "llm.kind": "local (start the bundled llama.cpp server) or remote (an OpenAI-compatible URL).",
-    "llm.base_url": "OpenAI-compatible base URL, ending in /v1.",
-    "llm.model": "The model name sent in each request.",
-    "llm.api_key_env": "The environment variable holding the API key.",
-    "llm.local.weights": "GGUF weights for the local server (a path or pkg:...).",
-    "llm.local.prompt_style": "chat (instruct models) or completion (base models, few-shot).",
-    "llm.local.host": "The local server's host.",
-    "llm.local.port": "The local server's port (0 = pick a free port).",
-    "llm.local.ctx_size": "The local server's context window in tokens.",
-    "llm.local.n_parallel": "Requests the local server decodes in parallel.",
-    "llm.local.threads": "CPU threads for the local server.",
-    "llm.local.startup_timeout_s": "Seconds to wait for the local server to answer.",
-    "llm.temperature": "Sampling temperature for query generation.",
-    "llm.max_tokens": "Max tokens generated per request.",
-    "llm.timeout_s": "Seconds per request before a retry.",
-    "llm.max_retries": "Retries per request (exponential backoff, honours Retry-After).",
-    "llm.concurrency": "Requests in flight at once.",
-    "llm.requests_per_minute": "Client-side rate limit (0 = unlimited).",
-    "llm.structured_output": "Ask the endpoint for JSON-schema constrained output.",
-    "model.name": "A display name for the base model (model card, reports).",
-    "model.query_prefix": "Prepended to every query, at training, evaluation and serving; auto takes the model's own prompt (none for MiniLM).",
-    "model.passage_prefix": "Prepended to every passage; auto takes the model's own prompt.",
-    "model.max_passage_length": "Token limit for passages (prefix and special tokens included).",
-    "model.normalize": "L2-normalise embeddings (cosine = dot product).",
-    "model.dim": "Embedding dimension of the model.",
-    "serve.host": "Gateway host; keep 127.0.0.1 unless a proxy or the chart fronts it.",
-    "serve.port": "Gateway HTTP port.",
-    "serve.triton_grpc_port": "Triton gRPC port (the gateway talks to Triton here).",
-    "serve.triton_http_port": "Triton HTTP port.",
-    "serve.triton_metrics_port": "Triton Prometheus metrics port.",
-    "serve.max_batch_items": "Most inputs in one /v1/embeddings request (more is a 413/422 error).",
-    "serve.max_body_bytes": "Largest request body (413 above it).",
-    "serve.max_queue": "Requests waiting for Triton before new ones get 429 with Retry-After.",
-    "serve.api_key_env": "The environment variable holding the gateway's API key (unset = no auth).",
-    "split.test_fraction": "Share of documents held out for the test split.",
-    "split.min_test_queries_warning": "Warn when the test split has fewer queries than this.",
-    "train.temperature": "InfoNCE temperature.",
-    "train.learning_rate": "Peak learning rate (cosine decay after warmup).",
-    "train.warmup_ratio": "Share of steps spent warming up the learning rate.",
-    "train.epochs": "Passes over mine/train.jsonl.",
-    "train.batch_size": "Queries per device per step.",
-    "train.grad_accum": "Steps accumulated per optimiser step.",
-    "train.num_negatives": "Hard negatives per query (from mining).",
-    "train.in_batch_negatives": "Also use other queries' passages in the batch as negatives.",
-    "train.gather_across_devices": "Share in-batch negatives across GPUs (DDP/FSDP).",
-    "train.gradient_checkpointing": "Trade compute for memory on large models.",
-    "train.devices": "Devices per node (auto = all GPUs, or 1 CPU).",
-    "train.num_nodes": "Nodes for multi-node training.",
-    "train.checkpoint_every_n_steps": "Checkpoint cadence (training resumes from the last one).",
-    "train.val_every_n_steps": "Validation cadence on split/val_beir.",
-    "train.early_stopping_patience": "Validations without improvement before stopping.",
-    "train.lora.enabled": "Train LoRA adapters instead of all weights (merged at the end).",
-    "train.lora.r": "LoRA rank.",
-    "train.lora.alpha": "LoRA alpha.",
-    "train.lora.dropout": "LoRA dropout.",
-    "train.matryoshka": "Add Matryoshka losses at model.matryoshka_dims.",
-    "evaluate.endpoint.timeout_s": "Seconds per request to the endpoint given with --endpoint.",
-    "serve.triton_model": "The model name in the Triton repository the gateway calls.",
-    "serve.retry_after_s": "The Retry-After header (seconds) sent with 429 when the queue is full.",
-    "serve.request_timeout_s": "Seconds a request may wait for Triton before it fails.",
-    "serve.shutdown_grace_s": "Seconds in-flight requests get to finish on shutdown.",
-    "train.weight_decay": "AdamW weight decay.",
-    "train.gradient_clip": "Gradient norm clipping.",
-    "mine.ivf_nprobe": "IVF index: lists probed per search (more is more exact, slower).",
-    "mine.hnsw_m": "HNSW index: neighbours per node.",
-    "mine.seed": "Seed for sampling negatives.",
-    "synth.filters.min_question_words": "Generated queries with fewer words are dropped.",
-    "synth.filters.max_question_words": "Generated queries with more words are dropped.",
-    "synth.filters.keyword_max_words": "A keyword-type query longer than this is dropped.",
-    "synth.judge.enabled": "Grade each generated pair with the LLM and drop those under the threshold.",
-    "synth.judge.max_tokens": "Max tokens for the judge's answer.",
-    "synth.style_examples_file": "Real user queries (JSONL with text/query, BEIR queries.jsonl, or .txt); a few are shown "
-                                 "to the generator as style examples (domain_embed.user_queries.style_examples).",
-}
 _ENV_IN_CODE = re.compile(r"""["'](DOMAIN_EMBED_[A-Z0-9_]+)["']""")
 
 
@@ -244,21 +145,16 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
             yield key, v
 
 
-def _type(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "bool"
-    if isinstance(v, int):
-        return "int"
-    if isinstance(v, float):
-        return "float"
-    if isinstance(v, list):
-        inner = sorted({_type(x) for x in v})
-        return f"list[{'|'.join(inner)}]" if inner else "list"
-    if isinstance(v, dict):
-        return "map"
-    return "str"
+def _field(key: str) -> tuple[str, str]:
+    """(type, description) of a config key, from its field in domain_embed.schema."""
+    from domain_embed.schema import find_field, type_name
+
+    found = find_field(key)
+    if found is None or not found[0].metadata.get("doc"):
+        raise SystemExit(f"config key {key} has no documented field in services/domain_embed/schema.py; add one "
+                         "(a type, the YAML default and a one-line doc)")
+    f, tp = found
+    return type_name(f, tp), f.metadata["doc"]
 
 
 def _fmt(v: Any) -> str:
@@ -291,12 +187,10 @@ def config_sections() -> list[str]:
                      "Set any key on the command line as `key=value` (e.g. `domain-embed run train.max_steps=200`), "
                      "pick a group option as `group=option` (e.g. `llm=nim`), and see the resolved tree with "
                      "`domain-embed config`. A run keeps its overrides in `<run-dir>/overrides.json`.", ""]
-    _, root_comments = yaml_comments(CONFIGS / "run.yaml")
     root = [(k, v) for k, v in base.items() if k not in defaults and not isinstance(v, dict)]
     if root:
         md += ["### Top level (`configs/run.yaml`)", "", "| key | default | type | description |", "|---|---|---|---|"]
-        md += [f"| `{k}` | {_fmt(v)} | {_type(v)} | {_cell(root_comments.get(k) or FALLBACK.get(k, ''))} |"
-               for k, v in root]
+        md += [f"| `{k}` | {_fmt(v)} | {_cell(_field(k)[0])} | {_cell(_field(k)[1])} |" for k, v in root]
         md.append("")
     groups = sorted(p.name for p in CONFIGS.iterdir() if p.is_dir() and any(p.glob("*.yaml")))
     for g in groups:
@@ -304,7 +198,7 @@ def config_sections() -> list[str]:
         default = defaults.get(g)
         for opt in sorted(options, key=lambda o: (o != default, o)):
             cfg = base if opt == default else _compose([f"{g}={opt}"])
-            header, comments = yaml_comments(CONFIGS / g / f"{opt}.yaml")
+            header, _ = yaml_comments(CONFIGS / g / f"{opt}.yaml")
             tag = " (default)" if opt == default else f" (select with `{g}={opt}`)"
             md += [f"### `{g}={opt}`{tag}", "", f"File: `configs/{g}/{opt}.yaml`.", ""]
             if header:
@@ -312,8 +206,8 @@ def config_sections() -> list[str]:
             md += ["| key | default | type | description |", "|---|---|---|---|"]
             section = cfg.get(g, {})
             for k, v in _flatten(section if isinstance(section, dict) else {}):
-                desc = comments.get(k) or FALLBACK.get(f"{g}.{k}", "")
-                md.append(f"| `{g}.{k}` | {_fmt(v)} | {_type(v)} | {_cell(desc)} |")
+                kind, desc = _field(f"{g}.{k}")
+                md.append(f"| `{g}.{k}` | {_fmt(v)} | {_cell(kind)} | {_cell(desc)} |")
             md.append("")
     return md
 

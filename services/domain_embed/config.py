@@ -265,7 +265,7 @@ def _compose(overrides: list[str]) -> DictConfig:
         if cause is not None and str(cause).strip():
             msg = f"{msg}: {str(cause).strip().splitlines()[0]}"
         raise UserError(
-            f"bad config override ({msg}); see `domain-embed config` for the keys, and use +key=value to add a new one"
+            f"bad config override ({msg}); see `domain-embed config` for the keys and configs/<group>/ for the options"
         ) from None
     except ValueError as exc:  # hydra's override grammar errors
         raise UserError(f"bad config override: {str(exc).strip().splitlines()[0]}") from None
@@ -278,6 +278,8 @@ def load_config(run_dir: Path | None, overrides: Iterable[str] = (), save: bool 
     ``domain-embed curate corpus.path=X`` followed by ``domain-embed synthesize`` sees the same
     corpus. The fully resolved config is written to ``<run_dir>/config.yaml``.
     """
+    from .schema import check_override_key, validate
+
     new = [o for o in overrides if o]
     for o in new:
         if "=" not in o:
@@ -286,11 +288,15 @@ def load_config(run_dir: Path | None, overrides: Iterable[str] = (), save: bool 
     if run_dir is not None and (run_dir / OVERRIDES_FILE).is_file():
         saved = json.loads((run_dir / OVERRIDES_FILE).read_text())
     merged = _merge_overrides(saved, new)
+    for o in merged:  # an unknown key fails here, naming it, before Hydra's "not in struct"
+        check_override_key(_override_key(o))
     cfg = _compose(merged)
     try:
         OmegaConf.resolve(cfg)
     except Exception as exc:  # interpolation errors name the key
         raise UserError(f"config does not resolve: {exc}") from None
+    # Typed and checked against schema.RunConfig: a bad value fails here, naming the key and the type.
+    cfg = validate(cfg)
     if run_dir is not None and save:
         from .files import atomic_write_text
 
@@ -300,21 +306,32 @@ def load_config(run_dir: Path | None, overrides: Iterable[str] = (), save: bool 
     return cfg
 
 
+def _override_key(o: str) -> str:
+    return o.split("=", 1)[0].lstrip("+~")
+
+
 def _merge_overrides(saved: list[str], new: list[str]) -> list[str]:
     """Later overrides of the same key replace earlier ones; order is otherwise kept."""
-
-    def key(o: str) -> str:
-        return o.split("=", 1)[0].lstrip("+~")
-
     out: dict[str, str] = {}
     for o in [*saved, *new]:
-        out.pop(key(o), None)
-        out[key(o)] = o
+        out.pop(_override_key(o), None)
+        out[_override_key(o)] = o
     return list(out.values())
 
 
+def config_sections(cfg: DictConfig, keys: Iterable[str]) -> dict[str, Any]:
+    """The named config sections as plain values (enums as their strings), as manifests record them."""
+    from .schema import plain
+
+    return {k: plain(cfg.get(k)) for k in keys}
+
+
 def config_hash(cfg: DictConfig, keys: Iterable[str]) -> str:
-    """A stable hash of the named config sections (what a stage's output depends on)."""
-    sub = {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg.get(k), DictConfig) else cfg.get(k) for k in keys}
+    """A stable hash of the named config sections (what a stage's output depends on).
+
+    Plain values: a validated config holds enums (equal to their strings) where the YAML had
+    strings, and hashes the same as the untyped one did, so a stage that was up to date stays so.
+    """
+    sub = config_sections(cfg, keys)
     blob = json.dumps(sub, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

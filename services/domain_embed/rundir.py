@@ -29,9 +29,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from .config import EncodingSpec, config_hash, model_spec
+from .config import EncodingSpec, config_hash, config_sections, model_spec
 from .errors import Interrupted, QualityGateFailed, UserError
 from .records import versions as record_versions
 # Re-exported: the file helpers live on the lower floor (files.py); stages import them from either.
@@ -572,8 +572,7 @@ def run_stage(stage: Stage, run_dir: Path, cfg: DictConfig, stages: dict[str, St
     manifest = {
         "stage": stage.name,
         "config_hash": chash,
-        "config": {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg.get(k), DictConfig) else cfg.get(k)
-                   for k in stage.config_keys},
+        "config": config_sections(cfg, stage.config_keys),
         "inputs": inputs,
         "outside_inputs": outside,
         "outputs": outputs,

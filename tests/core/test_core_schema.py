@@ -1,0 +1,128 @@
+"""The typed config schema: bad overrides fail at the command line naming the key, the value and the
+type; every key of every group option has a typed, documented field; validation changes no value."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from domain_embed.config import _compose, config_hash, load_config
+from domain_embed.errors import UserError
+from domain_embed.schema import RunConfig, find_field, iter_fields
+
+BIN = Path(sys.executable).parent / "domain-embed"
+LLM_OPTIONS = ["llm=local", "llm=nim"]
+
+
+def cli(*args):
+    return subprocess.run([str(BIN), *args], capture_output=True, text=True, timeout=120)
+
+
+def _leaves(d, prefix=""):
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            yield from _leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def _unvalidated(overrides):
+    """The config exactly as Hydra composes and resolves it, before the schema sees it."""
+    raw = _compose(overrides)
+    OmegaConf.resolve(raw)
+    return raw
+
+
+def test_cli_rejects_a_wrong_type_in_one_line_naming_key_and_type():
+    p = cli("config", "train.learning_rate=abc")
+    assert p.returncode == 2, p.stdout
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+    assert "train.learning_rate='abc'" in lines[0] and "float" in lines[0], lines[0]
+    assert p.stdout == ""
+
+
+def test_an_integer_key_rejects_a_fraction():
+    p = cli("config", "train.epochs=1.5")
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "train.epochs=1.5" in p.stderr and "int" in p.stderr
+
+
+def test_an_enum_key_rejects_a_bad_value_listing_the_allowed_ones():
+    with pytest.raises(UserError) as e:
+        load_config(None, ["mine.margin_type=bogus"], save=False)
+    msg = str(e.value)
+    assert "mine.margin_type='bogus'" in msg and "perc_pos, absolute" in msg, msg
+    # a tri-state (auto | true | false) key keeps bools as bools and still refuses anything else
+    assert load_config(None, ["synth.judge.enabled=true"], save=False).synth.judge.enabled is True
+    with pytest.raises(UserError, match=r"synth.judge.enabled='sometimes' is not one of auto, true, false"):
+        load_config(None, ["synth.judge.enabled=sometimes"], save=False)
+    with pytest.raises(UserError, match=r"model.pooling='max' is not one of mean, cls, last"):
+        load_config(None, ["model.pooling=max"], save=False)
+
+
+def test_an_unknown_key_is_rejected_naming_it_even_with_plus():
+    for o in ("train.lrr=1", "+train.lrr=1"):
+        with pytest.raises(UserError) as e:
+            load_config(None, [o], save=False)
+        assert str(e.value).startswith("train.lrr is not a config key"), str(e.value)
+    p = cli("config", "train.lrr=1")
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "train.lrr" in p.stderr
+
+
+def test_values_of_several_types_stay_accepted_as_given():
+    cfg = load_config(None, ["train.devices=2", "serve.ready_timeout_s=0.5", "train.precision=bf16-mixed",
+                             "export.tensorrt=false", "model.query_prefix=null"], save=False)
+    assert cfg.train.devices == 2 and cfg.serve.ready_timeout_s == 0.5 and cfg.train.precision == "bf16-mixed"
+    assert cfg.export.tensorrt is False and cfg.model.query_prefix is None
+    assert load_config(None, [], save=False).serve.ready_timeout_s == 2  # the YAML's int stays an int
+    with pytest.raises(UserError, match=r"train.devices='many' is not a valid auto \| int"):
+        load_config(None, ["train.devices=many"], save=False)
+    with pytest.raises(UserError, match=r"evaluate.k_values=\[1, 'x'\] is not a valid list\[int\]"):
+        load_config(None, ["evaluate.k_values=[1,x]"], save=False)
+
+
+@pytest.mark.parametrize("llm", LLM_OPTIONS)
+def test_every_composed_key_has_a_typed_documented_field(llm):
+    raw = OmegaConf.to_container(_compose([llm]), resolve=False)
+    keys = [k for k, _ in _leaves(raw)]
+    assert len(keys) > 150
+    undocumented = [k for k in keys if find_field(k) is None or not find_field(k)[0].metadata.get("doc", "").strip()]
+    assert not undocumented, undocumented
+    # and the schema has no key the YAML does not set: the YAML stays the source of the values users see
+    assert sorted(k for k, _, _ in iter_fields()) == sorted(keys)
+
+
+@pytest.mark.parametrize("llm", LLM_OPTIONS)
+def test_validation_changes_no_value_type_or_order(llm):
+    raw = _unvalidated([llm])
+    cfg = load_config(None, [llm], save=False)
+    before = list(_leaves(OmegaConf.to_container(raw)))
+    after = list(_leaves(OmegaConf.to_container(cfg, enum_to_str=True)))
+    assert after == before
+    assert [type(v) for _, v in after] == [type(v) for _, v in before]  # 120 stays int, 0.7 float, ...
+    assert OmegaConf.to_yaml(cfg) == OmegaConf.to_yaml(raw)  # config.yaml and `domain-embed config` unchanged
+
+
+def test_config_hash_is_that_of_the_untyped_config():
+    """config_hash decides whether a stage is up to date: typing the config must not make finished stages rerun."""
+    raw = _unvalidated([])
+    cfg = load_config(None, [], save=False)
+    for keys in (["mine", "model", "seed"], ["synth", "llm", "model", "seed"], ["train"], ["curate"], ["export"]):
+        old = {k: OmegaConf.to_container(raw[k]) if OmegaConf.is_config(raw[k]) else raw[k] for k in keys}
+        import hashlib
+
+        want = hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        assert config_hash(cfg, keys) == want, keys
+    assert str(cfg.mine.margin_type) == "perc_pos" and cfg.mine.margin_type == "perc_pos"
+
+
+def test_schema_defaults_are_the_yaml_defaults():
+    """The dataclass defaults equal configs/ for the default options, so either can be read as the truth."""
+    schema = OmegaConf.to_container(OmegaConf.structured(RunConfig), resolve=False, enum_to_str=True)
+    assert dict(_leaves(schema)) == dict(_leaves(OmegaConf.to_container(_compose([]), resolve=False)))
