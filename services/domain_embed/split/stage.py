@@ -73,7 +73,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if len(queried) < 2:
         raise UserError(f"only {len(queried)} document(s) have synthetic queries; the split needs at least 2 "
                         f"(train and test) -- raise synth.budget_minutes (or synth.max_chunks if set) or add documents to corpus.path")
-    assign = assign_documents(queried, float(sc.test_fraction), float(sc.val_fraction), int(cfg.seed))
+    assign = assign_documents(queried, sc.test_fraction, sc.val_fraction, cfg.seed)
     for d in chunk_doc.values():
         assign.setdefault(d, "train")
 
@@ -117,13 +117,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "test_queries_by_type": dict(Counter(q["query_type"] for q in by_part["test"])),
     }
     atomic_write_json(ctx.dir / "split.json", {
-        "seed": int(cfg.seed), "test_fraction": float(sc.test_fraction), "val_fraction": float(sc.val_fraction),
+        "seed": cfg.seed, "test_fraction": sc.test_fraction, "val_fraction": sc.val_fraction,
         "unit": "document", "train_docs": docs["train"], "val_docs": docs["val"], "test_docs": docs["test"],
         "counts": counts,
     })
     if not by_part["test"]:
         raise UserError("the split left no test queries; raise synth.budget_minutes (or synth.max_chunks if set) or split.test_fraction")
-    if len(by_part["test"]) < int(sc.min_test_queries_warning):
+    if len(by_part["test"]) < sc.min_test_queries_warning:
         ctx.log(f"WARNING: the test set has only {len(by_part['test'])} queries (< {sc.min_test_queries_warning}); "
                 f"metrics will be noisy -- raise synth.budget_minutes (or synth.max_chunks if set) or split.test_fraction")
     if not by_part["train"]:
