@@ -81,6 +81,10 @@ def test_values_of_several_types_stay_accepted_as_given():
     assert cfg.train.devices == 2 and cfg.serve.ready_timeout_s == 0.5 and cfg.train.precision == "bf16-mixed"
     assert cfg.export.tensorrt is False and cfg.model.query_prefix is None
     assert load_config(None, [], save=False).serve.ready_timeout_s == 2  # the YAML's int stays an int
+    assert load_config(None, [], save=False).train.budget_minutes == "auto"  # auto | number
+    assert load_config(None, ["train.budget_minutes=0.5"], save=False).train.budget_minutes == 0.5
+    with pytest.raises(UserError, match=r"train.budget_minutes='soon' is not a valid auto \| number \| null"):
+        load_config(None, ["train.budget_minutes=soon"], save=False)
     with pytest.raises(UserError, match=r"train.devices='many' is not a valid auto \| int"):
         load_config(None, ["train.devices=many"], save=False)
     with pytest.raises(UserError, match=r"evaluate.k_values=\[1, 'x'\] is not a valid list\[int\]"):
