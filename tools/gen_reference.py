@@ -186,7 +186,9 @@ def config_sections() -> list[str]:
     md: list[str] = ["## Config keys", "",
                      "Set any key on the command line as `key=value` (e.g. `domain-embed run train.max_steps=200`), "
                      "pick a group option as `group=option` (e.g. `llm=nim`), and see the resolved tree with "
-                     "`domain-embed config`. A run keeps its overrides in `<run-dir>/overrides.json`.", ""]
+                     "`domain-embed config`. A run keeps its overrides in `<run-dir>/overrides.json`. Every key is typed "
+                     "(services/domain_embed/schema.py): a value of the wrong type, one outside a key's allowed values, "
+                     "or an unknown key fails at the command line (exit 2), naming the key.", ""]
     root = [(k, v) for k, v in base.items() if k not in defaults and not isinstance(v, dict)]
     if root:
         md += ["### Top level (`configs/run.yaml`)", "", "| key | default | type | description |", "|---|---|---|---|"]

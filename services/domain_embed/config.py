@@ -288,15 +288,23 @@ def load_config(run_dir: Path | None, overrides: Iterable[str] = (), save: bool 
     if run_dir is not None and (run_dir / OVERRIDES_FILE).is_file():
         saved = json.loads((run_dir / OVERRIDES_FILE).read_text())
     merged = _merge_overrides(saved, new)
-    for o in merged:  # an unknown key fails here, naming it, before Hydra's "not in struct"
-        check_override_key(_override_key(o))
-    cfg = _compose(merged)
+    from_saved = {_override_key(o) for o in merged if o not in new}
     try:
-        OmegaConf.resolve(cfg)
-    except Exception as exc:  # interpolation errors name the key
-        raise UserError(f"config does not resolve: {exc}") from None
-    # Typed and checked against schema.RunConfig: a bad value fails here, naming the key and the type.
-    cfg = validate(cfg)
+        for o in merged:  # an unknown key fails here, naming it, before Hydra's "not in struct"
+            check_override_key(_override_key(o))
+        cfg = _compose(merged)
+        try:
+            OmegaConf.resolve(cfg)
+        except Exception as exc:  # interpolation errors name the key
+            raise UserError(f"config does not resolve: {exc}") from None
+        # Typed and checked against schema.RunConfig: a bad value fails here, naming the key and the type.
+        cfg = validate(cfg)
+    except UserError as exc:
+        key = getattr(exc, "key", None)
+        if run_dir is not None and key in from_saved:  # not on this command line: say where it came from
+            raise UserError(f"{exc} (it comes from {run_dir / OVERRIDES_FILE}, saved by an earlier command: "
+                            f"give {key}=<value> now, or remove it from that file)") from None
+        raise
     if run_dir is not None and save:
         from .files import atomic_write_text
 

@@ -511,7 +511,7 @@ class TritonConfig:
 @dataclass
 class ExportConfig:
     opset: int = _f(17, "ONNX opset.")
-    fp16: bool = _f(False, "Also write an fp16 graph (true on GPU).")
+    fp16: bool = _f(False, "Also write an fp16 ONNX graph (on a GPU it is written either way).")
     parity_tolerance: float = _f(1.0e-3, "Max abs diff against torch; cosine must exceed 1 - this.")
     tensorrt: Any = _choice("auto", "Build a TensorRT plan (true: an error without a GPU or tensorrt).", Toggle)
     trt_profiles: TrtProfilesConfig = _f(TrtProfilesConfig, "TensorRT optimisation profiles.")
@@ -676,7 +676,12 @@ def unknown_key_error(key: str) -> UserError:
         hint = f"the keys of {parent or 'the root'} are: {', '.join(siblings)}"
     else:
         hint = f"{parent} takes no sub-keys"
-    return UserError(f"{key} is not a config key ({hint}); {REFERENCE}")
+    return _keyed(UserError(f"{key} is not a config key ({hint}); {REFERENCE}"), key)
+
+
+def _keyed(err: UserError, key: str) -> UserError:
+    err.key = key  # type: ignore[attr-defined]  # load_config says where a saved override came from
+    return err
 
 
 def check_override_key(key: str) -> None:
@@ -698,7 +703,7 @@ def _bad_value(key: str, value: Any, f: Field | None, tp: Any) -> UserError:
     default = _default_of(f)
     dflt = f" (the default is {_shown(default.value if isinstance(default, enum.Enum) else default)})" \
         if not (isinstance(default, type) or is_dataclass(default)) else ""
-    return UserError(f"{key}={_shown(value)} is {_expected(f, tp)}{dflt}; {REFERENCE}")
+    return _keyed(UserError(f"{key}={_shown(value)} is {_expected(f, tp)}{dflt}; {REFERENCE}"), key)
 
 
 def _loose_ok(f: Field, value: Any) -> bool:

@@ -130,3 +130,19 @@ def test_schema_defaults_are_the_yaml_defaults():
     """The dataclass defaults equal configs/ for the default options, so either can be read as the truth."""
     schema = OmegaConf.to_container(OmegaConf.structured(RunConfig), resolve=False, enum_to_str=True)
     assert dict(_leaves(schema)) == dict(_leaves(OmegaConf.to_container(_compose([]), resolve=False)))
+
+
+def test_a_bad_saved_override_says_where_it_comes_from(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "overrides.json").write_text(json.dumps(["train.epochs=1.5", "+train.lrr=1"]))
+    with pytest.raises(UserError) as e:
+        load_config(run, [], save=False)
+    assert "train.lrr is not a config key" in str(e.value) and str(run / "overrides.json") in str(e.value)
+    (run / "overrides.json").write_text(json.dumps(["train.epochs=1.5"]))
+    with pytest.raises(UserError, match=r"train.epochs=1.5 is not a valid int .*overrides.json"):
+        load_config(run, [], save=False)
+    assert load_config(run, ["train.epochs=2"], save=False).train.epochs == 2  # a new value replaces it
+    with pytest.raises(UserError) as e:  # on this command line: no pointer to the file
+        load_config(run, ["train.epochs=2.5"], save=False)
+    assert "overrides.json" not in str(e.value)
