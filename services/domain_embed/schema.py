@@ -608,8 +608,8 @@ def find_field(key: str, cls: type = RunConfig) -> tuple[Field, Any] | None:
     return (f, tp) if f is not None else None
 
 
-def _section_keys(key: str) -> list[str]:
-    parent = key.rpartition(".")[0]
+def _section_keys(parent: str) -> list[str]:
+    """The keys of section ``parent`` ("" = the root); [] when it is a leaf."""
     found = find_field(parent) if parent else None
     cls = _unwrap_optional(found[1])[0] if found else RunConfig
     return [x.name for x in fields(cls)] if isinstance(cls, type) and is_dataclass(cls) else []
@@ -666,9 +666,12 @@ def _default_of(f: Field) -> Any:
 
 def unknown_key_error(key: str) -> UserError:
     """A UserError for a key the schema does not have, with the closest ones of its section."""
-    leaf = key.rpartition(".")[2]
-    siblings = _section_keys(key)
-    parent = key.rpartition(".")[0]
+    parts = key.split(".")
+    depth = 1  # the first segment that is not a key: trian.epochs is about trian, not epochs
+    while depth < len(parts) and find_field(".".join(parts[:depth])) is not None:
+        depth += 1
+    parent, leaf = ".".join(parts[: depth - 1]), parts[depth - 1]
+    siblings = _section_keys(parent)
     near = difflib.get_close_matches(leaf, siblings, n=3, cutoff=0.5)
     if near:
         hint = "did you mean " + " or ".join(f"{parent + '.' if parent else ''}{n}" for n in near) + "?"

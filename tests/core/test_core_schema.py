@@ -71,6 +71,8 @@ def test_an_unknown_key_is_rejected_naming_it_even_with_plus():
         with pytest.raises(UserError) as e:
             load_config(None, [o], save=False)
         assert str(e.value).startswith("train.lrr is not a config key"), str(e.value)
+    with pytest.raises(UserError, match=r"^trian.epochs is not a config key \(did you mean train\?\)"):
+        load_config(None, ["trian.epochs=3"], save=False)  # the first wrong segment is the one named
     p = cli("config", "train.lrr=1")
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "train.lrr" in p.stderr
 
