@@ -16,7 +16,10 @@ from domain_embed.errors import UserError
 from domain_embed.schema import RunConfig, find_field, iter_fields
 
 BIN = Path(sys.executable).parent / "domain-embed"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 LLM_OPTIONS = ["llm=local", "llm=nim"]
+# every option of every group (llm=local and llm=nim today), so a new option file is checked too
+ALL_OPTIONS = sorted(f"{g.name}={f.stem}" for g in CONFIGS.iterdir() if g.is_dir() for f in g.glob("*.yaml"))
 
 
 def cli(*args):
@@ -93,9 +96,13 @@ def test_values_of_several_types_stay_accepted_as_given():
         load_config(None, ["evaluate.k_values=[1,x]"], save=False)
 
 
-@pytest.mark.parametrize("llm", LLM_OPTIONS)
-def test_every_composed_key_has_a_typed_documented_field(llm):
-    raw = OmegaConf.to_container(_compose([llm]), resolve=False)
+def test_every_group_option_is_checked():
+    assert set(LLM_OPTIONS) <= set(ALL_OPTIONS) and len(ALL_OPTIONS) >= 12
+
+
+@pytest.mark.parametrize("option", ALL_OPTIONS)
+def test_every_composed_key_has_a_typed_documented_field(option):
+    raw = OmegaConf.to_container(_compose([option]), resolve=False)
     keys = [k for k, _ in _leaves(raw)]
     assert len(keys) > 150
     undocumented = [k for k in keys if find_field(k) is None or not find_field(k)[0].metadata.get("doc", "").strip()]
@@ -104,10 +111,10 @@ def test_every_composed_key_has_a_typed_documented_field(llm):
     assert sorted(k for k, _, _ in iter_fields()) == sorted(keys)
 
 
-@pytest.mark.parametrize("llm", LLM_OPTIONS)
-def test_validation_changes_no_value_type_or_order(llm):
-    raw = _unvalidated([llm])
-    cfg = load_config(None, [llm], save=False)
+@pytest.mark.parametrize("option", ALL_OPTIONS)
+def test_validation_changes_no_value_type_or_order(option):
+    raw = _unvalidated([option])
+    cfg = load_config(None, [option], save=False)
     before = list(_leaves(OmegaConf.to_container(raw)))
     after = list(_leaves(OmegaConf.to_container(cfg, enum_to_str=True)))
     assert after == before
