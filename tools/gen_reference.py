@@ -8,10 +8,9 @@ Config keys come from composing the Hydra tree (configs/run.yaml and every optio
 group, e.g. llm=local and llm=nim), with each option's own defaults; each key's type (allowed
 values for an enum) and description come from its field in services/domain_embed/schema.py, and
 each file's description from the comment block at its top. Command flags come from the CLI's
-argparse parser. Environment
-variables are the ones the code reads: the fixed list below, every ``*_env`` config value (the
-names of API-key variables), the gateway's ``DOMAIN_EMBED_SERVE_<KEY>`` twin of each
-``serve.*`` key, and any ``DOMAIN_EMBED_*`` name found in the package source.
+argparse parser. Environment variables are the ones the code reads: the fixed list below, every
+``*_env`` config value (the names of API-key variables), the gateway's ``DOMAIN_EMBED_SERVE_<KEY>``
+twin of each ``serve.*`` key, and any ``DOMAIN_EMBED_*`` name found in the package source.
 """
 
 from __future__ import annotations
