@@ -749,7 +749,11 @@ def validate(composed: DictConfig) -> DictConfig:
     try:
         cfg = OmegaConf.merge(schema, composed)
     except ConfigKeyError as exc:
-        raise unknown_key_error(str(exc.full_key or exc.key)) from None
+        # Overrides were checked before composition, so the key comes from a YAML file of the tree.
+        key = str(exc.full_key or exc.key)
+        raise _keyed(UserError(f"{key} is set in the config tree's YAML but is not a config key; a new key needs a "
+                               f"field (type, default, doc) in services/domain_embed/schema.py, or remove it from "
+                               f"configs/"), key) from None
     except ValidationError as exc:
         key = str(exc.full_key or exc.key)
         value = exc.value if hasattr(exc, "value") else None

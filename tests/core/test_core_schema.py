@@ -155,3 +155,15 @@ def test_a_bad_saved_override_says_where_it_comes_from(tmp_path):
     with pytest.raises(UserError) as e:  # on this command line: no pointer to the file
         load_config(run, ["train.epochs=2.5"], save=False)
     assert "overrides.json" not in str(e.value)
+
+
+def test_a_yaml_key_without_a_schema_field_is_named(tmp_path, monkeypatch):
+    import shutil
+
+    tree = tmp_path / "configs"
+    shutil.copytree(CONFIGS, tree)
+    with (tree / "mine" / "default.yaml").open("a") as f:
+        f.write("new_knob: 3\n")
+    monkeypatch.setenv("DOMAIN_EMBED_CONFIG_DIR", str(tree))
+    with pytest.raises(UserError, match=r"^mine.new_knob is set in the config tree's YAML but is not a config key"):
+        load_config(None, [], save=False)
