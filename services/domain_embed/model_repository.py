@@ -15,7 +15,7 @@ from .errors import UserError
 from .files import atomic_write_json, sha256_file
 
 MODEL_NAME = "embed"
-MANIFEST = "manifest.json"
+MANIFEST = "checksums.json"  # the repository's sha256 of every file (a stage's record is manifest.json)
 
 
 def write_manifest(repo: Path) -> dict[str, str]:

@@ -60,8 +60,8 @@ def test_triton_repository_manifest_and_spec(exported_run):
     from domain_embed.rundir import sha256_file
 
     repo = exported_run / "triton"
-    files = json.loads((repo / "manifest.json").read_text())["files"]
-    on_disk = {p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file() and p.name != "manifest.json"}
+    files = json.loads((repo / "checksums.json").read_text())["files"]
+    on_disk = {p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file() and p.name != "checksums.json"}
     assert set(files) == on_disk
     assert {"embed/config.pbtxt", "embed/1/model.py", "embed/1/model.onnx", "embed/1/tokenizer.json", "encoding.json"} <= on_disk
     for rel, digest in files.items():

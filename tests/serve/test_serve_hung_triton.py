@@ -182,9 +182,9 @@ def test_python_backend_bytecode_never_stays_in_the_repository(private_repo, tmp
         t.wait_ready()
     finally:
         t.stop()
-    files = set(json.loads((private_repo / "manifest.json").read_text())["files"])
+    files = set(json.loads((private_repo / "checksums.json").read_text())["files"])
     on_disk = {p.relative_to(private_repo).as_posix() for p in private_repo.rglob("*")
-               if p.is_file() and p.name != "manifest.json"}
+               if p.is_file() and p.name != "checksums.json"}
     assert on_disk == files
     assert not list(private_repo.rglob("__pycache__"))
     assert verify_manifest(private_repo) == len(files)

@@ -5,7 +5,7 @@
                quality gate in eval/report.json has failed (nothing downstream will come)
   fetch        download a .tar.gz Triton repository over HTTPS, check its sha256, unpack it
   verify-copy  copy the repository a pointer resolves to into a pod-local folder, then verify
-               every file against triton/manifest.json ({"algorithm":"sha256","files":{...}})
+               every file against triton/checksums.json ({"algorithm":"sha256","files":{...}})
   publish      after the gate passed: verify the run's repository, then atomically repoint
                models/current at it (symlink + rename) and append to models/history.jsonl
   restart      patch the serving Deployment's pod template so its pods roll onto the new model
@@ -29,7 +29,7 @@ import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
-MANIFEST = "manifest.json"
+MANIFEST = "checksums.json"  # the repository's sha256 of every file (a stage's record is manifest.json)
 
 
 def log(msg: str) -> None:

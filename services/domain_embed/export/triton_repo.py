@@ -13,7 +13,7 @@ backend)::
 
 Both expose the same model ``embed``: inputs TEXT, INPUT_TYPE, TRUNCATE (strings, one per text),
 outputs EMBEDDING [dim] fp32 and TOKENS [1] int32, so the gateway does not care which it talks to.
-``triton/manifest.json`` records the sha256 of every file; ``triton/encoding.json`` is the
+``triton/checksums.json`` records the sha256 of every file; ``triton/encoding.json`` is the
 :class:`~domain_embed.config.EncodingSpec`, the one place serving reads prefixes and lengths from.
 """
 

@@ -35,7 +35,7 @@ def _sha256(path: Path) -> str:
 
 def verify_repository(repo: Path, model_name: str) -> None:
     """Refuse to load when any file of this model (or the encoding spec) differs from the manifest."""
-    manifest_path = repo / "manifest.json"
+    manifest_path = repo / "checksums.json"
     if not manifest_path.is_file():
         raise pb_utils.TritonModelException(f"{manifest_path} is missing; regenerate with `domain-embed export --force`")
     files = json.loads(manifest_path.read_text())["files"]
