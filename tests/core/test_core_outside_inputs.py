@@ -29,7 +29,7 @@ BIN = Path(sys.executable).parent / "domain-embed"
 SPHINX = REPO / "tests" / "curate" / "fixtures" / "sphinx-python311"
 # heading and title queries only: synthesize runs for real but needs no LLM server
 NO_LLM = ["synth.types.factual=0", "synth.types.keyword=0", "synth.types.multi_hop=0"]
-FIRST_FOUR = ["curate", "synthesize", "split", "mine"]
+FIRST_FOUR = ["curate", "synth", "split", "mine"]
 
 
 def _cli(run_dir: Path, corpus: Path) -> subprocess.CompletedProcess:
@@ -101,7 +101,7 @@ def test_edited_document_reruns_curate_and_every_stage_after_it(corpus, tmp_path
     print("\n".join(lines))  # the lead's note quotes this
     assert _ran(edited.stderr) == FIRST_FOUR
     assert "[curate] rerunning: corpus changed: 1 edited (python/keyword.html)" in lines
-    assert any(ln.startswith("[synthesize] rerunning: inputs changed: curate/chunks.jsonl") for ln in lines)
+    assert any(ln.startswith("[synth] rerunning: inputs changed: curate/chunks.jsonl") for ln in lines)
     edited_man = read_manifest(run, "curate")
     sha = {f["path"]: f["sha256"] for f in edited_man["outside_inputs"]["corpus"]["files"]}
     old = {f["path"]: f["sha256"] for f in listed["files"]}
@@ -143,7 +143,7 @@ def _fake_work(calls: list):
     """Stand-in for the evaluation work only: the runner and its checks are the real ones."""
     def fn(ctx):
         calls.append(dict(ctx.extra))
-        atomic_write_json(ctx.path("eval/report.json"), {"gate": {"passed": True}})
+        atomic_write_json(ctx.path("evaluate/report.json"), {"gate": {"passed": True}})
         (ctx.dir / "report.md").write_text("report\n")
         return {}
     return fn
@@ -183,10 +183,10 @@ def test_style_examples_file_contents_are_an_input(tmp_path):
     style = tmp_path / "style.txt"
     style.write_text("how do I create an index\n")
     cfg = load_config(None, [f"synth.style_examples_file={style}"], save=False)
-    got = STAGES["synthesize"].outside_inputs(cfg, {})
+    got = STAGES["synth"].outside_inputs(cfg, {})
     first = fingerprint_files(got["synth.style_examples_file"])
     assert [f["path"] for f in first["files"]] == ["style.txt"]
     assert "llm.local.weights" in got and got["llm.local.weights"].files[0].suffix == ".gguf"
     style.write_text("why is my query slow\n")
-    assert fingerprint_files(STAGES["synthesize"].outside_inputs(cfg, {})["synth.style_examples_file"],
+    assert fingerprint_files(STAGES["synth"].outside_inputs(cfg, {})["synth.style_examples_file"],
                              first)["sha256"] != first["sha256"]

@@ -78,4 +78,4 @@ def test_manifest_records_versions_and_a_reader_refuses_another(tmp_path):
     mpath.write_text(json.dumps(old))
     with pytest.raises(UserError, match=r"holds Chunk/0 records but this version of domain-embed reads Chunk/1; "
                                         r"rerun `domain-embed curate --force"):
-        run_stage(STAGES["synthesize"], tmp_path, cfg, STAGES, quiet=True)
+        run_stage(STAGES["synth"], tmp_path, cfg, STAGES, quiet=True)

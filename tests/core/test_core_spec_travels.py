@@ -43,9 +43,9 @@ def trained_run(tmp_path_factory) -> Path:
                    run / "train" / "model", {"base_model_name": "test"})
     atomic_write_json(run / "train" / "manifest.json",
                       {"stage": "train", "outputs": {"train/model": sha256_path(run / "train" / "model")}})
-    atomic_write_json(run / "eval" / "report.json", {"gate": {"passed": True}})
-    atomic_write_json(run / "eval" / "manifest.json",
-                      {"stage": "evaluate", "outputs": {"eval/report.json": sha256_path(run / "eval" / "report.json")}})
+    atomic_write_json(run / "evaluate" / "report.json", {"gate": {"passed": True}})
+    atomic_write_json(run / "evaluate" / "manifest.json",
+                      {"stage": "evaluate", "outputs": {"evaluate/report.json": sha256_path(run / "evaluate" / "report.json")}})
     return run
 
 

@@ -143,9 +143,9 @@ def test_hpa_pdb_and_helm_test(rendered):
 
 def test_pipeline_jobs_chain_on_upstream_manifests(rendered):
     jobs = _jobs(rendered["default"])
-    assert set(jobs) == {"curate", "synthesize", "split", "mine", "train", "evaluate", "export", "publish"}
-    upstream = {"synthesize": "curate", "split": "synth", "mine": "split", "train": "mine",
-                "evaluate": "train", "export": "eval", "publish": "export"}
+    assert set(jobs) == {"curate", "synth", "split", "mine", "train", "evaluate", "export", "publish"}
+    upstream = {"synth": "curate", "split": "synth", "mine": "split", "train": "mine",
+                "evaluate": "train", "export": "evaluate", "publish": "export"}
     run = jobs["curate"]["metadata"]["labels"]["domain-embed/run"]
     for stage, up in upstream.items():
         pod = jobs[stage]["spec"]["template"]["spec"]
@@ -173,7 +173,7 @@ def test_llm_endpoint_in_cluster_or_build_nvidia(rendered):
     mine = _jobs(rendered["default"])["mine"]["spec"]["template"]["spec"]["containers"][0]
     assert "llm.base_url=http://nim-llm.nim.svc.cluster.local:8000/v1" in mine["args"]
     assert "NVIDIA_API_KEY" not in {e["name"] for e in mine["env"]}
-    synth = _jobs(rendered["multinode-gpu"])["synthesize"]["spec"]["template"]["spec"]["containers"][0]
+    synth = _jobs(rendered["multinode-gpu"])["synth"]["spec"]["template"]["spec"]["containers"][0]
     assert "llm.base_url=https://integrate.api.nvidia.com/v1" in synth["args"]
     key = next(e for e in synth["env"] if e["name"] == "NVIDIA_API_KEY")
     assert key["valueFrom"]["secretKeyRef"] == {"name": "nvidia-api-key", "key": "NVIDIA_API_KEY"}

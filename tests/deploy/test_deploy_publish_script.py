@@ -39,8 +39,8 @@ def make_run(root: Path, name: str, gate: bool | None, payload: str = "weights")
     (repo / "encoding.json").write_text(json.dumps({"dim": 384}))
     write_manifest(repo)
     if gate is not None:
-        (run_dir / "eval").mkdir()
-        (run_dir / "eval" / "report.json").write_text(json.dumps({"gate": {"passed": gate, "metric": "ndcg@10"}}))
+        (run_dir / "evaluate").mkdir()
+        (run_dir / "evaluate" / "report.json").write_text(json.dumps({"gate": {"passed": gate, "metric": "ndcg@10"}}))
     return run_dir
 
 
@@ -110,7 +110,7 @@ def test_wait_finds_the_manifest_and_stops_on_a_failed_gate(script, tmp_path):
     assert r.returncode == 0 and "found" in r.stderr
     r = run(script, "wait", "--path", str(tmp_path / "nope"), "--timeout", "0.3", "--interval", "0.1")
     assert r.returncode == 2 and "timed out" in r.stderr
-    report = tmp_path / "run" / "eval" / "report.json"
+    report = tmp_path / "run" / "evaluate" / "report.json"
     report.parent.mkdir()
     report.write_text(json.dumps({"gate": {"passed": False}}))
     (tmp_path / "run" / "export").mkdir()

@@ -67,7 +67,7 @@ def test_walkthrough_executes_at_tiny_size(tmp_path):
 
     outputs = "\n".join(text(c) for c in nb.cells if c.cell_type == "code")
     assert "Traceback" not in outputs
-    report = json.loads((run_dir / "eval" / "report.json").read_text())
+    report = json.loads((run_dir / "evaluate" / "report.json").read_text())
     assert {"base", "tuned"} <= set(report["datasets"]["heldout"])
     assert (run_dir / "user_queries" / "drift.png").stat().st_size > 0
     assert "image/png" in outputs  # the plots rendered

@@ -89,7 +89,7 @@ def test_every_stage_left_a_manifest(run_dir):
 
 
 def test_report_has_base_and_tuned(run_dir):
-    rep = json.loads((run_dir / "eval" / "report.json").read_text())
+    rep = json.loads((run_dir / "evaluate" / "report.json").read_text())
     held = rep["datasets"]["heldout"]
     for who in ("base", "tuned"):
         for metric in ("ndcg@10", "recall@10"):
@@ -117,7 +117,7 @@ def test_training_changed_the_weights(run_dir):
 
 def test_tuned_model_beats_the_base_on_the_heldout_split(run_dir):
     """The gate runs at its default tolerance here, and the tuned model must win outright."""
-    rep = json.loads((run_dir / "eval" / "report.json").read_text())
+    rep = json.loads((run_dir / "evaluate" / "report.json").read_text())
     held = rep["datasets"]["heldout"]
     assert held["info"]["queries"] >= 10, held["info"]
     assert rep["gate"]["passed"] is True and rep["gate"]["tolerance"] == 0.01

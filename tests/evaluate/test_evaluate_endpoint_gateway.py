@@ -104,7 +104,7 @@ def test_evaluate_endpoint_scores_over_length_heldout_texts(gateway_url, run_wit
     run = run_with_long_heldout
     cfg = load_config(run, [], save=False)
     m = run_stage(STAGES["evaluate"], run, cfg, STAGES, quiet=True, extra={"endpoint": gateway_url})
-    rep = json.loads((run / "eval" / "report.json").read_text())
+    rep = json.loads((run / "evaluate" / "report.json").read_text())
     ep = rep["endpoint"]
     held = rep["datasets"]["heldout"]
     assert ep["passed"] is True and ep["max_drift"] < 1e-3, ep

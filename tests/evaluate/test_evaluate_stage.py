@@ -84,11 +84,11 @@ def test_gate_fails_with_exit_3_on_a_randomly_initialised_model(tmp_path, spec_s
                        env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
     assert p.returncode == 3, p.stderr[-2000:]
     assert "quality gate failed" in p.stderr and "ndcg@10" in p.stderr
-    rep = json.loads((run / "eval" / "report.json").read_text())
+    rep = json.loads((run / "evaluate" / "report.json").read_text())
     g = rep["gate"]
     assert g["passed"] is False and g["tuned"] < g["base"] - g["tolerance"] and "below base" in g["reason"]
-    assert "FAILED" in (run / "eval" / "report.md").read_text()
-    man = json.loads((run / "eval" / "manifest.json").read_text())
+    assert "FAILED" in (run / "evaluate" / "report.md").read_text()
+    man = json.loads((run / "evaluate" / "manifest.json").read_text())
     assert man["counts"]["gate_passed"] is False
 
 
@@ -97,7 +97,7 @@ def test_report_base_tuned_bm25_and_extra_dataset(run_same_as_base):
     p = subprocess.run([CLI, "evaluate", "--run-dir", str(run), "--quiet", "--dataset", str(run / "split" / "val_beir")],
                        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
-    rep = json.loads((run / "eval" / "report.json").read_text())
+    rep = json.loads((run / "evaluate" / "report.json").read_text())
     assert set(rep["datasets"]) == {"heldout", "val_beir"}
     held = rep["datasets"]["heldout"]
     for system in ("base", "tuned", "bm25"):
@@ -106,9 +106,9 @@ def test_report_base_tuned_bm25_and_extra_dataset(run_same_as_base):
     assert held["tuned"] == pytest.approx(held["base"])
     assert rep["gate"]["passed"] is True
     assert held["base"]["ndcg@10"] > 0.3, "MiniLM should find these passages"
-    png = (run / "eval" / "curves.png").read_bytes()
+    png = (run / "evaluate" / "curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
-    assert "| ndcg@10 |" in (run / "eval" / "report.md").read_text()
+    assert "| ndcg@10 |" in (run / "evaluate" / "report.md").read_text()
     # per source:type breakdown of the held-out queries, each group scored on its own queries
     groups = held["by_group"]
     assert set(groups) == {"llm:factual", "llm:keyword"}
@@ -118,9 +118,9 @@ def test_report_base_tuned_bm25_and_extra_dataset(run_same_as_base):
     n = held["info"]["queries"]
     mean = sum(g["base"]["ndcg@10"] * g["queries"] for g in groups.values()) / n
     assert mean == pytest.approx(held["base"]["ndcg@10"]), "groups partition the held-out set"
-    assert "| llm:factual |" in (run / "eval" / "report.md").read_text()
+    assert "| llm:factual |" in (run / "evaluate" / "report.md").read_text()
     # base and tuned each embedded the held-out corpus once (val_beir's passages are among them)
-    e = json.loads((run / "eval" / "manifest.json").read_text())["counts"]["embeddings"]
+    e = json.loads((run / "evaluate" / "manifest.json").read_text())["counts"]["embeddings"]
     n_corpus = len((run / "split" / "eval_beir" / "corpus.jsonl").read_text().splitlines())
     assert e["passage"]["misses"] <= 2 * n_corpus and e["passage"]["hits"] > 0
     assert {s["backend"] for s in e["sets"].values()} <= {"onnx", "torch"}
@@ -130,9 +130,9 @@ def test_report_base_tuned_bm25_and_extra_dataset(run_same_as_base):
                         str(run / "split" / "val_beir")],
                        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
-    e2 = json.loads((run / "eval" / "manifest.json").read_text())["counts"]["embeddings"]
+    e2 = json.loads((run / "evaluate" / "manifest.json").read_text())["counts"]["embeddings"]
     assert e2["passage"]["misses"] == 0 and e2["query"]["misses"] == 0 and e2["passage"]["hits"] > 0
-    assert json.loads((run / "eval" / "report.json").read_text())["datasets"] == rep["datasets"]
+    assert json.loads((run / "evaluate" / "report.json").read_text())["datasets"] == rep["datasets"]
 
 
 class _EmbeddingServer:
@@ -182,13 +182,13 @@ def test_live_endpoint_drift(run_same_as_base, spec_small, noise, ok):
         if ok:
             m = run_stage(STAGES["evaluate"], run, cfg, STAGES, quiet=True, extra={"endpoint": srv.url})
             assert m["counts"]["endpoint_max_drift"] < 1e-4
-            rep = json.loads((run / "eval" / "report.json").read_text())
+            rep = json.loads((run / "evaluate" / "report.json").read_text())
             assert rep["endpoint"]["passed"] and rep["datasets"]["heldout"]["endpoint"]["ndcg@10"] == pytest.approx(
                 rep["datasets"]["heldout"]["tuned"]["ndcg@10"], abs=1e-6)
         else:
             with pytest.raises(QualityGateFailed, match="drifts from the checkpoint"):
                 run_stage(STAGES["evaluate"], run, cfg, STAGES, quiet=True, extra={"endpoint": srv.url})
-            rep = json.loads((run / "eval" / "report.json").read_text())
+            rep = json.loads((run / "evaluate" / "report.json").read_text())
             assert rep["endpoint"]["passed"] is False and rep["endpoint"]["max_drift"] > 1e-3
     finally:
         srv.close()

@@ -176,9 +176,9 @@ def _stage_run(tmp_path, minilm_path, gate_passed: bool, overrides=()):
 
     run = tmp_path / "run"
     shutil.copytree(minilm_path, run / "train" / "model")
-    atomic_write_json(run / "eval" / "report.json", {"gate": {"passed": gate_passed, "delta_ndcg@10": -0.2}})
+    atomic_write_json(run / "evaluate" / "report.json", {"gate": {"passed": gate_passed, "delta_ndcg@10": -0.2}})
     atomic_write_json(run / "train" / "manifest.json", {"outputs": {"train/model": sha256_path(run / "train" / "model")}})
-    atomic_write_json(run / "eval" / "manifest.json", {"outputs": {"eval/report.json": sha256_path(run / "eval" / "report.json")}})
+    atomic_write_json(run / "evaluate" / "manifest.json", {"outputs": {"evaluate/report.json": sha256_path(run / "evaluate" / "report.json")}})
     cfg = load_config(run, list(overrides), save=True)
     return run, lambda: run_stage(STAGES["export"], run, cfg, STAGES, quiet=True)
 

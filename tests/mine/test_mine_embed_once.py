@@ -31,7 +31,7 @@ def _run_through_split(rd: Path, extra: list[str] = ()) -> None:
         return {}
 
     run_stage(dataclasses.replace(STAGES["curate"], fn=curate), rd, cfg, STAGES, quiet=True)
-    syn = run_stage(STAGES["synthesize"], rd, cfg, STAGES, quiet=True)
+    syn = run_stage(STAGES["synth"], rd, cfg, STAGES, quiet=True)
     e = syn["counts"]["embeddings"]
     n_chunks = len(CHUNKS.read_text().splitlines())
     # synthesis embedded every chunk once (round trip) and every question once (dedup)

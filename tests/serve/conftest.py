@@ -24,11 +24,11 @@ def make_exported_run(base: Path, minilm: Path) -> Path:
     if (run / "export" / "manifest.json").is_file():
         return run
     (run / "train").mkdir(parents=True, exist_ok=True)
-    (run / "eval").mkdir(parents=True, exist_ok=True)
+    (run / "evaluate").mkdir(parents=True, exist_ok=True)
     shutil.copytree(minilm, run / "train" / "model", dirs_exist_ok=True)
-    atomic_write_json(run / "eval" / "report.json", {"gate": {"passed": True, "tolerance": 0.01}})
+    atomic_write_json(run / "evaluate" / "report.json", {"gate": {"passed": True, "tolerance": 0.01}})
     atomic_write_json(run / "train" / "manifest.json", {"stage": "train", "outputs": {"train/model": sha256_path(run / "train" / "model")}})
-    atomic_write_json(run / "eval" / "manifest.json", {"stage": "evaluate", "outputs": {"eval/report.json": sha256_path(run / "eval" / "report.json")}})
+    atomic_write_json(run / "evaluate" / "manifest.json", {"stage": "evaluate", "outputs": {"evaluate/report.json": sha256_path(run / "evaluate" / "report.json")}})
     cfg = load_config(run, [], save=True)
     run_stage(STAGES["export"], run, cfg, STAGES, quiet=True)
     return run

@@ -54,7 +54,7 @@ def run_split(run_dir: Path, chunks: list[dict], qa: list[dict], overrides: list
         return {}
 
     run_stage(dataclasses.replace(STAGES["curate"], fn=curate), run_dir, cfg, STAGES, quiet=True)
-    run_stage(dataclasses.replace(STAGES["synthesize"], fn=synth), run_dir, cfg, STAGES, quiet=True)
+    run_stage(dataclasses.replace(STAGES["synth"], fn=synth), run_dir, cfg, STAGES, quiet=True)
     return run_stage(STAGES["split"], run_dir, cfg, STAGES, quiet=quiet)
 
 

@@ -85,7 +85,7 @@ def test_bad_endpoint_fails_at_once_with_url_status_and_what_to_set(tmp_path, st
         rd = tmp_path / "run"
         make_run(rd, ["synth.max_chunks=2"])
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "DE_TEST_LLM_KEY": "wrong-key"}
-        r = subprocess.run([str(BIN), "synthesize", "--run-dir", str(rd), "llm=nim", f"llm.base_url={srv.url}",
+        r = subprocess.run([str(BIN), "synth", "--run-dir", str(rd), "llm=nim", f"llm.base_url={srv.url}",
                             "llm.api_key_env=DE_TEST_LLM_KEY"], env=env, capture_output=True, text=True, timeout=300)
     finally:
         srv.close()
@@ -100,7 +100,7 @@ def test_unreachable_endpoint_names_the_setting(tmp_path):
     make_run(rd, ["synth.max_chunks=2"])
     cfg = load_config(rd, [f"llm.base_url=http://127.0.0.1:{_free_port()}/v1"])
     with pytest.raises(UserError, match=r"could not reach the LLM endpoint .*set llm.base_url"):
-        run_stage(STAGES["synthesize"], rd, cfg, STAGES, quiet=True)
+        run_stage(STAGES["synth"], rd, cfg, STAGES, quiet=True)
 
 
 def test_too_many_failed_generations_fail_the_stage_and_a_fixed_rerun_resumes(tmp_path):
@@ -122,7 +122,7 @@ def test_too_many_failed_generations_fail_the_stage_and_a_fixed_rerun_resumes(tm
         make_run(rd, common)
         try:
             with pytest.raises(UserError, match=r"generations failed \(.*http_5xx: \d+.*\).*synth.max_failed_fraction"):
-                run_stage(STAGES["synthesize"], rd, load_config(rd, [f"llm.base_url={proxy.url}"]), STAGES, quiet=True)
+                run_stage(STAGES["synth"], rd, load_config(rd, [f"llm.base_url={proxy.url}"]), STAGES, quiet=True)
         finally:
             proxy.close()
         gen = rd / "synth" / "generations.jsonl"
@@ -131,7 +131,7 @@ def test_too_many_failed_generations_fail_the_stage_and_a_fixed_rerun_resumes(tm
         assert ok_before and failed and not (rd / "synth" / "manifest.json").exists()
 
         # the fixed rerun tolerates the real 135M model's occasional invalid JSON (not what this test is about)
-        man = run_stage(STAGES["synthesize"], rd,
+        man = run_stage(STAGES["synth"], rd,
                         load_config(rd, [f"llm.base_url={real_url}", "synth.max_failed_fraction=1"]), STAGES, quiet=True)
     c = man["counts"]
     assert c["generations_resumed"] == len(ok_before)

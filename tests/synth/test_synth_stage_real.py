@@ -57,7 +57,7 @@ def test_synthesize_real_server_then_resume_without_requests(tmp_path):
                   "synth.types.multi_hop=1", "synth.judge.enabled=true", "synth.round_trip_top_k=5",
                   "synth.max_failed_fraction=1"])
     cfg = load_config(rd, [])
-    man = run_stage(STAGES["synthesize"], rd, cfg, STAGES, quiet=True)
+    man = run_stage(STAGES["synth"], rd, cfg, STAGES, quiet=True)
     c = man["counts"]
     chunk_ids = {json.loads(l)["id"] for l in (HERE / "sample_chunks.jsonl").read_text().splitlines()}
 
@@ -97,7 +97,7 @@ def test_synthesize_real_server_then_resume_without_requests(tmp_path):
     assert all(d["reason"] and d["dropped_at"] in f for d in dropped)
 
     # --force reruns the stage, but every generation and grade is reused from the logs: no requests
-    man2 = run_stage(STAGES["synthesize"], rd, cfg, STAGES, force=True, quiet=True)
+    man2 = run_stage(STAGES["synth"], rd, cfg, STAGES, force=True, quiet=True)
     assert_rerun_asks_only_what_failed(c, man2["counts"])
     if not c["generations_failed"]:
         assert [r["id"] for r in read_jsonl(rd / "synth" / "qa.jsonl")] == [r["id"] for r in qa]
@@ -115,7 +115,7 @@ def test_kill_mid_run_then_resume_loses_nothing_and_duplicates_nothing(tmp_path)
                   "llm.concurrency=2", "synth.max_failed_fraction=1"])
     gen = rd / "synth" / "generations.jsonl"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([str(BIN), "synthesize", "--run-dir", str(rd), "--quiet"], env=env,
+    proc = subprocess.Popen([str(BIN), "synth", "--run-dir", str(rd), "--quiet"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 400
     while time.monotonic() < deadline and proc.poll() is None:
@@ -130,7 +130,7 @@ def test_kill_mid_run_then_resume_loses_nothing_and_duplicates_nothing(tmp_path)
     assert 2 <= len(before_keys) < 6
     assert not (rd / "synth" / "manifest.json").exists()
 
-    done = subprocess.run([str(BIN), "synthesize", "--run-dir", str(rd), "--quiet"], env=env,
+    done = subprocess.run([str(BIN), "synth", "--run-dir", str(rd), "--quiet"], env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-800:]
     after = gen.read_text()
@@ -158,7 +158,7 @@ def test_default_batched_generation_real_server(tmp_path):
                   "synth.max_failed_fraction=1"])
     cfg = load_config(rd, [])
     assert cfg.synth.batch_types and cfg.synth.budget_minutes > 0
-    man = run_stage(STAGES["synthesize"], rd, cfg, STAGES, quiet=True)
+    man = run_stage(STAGES["synth"], rd, cfg, STAGES, quiet=True)
     c = man["counts"]
     assert c["generations_planned"] == 4 and c["chunks_sampled"] == 4   # one request per chunk
     recs = [r for r in read_jsonl(rd / "synth" / "generations.jsonl") if r.get("ok")]
@@ -170,7 +170,7 @@ def test_default_batched_generation_real_server(tmp_path):
     llm = [r for r in qa if r["source"]["kind"] == "llm"]
     assert llm, c["filters"]
     assert all(r["quality"]["round_trip_rank"] <= 5 and r["query_type"] in ("factual", "keyword") for r in llm)
-    man2 = run_stage(STAGES["synthesize"], rd, cfg, STAGES, force=True, quiet=True)
+    man2 = run_stage(STAGES["synth"], rd, cfg, STAGES, force=True, quiet=True)
     assert_rerun_asks_only_what_failed(c, man2["counts"])
 
 
@@ -182,11 +182,11 @@ def test_budget_caps_the_plan_and_a_rerun_keeps_it(tmp_path):
                   "synth.max_failed_fraction=1",
                   "llm.concurrency=2"])
     cfg = load_config(rd, [])
-    man = run_stage(STAGES["synthesize"], rd, cfg, STAGES, quiet=True)
+    man = run_stage(STAGES["synth"], rd, cfg, STAGES, quiet=True)
     c = man["counts"]
     assert c["generations_planned"] == 2 and c["llm"]["generate"]["requests"] >= 2
     plan = json.loads((rd / "synth" / "plan.json").read_text())
     assert plan["tasks"] == 2 and plan["planned_from"] > 2
-    man2 = run_stage(STAGES["synthesize"], rd, cfg, STAGES, force=True, quiet=True)
+    man2 = run_stage(STAGES["synth"], rd, cfg, STAGES, force=True, quiet=True)
     assert man2["counts"]["generations_planned"] == 2          # the kept plan: no new probe, no new tasks
     assert_rerun_asks_only_what_failed(c, man2["counts"])

@@ -65,7 +65,7 @@ def evaluate(run: Path, *args: str) -> subprocess.CompletedProcess:
 def test_real_queries_with_qrels_are_scored_beside_heldout(run_dir):
     p = evaluate(run_dir, "--real-queries", str(run_dir / "real.jsonl"), "--qrels", str(run_dir / "real_qrels.tsv"))
     assert p.returncode == 0, p.stderr[-3000:]
-    rep = json.loads((run_dir / "eval" / "report.json").read_text())
+    rep = json.loads((run_dir / "evaluate" / "report.json").read_text())
     assert {"heldout", "real"} <= set(rep["datasets"])
     real = rep["datasets"]["real"]
     assert real["info"]["queries"] == len(REAL_KEYWORDS)
@@ -85,10 +85,10 @@ def _evaluate_wires_drift() -> bool:
 def test_real_queries_without_qrels_report_drift(run_dir):
     p = evaluate(run_dir, "--real-queries", str(run_dir / "real.jsonl"))
     assert p.returncode == 0, p.stderr[-3000:]
-    drift = json.loads((run_dir / "eval" / "drift.json").read_text())
+    drift = json.loads((run_dir / "evaluate" / "drift.json").read_text())
     assert {"style_keyword", "length_longer"} <= {f["code"] for f in drift["flags"]}
-    assert (run_dir / "eval" / "drift.png").read_bytes()[:4] == b"\x89PNG"
-    assert "synth.types.keyword" in (run_dir / "eval" / "report.md").read_text()
+    assert (run_dir / "evaluate" / "drift.png").read_bytes()[:4] == b"\x89PNG"
+    assert "synth.types.keyword" in (run_dir / "evaluate" / "report.md").read_text()
 
 
 def test_bad_real_query_file_is_one_line(run_dir, tmp_path):
@@ -106,19 +106,19 @@ def test_real_judged_queries_decide_the_gate_and_lead_the_report(run_dir, tmp_pa
 
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
-    shutil.rmtree(run / "eval", ignore_errors=True)
+    shutil.rmtree(run / "evaluate", ignore_errors=True)
     args = [str(BIN), "evaluate", "--run-dir", str(run), "--force", "--quiet", "evaluate.bm25=false",
             "evaluate.gate.enabled=true",  # the module run saved gate.enabled=false in its overrides
             "--real-queries", str(run / "real.jsonl"), "--qrels", str(run / "real_qrels.tsv")]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     p = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
     assert p.returncode == 0, p.stderr[-3000:]
-    rep = json.loads((run / "eval" / "report.json").read_text())
+    rep = json.loads((run / "evaluate" / "report.json").read_text())
     g = rep["gate"]
     assert g["dataset"] == "real" and g["passed"] is True and "real queries" in g["reason"]
     assert g["base"] == rep["datasets"]["real"]["base"][g["metric"]]
     assert list(rep["datasets"])[0] == "real"
-    md = (run / "eval" / "report.md").read_text()
+    md = (run / "evaluate" / "report.md").read_text()
     assert md.index("## real") < md.index("## heldout")
     # a worse "tuned" model fails the gate on the real queries, with exit 3
     torch.manual_seed(0)
@@ -127,6 +127,6 @@ def test_real_judged_queries_decide_the_gate_and_lead_the_report(run_dir, tmp_pa
     _manifest(run, "train", "train", ["train/model"])
     p = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
     assert p.returncode == 3, p.stderr[-3000:]
-    g = json.loads((run / "eval" / "report.json").read_text())["gate"]
+    g = json.loads((run / "evaluate" / "report.json").read_text())["gate"]
     assert g["dataset"] == "real" and g["passed"] is False and g["tuned"] < g["base"]
     assert "real queries" in p.stderr

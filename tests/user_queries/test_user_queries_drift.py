@@ -43,7 +43,7 @@ def test_keyword_real_vs_question_synthetic_flags_style(encoder):
     assert "style_question" not in c and "length_shorter" not in c
     msg = next(f["message"] for f in rep["flags"] if f["code"] == "style_keyword")
     assert "synth.types.keyword" in msg and "100% of synthetic ones are full questions" in msg
-    # The report is JSON-ready (it is written to eval/drift.json).
+    # The report is JSON-ready (it is written to evaluate/drift.json).
     json.dumps(rep)
 
 
@@ -109,10 +109,10 @@ def test_plot_and_run_files_written(tmp_path, encoder):
     real.write_text("".join(json.dumps({"query": q}) + "\n" for q in REAL_KEYWORDS))
     rep = drift_for_run(run, real, encoder, n_perm=50)
     for name in ("drift.json", "drift.md", "drift.png"):
-        assert (run / "eval" / name).stat().st_size > 0
-    assert (run / "eval" / "drift.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads((run / "eval" / "drift.json").read_text())["flags"] == rep["flags"]
-    assert "synth.types.keyword" in (run / "eval" / "drift.md").read_text()
+        assert (run / "evaluate" / name).stat().st_size > 0
+    assert (run / "evaluate" / "drift.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((run / "evaluate" / "drift.json").read_text())["flags"] == rep["flags"]
+    assert "synth.types.keyword" in (run / "evaluate" / "drift.md").read_text()
     # without embeddings the figure still renders
     out = plot_drift(drift_report(REAL_KEYWORDS, rows(SYNTH_QUESTIONS, "factual"), CORPUS, None), tmp_path / "x.png")
     assert out.read_bytes()[:4] == b"\x89PNG"

@@ -2,7 +2,7 @@
 """Model-repository chores for the chart's init containers and the publish Job (stdlib only).
 
   wait         block until an upstream stage's manifest.json exists; fail fast when the
-               quality gate in eval/report.json has failed (nothing downstream will come)
+               quality gate in evaluate/report.json has failed (nothing downstream will come)
   fetch        download a .tar.gz Triton repository over HTTPS, check its sha256, unpack it
   verify-copy  copy the repository a pointer resolves to into a pod-local folder, then verify
                every file against triton/checksums.json ({"algorithm":"sha256","files":{...}})
@@ -75,7 +75,7 @@ def verify(repo: Path) -> int:
 
 
 def gate_passed(report: Path) -> bool | None:
-    """True/False from eval/report.json's gate, None when there is no report yet."""
+    """True/False from evaluate/report.json's gate, None when there is no report yet."""
     if not report.is_file():
         return None
     try:
@@ -136,9 +136,9 @@ def cmd_verify_copy(a: argparse.Namespace) -> None:
 
 def cmd_publish(a: argparse.Namespace) -> None:
     run_dir, models = Path(a.run_dir), Path(a.models)
-    passed = gate_passed(run_dir / "eval" / "report.json")
+    passed = gate_passed(run_dir / "evaluate" / "report.json")
     if passed is not True:
-        fail(f"the quality gate in {run_dir}/eval/report.json has not passed; not publishing "
+        fail(f"the quality gate in {run_dir}/evaluate/report.json has not passed; not publishing "
              f"(the current model keeps serving)", code=3)
     repo = run_dir / "triton"
     n = verify(repo)

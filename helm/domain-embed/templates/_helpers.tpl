@@ -139,7 +139,7 @@ Args: root, stage (the upstream stage folder), image (images key). */}}
   command: ["python", "/scripts/model_repo.py", "wait",
             "--path", {{ printf "%s/%s/manifest.json" (include "de.runDir" .root) .stage | quote }},
             {{- if .gate }}
-            "--gate-report", {{ printf "%s/eval/report.json" (include "de.runDir" .root) | quote }},
+            "--gate-report", {{ printf "%s/evaluate/report.json" (include "de.runDir" .root) | quote }},
             {{- end }}
             "--timeout", {{ .root.Values.pipeline.waitTimeoutSeconds | quote }}]
   env:

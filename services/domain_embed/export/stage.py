@@ -12,7 +12,7 @@ from .triton_repo import build_repository, choose_layout
 
 
 def _check_gate(ctx: StageContext) -> dict[str, Any]:
-    path = ctx.path("eval/report.json")
+    path = ctx.path("evaluate/report.json")
     try:
         report = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:

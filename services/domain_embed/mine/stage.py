@@ -20,7 +20,7 @@ def load_inputs(ctx: StageContext) -> tuple[list[dict], list[dict]]:
     if not corpus:
         raise UserError("split/train_corpus.jsonl is empty; check the split stage's output (too few documents?)")
     if not qa:
-        raise UserError("split/train_qa.jsonl is empty; synthesize produced no training queries -- rerun synthesize")
+        raise UserError("split/train_qa.jsonl is empty; synthesis produced no training queries -- rerun `domain-embed synth`")
     return corpus, qa
 
 

@@ -1,4 +1,4 @@
-"""The synthesize stage: typed queries from an LLM plus structure pseudo-queries, then filters.
+"""The synth stage: typed queries from an LLM plus structure pseudo-queries, then filters.
 
 Flow::
 

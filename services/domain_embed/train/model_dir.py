@@ -105,7 +105,7 @@ def model_card(spec: EncodingSpec, card: dict[str, Any]) -> str:
         f"- steps: {card.get('steps')}, final loss: {card.get('final_loss')}",
         f"- validation curve: {vals}",
         "",
-        "See `eval/report.md` in the run directory for the held-out test comparison.",
+        "See `evaluate/report.md` in the run directory for the held-out test comparison.",
         "",
     ]
     return "\n".join(lines)

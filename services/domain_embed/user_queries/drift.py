@@ -215,7 +215,7 @@ def drift_report(real: Sequence[str], synthetic: Sequence[dict[str, Any]], corpu
     if not real:
         raise UserError("no real queries to compare; give a file with at least one query")
     if not rows:
-        raise UserError("no synthetic queries to compare (synth/qa.jsonl is empty); run `domain-embed synthesize` first")
+        raise UserError("no synthetic queries to compare (synth/qa.jsonl is empty); run `domain-embed synth` first")
     synth = [" ".join(r["question"].split()) for r in rows]
     types = [str(r.get("query_type") or "unknown") for r in rows]
     rng = np.random.default_rng(seed)

@@ -44,18 +44,18 @@ def drift_for_run(run_dir: str | Path, real_queries: str | Path, encoder: Any | 
                   out_dir: str | Path | None = None, **kw: Any) -> dict[str, Any]:
     """Compare ``real_queries`` with ``<run_dir>/synth/qa.jsonl``; write drift.{json,md,png} into ``out_dir``.
 
-    ``out_dir`` defaults to ``<run_dir>/eval``. Returns the report.
+    ``out_dir`` defaults to ``<run_dir>/evaluate``. Returns the report.
     """
     from ..rundir import atomic_write_json, atomic_write_text, read_jsonl
 
     run_dir = Path(run_dir)
     qa, chunks = run_dir / "synth" / "qa.jsonl", run_dir / "curate" / "chunks.jsonl"
-    for p, stage in ((qa, "synthesize"), (chunks, "curate")):
+    for p, stage in ((qa, "synth"), (chunks, "curate")):
         if not p.is_file():
             raise UserError(f"{p} is missing; run `domain-embed {stage} --run-dir {run_dir}` before comparing real queries")
     real = list(load_real_queries(real_queries).values())
     report = drift_report(real, list(read_jsonl(qa)), [c.get("text", "") for c in read_jsonl(chunks)], encoder, **kw)
-    out = Path(out_dir) if out_dir is not None else run_dir / "eval"
+    out = Path(out_dir) if out_dir is not None else run_dir / "evaluate"
     atomic_write_json(out / "drift.json", report)
     atomic_write_text(out / "drift.md", drift_markdown(report))
     plot_drift(report, out / "drift.png")
