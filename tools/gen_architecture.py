@@ -13,9 +13,7 @@ cannot drift from the code: tests/docs/test_docs_architecture.py fails when it i
 
 from __future__ import annotations
 
-import argparse
 import ast
-import difflib
 import sys
 from pathlib import Path
 
@@ -125,25 +123,9 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--check", action="store_true", help="exit 1 if the file is stale instead of writing it")
-    p.add_argument("--out", type=Path, default=OUT)
-    args = p.parse_args(argv)
-    text = render()
-    if args.check:
-        old = args.out.read_text(encoding="utf-8") if args.out.is_file() else ""
-        if old != text:
-            diff = difflib.unified_diff(old.splitlines(), text.splitlines(), str(args.out), "generated", lineterm="", n=0)
-            print(f"{args.out} is stale; regenerate it with `python tools/gen_architecture.py`. First differences:",
-                  file=sys.stderr)
-            print("\n".join(list(diff)[:30]), file=sys.stderr)
-            return 1
-        print(f"{args.out} is up to date")
-        return 0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
-    print(f"wrote {args.out} ({len(text.splitlines())} lines)")
-    return 0
+    from generated_doc import main as generated_main
+
+    return generated_main(render, OUT, __doc__.splitlines()[0], "tools/gen_architecture.py", argv)
 
 
 if __name__ == "__main__":
