@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="score: also score the tuned weights interpolated with the base at these mixing weights")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="run: pipeline overrides (dev tuning only)")
-    a = p.parse_args(argv)
+    a = p.parse_intermixed_args(argv)  # overrides may follow the options
     names = a.corpus or list(CORPORA)
     if a.command == "build":
         build(names)

@@ -445,6 +445,9 @@ class TrainConfig:
         "Padding is already dynamic (to the batch's longest text): padding to the max length would make a step "
         "1.63x as long.")
     early_stopping_patience: int = _f(5, "Validations without improvement before stopping (0 = off).")
+    base_mix: float = _f(
+        1.0, "WiSE-FT: the shipped weights are base_mix * tuned + (1 - base_mix) * base, parameter by parameter "
+        "(1 = as trained). It keeps the domain gain and gives back what the tuned model forgot.")
     lora: LoraConfig = _f(LoraConfig, "LoRA adapters.")
     matryoshka: bool = _f(False, "Sum the loss over model.matryoshka_dims.")
 

@@ -49,6 +49,9 @@ def stop_worker(proc: subprocess.Popen) -> int | None:
 def run(ctx: StageContext) -> dict[str, Any]:
     import json
 
+    from .merge import check_alpha
+
+    check_alpha(ctx.cfg.train.base_mix)  # before minutes of training, not after
     tdir = ctx.dir
     if ctx.force:
         # --force means "train again", not "resume the finished run"

@@ -140,7 +140,9 @@ def resume_fingerprint(run_dir: Path, cfg: DictConfig, world: int) -> str:
     """A checkpoint is resumed only if it came from this very config, these inputs and world size."""
     from ..rundir import sha256_path
 
-    blob = json.dumps({"cfg": OmegaConf.to_container(cfg.train), "model": OmegaConf.to_container(cfg.model),
+    # base_mix only changes what is written after training: a new value resumes the finished run
+    train = {k: v for k, v in OmegaConf.to_container(cfg.train).items() if k != "base_mix"}
+    blob = json.dumps({"cfg": train, "model": OmegaConf.to_container(cfg.model),
                        "seed": int(cfg.seed), "mined": sha256_path(run_dir / "mine" / "train.jsonl"), "world": world},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -192,6 +194,7 @@ def write_outputs(run_dir: Path, cfg: DictConfig, module, tokenizer, spec, ck, t
     import torch
 
     from ..rundir import atomic_write_json, read_jsonl, sha256_path
+    from .merge import check_alpha, mix_with_base
     from .model_dir import save_model_dir
 
     tdir, tc = run_dir / "train", cfg.train
@@ -211,10 +214,13 @@ def write_outputs(run_dir: Path, cfg: DictConfig, module, tokenizer, spec, ck, t
         "early_stopped": bool(trainer.should_stop and trainer.global_step < total_steps),
         "budget": getattr(module, "budget", {}) or None,
     }
+    # WiSE-FT: the shipped weights are alpha * tuned + (1 - alpha) * base (train.base_mix; 1 = as trained)
+    model = module.model.merge_and_unload() if hasattr(module.model, "merge_and_unload") else module.model
+    summary["base_mix"] = mix_with_base(model, spec.model_path, check_alpha(tc.base_mix))
     card = {**summary, "train": OmegaConf.to_container(tc), "base_model_name": str(cfg.model.name),
             "base_model_path": spec.model_path, "served_name": str(cfg.model.served_name),
             "train_sha": sha256_path(run_dir / "mine" / "train.jsonl"), "val_curve": vals}
-    save_model_dir(module.model, tokenizer, spec, tdir / "model", card)
+    save_model_dir(model, tokenizer, spec, tdir / "model", card)
     atomic_write_json(tdir / "summary.json", summary)
     return summary
 
