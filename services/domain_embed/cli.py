@@ -184,8 +184,10 @@ def cmd_llm(args: argparse.Namespace) -> int:
     from .config import load_config
     from .llm.server import serve_forever
 
-    cfg = load_config(None, args.overrides, save=False)
-    return serve_forever(cfg, host=args.host, port=args.port)
+    from .schema import typed
+
+    llm = typed(load_config(None, args.overrides, save=False)).llm
+    return serve_forever(llm, host=args.host, port=args.port)
 
 
 def cmd_config(args: argparse.Namespace) -> int:

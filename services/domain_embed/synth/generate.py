@@ -86,7 +86,7 @@ async def _generate(ctx: StageContext, base_url: str, todo: list[dict[str, Any]]
     # llama.cpp keeps each slot's last prompt in its KV cache and reuses the longest common prefix
     extra = {"cache_prompt": True} if llm.kind == LLMKind.local else {}
     batch_examples: dict[tuple[str, ...], list] = {}
-    async with LLMClient.from_config(ctx.cfg, base_url) as client:
+    async with LLMClient.from_config(ctx.conf.llm, base_url) as client:
         bar = progress or GenerationProgress(ctx, len(todo))
 
         async def one(t: dict[str, Any]) -> None:
@@ -287,7 +287,7 @@ async def _judge(ctx: StageContext, base_url: str, pairs: list[dict[str, Any]], 
     sc = ctx.conf.synth
     jc = sc.judge
     results: dict[str, dict] = {}
-    async with LLMClient.from_config(ctx.cfg, base_url) as client:
+    async with LLMClient.from_config(ctx.conf.llm, base_url) as client:
         bar = ctx.progress(total=len(pairs), desc="judge")
 
         async def one(p: dict[str, Any]) -> None:

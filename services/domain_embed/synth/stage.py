@@ -133,7 +133,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     ctx.log(f"{len(sampled)} chunks from {len({c['doc_id'] for c in sampled})} documents -> {len(tasks)} generations "
             f"({len(tasks) - len(todo)} already in {gens.path.name}); {len(struct_rows)} structure queries")
     llm_stats: dict[str, Any] = {}
-    with Endpoint(ctx.cfg, log_path=ctx.dir / "llm_server.log") as llm:
+    with Endpoint(conf.llm, log_path=ctx.dir / "llm_server.log") as llm:
         t0, n_sampled = time.perf_counter(), len(tasks)
         tasks = budgeted_generate(ctx, llm, tasks, todo, by_id, struct_rows, fp, gens.path, llm_stats)
         if "generate" in llm_stats:
