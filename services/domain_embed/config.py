@@ -184,7 +184,7 @@ def _shown(v: Any, key: str) -> str:
     return repr(v) if key.endswith("_prefix") else str(v)
 
 
-def spec_mismatches(cfg: DictConfig, saved: EncodingSpec) -> list[tuple[str, str, str]]:
+def spec_mismatches(cfg: Any, saved: EncodingSpec) -> list[tuple[str, str, str]]:
     """(key, the config's value, the saved value) for every spec key where they differ.
 
     ``auto`` prefixes resolve against the base model, as in training; where the base model is not
@@ -218,7 +218,7 @@ def spec_mismatches(cfg: DictConfig, saved: EncodingSpec) -> list[tuple[str, str
     return out
 
 
-def refuse_spec_drift(cfg: DictConfig, saved: EncodingSpec, holder: str, fix: str) -> None:
+def refuse_spec_drift(cfg: Any, saved: EncodingSpec, holder: str, fix: str) -> None:
     """Raise a UserError naming every key where the config disagrees with ``saved``.
 
     ``holder`` completes "..., but <holder> <value>", e.g. "train/model was trained with".
@@ -229,7 +229,7 @@ def refuse_spec_drift(cfg: DictConfig, saved: EncodingSpec, holder: str, fix: st
         raise UserError("; ".join(parts) + f". The encoding spec cannot change after training: {fix}")
 
 
-def model_spec(cfg: DictConfig, model_dir: str | Path, label: str | None = None, log=None) -> EncodingSpec:
+def model_spec(cfg: Any, model_dir: str | Path, label: str | None = None, log=None) -> EncodingSpec:
     """The encoding spec of a trained model, from ``<model_dir>/encoding_spec.json``, and refuse a
     config that disagrees with it (export, evaluation and serving must use what training used).
 

@@ -282,11 +282,11 @@ class StageContext:
         return self.__dict__["_conf"]
 
     def spec(self, model_path: str | Path | None = None) -> EncodingSpec:
-        return EncodingSpec.from_config(self.cfg, model_path)
+        return EncodingSpec.from_config(self.conf, model_path)
 
     def trained_spec(self, rel: str = "train/model") -> EncodingSpec:
         """The spec the model at ``rel`` was trained with; a config that disagrees is refused."""
-        return model_spec(self.cfg, self.path(rel), label=rel, log=self.log)
+        return model_spec(self.conf, self.path(rel), label=rel, log=self.log)
 
     def log(self, msg: str) -> None:
         if not self.quiet:
