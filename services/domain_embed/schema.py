@@ -12,12 +12,19 @@ code comparing with strings keeps working). A few keys take values of more than 
 unions, so they are typed ``Any`` here with ``metadata["kind"]`` or ``metadata["choices"]``, checked
 by :func:`validate`, and keep the value exactly as given.
 
+Stages read :func:`typed`'s view of the validated config (``ctx.conf`` in a stage): these
+dataclasses, so ``ctx.conf.mine.top_k`` is an int and ``ctx.conf.mine.index`` an
+:class:`IndexKind`, with no cast at the point of use. Helpers that callers outside the stages also
+use take their section and accept a DictConfig one through :func:`as_section`. :func:`load_file`
+reads a saved config back (the train worker's run_config.yaml) through the same checks.
+
 Lower floor: imports only the standard library, omegaconf and ``.errors``.
 """
 
 import difflib
 import enum
 from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
+from pathlib import Path
 from typing import Any, Iterator, List, Optional, get_args, get_origin, get_type_hints
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -839,14 +846,12 @@ def _dict_leaves(node: Any, prefix: str = "") -> Iterator[str]:
             yield f"{prefix}{k}"
 
 
-def load_file(path: Any, flags: tuple[str, ...] = (), fix: str = "rerun the stage that writes it"
+def load_file(path: str | Path, flags: tuple[str, ...] = (), fix: str = "rerun the stage that writes it"
               ) -> tuple[RunConfig, dict[str, Any]]:
     """A saved, resolved config (e.g. train/run_config.yaml) read back through the schema, and the
     values of ``flags``: top-level keys that are not config keys (a stage's own, like ``_quiet``).
     A file that is not YAML, or whose keys or values the schema refuses (written by another version,
     or edited by hand), fails naming the file, the key and ``fix``."""
-    from pathlib import Path
-
     path = Path(path)
     try:
         raw = OmegaConf.load(path)
