@@ -88,7 +88,7 @@ def _resolve_run_dir(args: argparse.Namespace):
     run_dir = args.run_dir
     if run_dir is None:
         cfg = load_config(None, args.overrides, save=False)
-        run_dir = Path("runs") / str(cfg.name)
+        run_dir = Path("runs") / cfg.name  # validated: a str
     run_dir = run_dir.resolve()
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--run-dir {run_dir} exists and is not a directory")
@@ -135,7 +135,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if report.is_file():
         print("\n" + report.read_text(), file=sys.stderr)
     if (run_dir / "triton").is_dir():
-        port = int(cfg.serve.port)
+        port = cfg.serve.port  # validated: an int
         print(
             f"serve it:  domain-embed serve {run_dir} --host 127.0.0.1 --port {port}\n"
             f"call it:   curl -s http://127.0.0.1:{port}/v1/embeddings -H 'Content-Type: application/json' "
@@ -184,8 +184,10 @@ def cmd_llm(args: argparse.Namespace) -> int:
     from .config import load_config
     from .llm.server import serve_forever
 
-    cfg = load_config(None, args.overrides, save=False)
-    return serve_forever(cfg, host=args.host, port=args.port)
+    from .schema import typed
+
+    llm = typed(load_config(None, args.overrides, save=False)).llm
+    return serve_forever(llm, host=args.host, port=args.port)
 
 
 def cmd_config(args: argparse.Namespace) -> int:

@@ -72,6 +72,13 @@ def resolve_path(spec: str | None) -> Path | None:
     return path
 
 
+def _model_section(cfg: Any) -> Any:
+    """``cfg.model`` as a typed :class:`~schema.ModelConfig` (a composed config's or the typed view's)."""
+    from .schema import ModelConfig, as_section
+
+    return as_section(cfg.model, ModelConfig)
+
+
 # The names sentence-transformers models use for their passage-side prompt.
 _PASSAGE_PROMPT_NAMES = ("passage", "document", "corpus", "doc")
 
@@ -120,21 +127,20 @@ class EncodingSpec:
     matryoshka_dims: tuple[int, ...] = field(default_factory=tuple)
 
     @classmethod
-    def from_config(cls, cfg: DictConfig, model_path: str | Path | None = None) -> "EncodingSpec":
-        m = cfg.model
+    def from_config(cls, cfg: Any, model_path: str | Path | None = None) -> "EncodingSpec":
+        """From a composed config or its typed view (:func:`schema.typed`)."""
+        m = _model_section(cfg)
         path = Path(model_path) if model_path is not None else resolve_path(m.path)
-        if m.pooling not in ("mean", "cls", "last"):
-            raise UserError(f"model.pooling={m.pooling!r} is not one of mean, cls, last")
         return cls(
             model_path=str(path),
-            query_prefix=_prefix(m.get("query_prefix"), path, "query"),
-            passage_prefix=_prefix(m.get("passage_prefix"), path, "passage"),
-            max_query_length=int(m.max_query_length),
-            max_passage_length=int(m.max_passage_length),
-            pooling=str(m.pooling),
-            normalize=bool(m.normalize),
-            dim=int(m.dim),
-            matryoshka_dims=tuple(int(d) for d in (m.get("matryoshka_dims") or ())),
+            query_prefix=_prefix(m.query_prefix, path, "query"),
+            passage_prefix=_prefix(m.passage_prefix, path, "passage"),
+            max_query_length=m.max_query_length,
+            max_passage_length=m.max_passage_length,
+            pooling=m.pooling.value,
+            normalize=m.normalize,
+            dim=m.dim,
+            matryoshka_dims=tuple(m.matryoshka_dims),
         )
 
     def prefix(self, input_type: str) -> str:
@@ -178,25 +184,25 @@ def _shown(v: Any, key: str) -> str:
     return repr(v) if key.endswith("_prefix") else str(v)
 
 
-def spec_mismatches(cfg: DictConfig, saved: EncodingSpec) -> list[tuple[str, str, str]]:
+def spec_mismatches(cfg: Any, saved: EncodingSpec) -> list[tuple[str, str, str]]:
     """(key, the config's value, the saved value) for every spec key where they differ.
 
     ``auto`` prefixes resolve against the base model, as in training; where the base model is not
     on this machine (a serving image), an ``auto`` prefix cannot be checked and is left out.
     """
-    m = cfg.model
+    m = _model_section(cfg)
     base: Path | None = None
     try:
         base = resolve_path(m.path)
     except UserError:
         base = None
-    current = {
-        "max_query_length": int(m.max_query_length), "max_passage_length": int(m.max_passage_length),
-        "pooling": str(m.pooling), "normalize": bool(m.normalize), "dim": int(m.dim),
-        "matryoshka_dims": tuple(int(d) for d in (m.get("matryoshka_dims") or ())),
+    current: dict[str, Any] = {
+        "max_query_length": m.max_query_length, "max_passage_length": m.max_passage_length,
+        "pooling": m.pooling.value, "normalize": m.normalize, "dim": m.dim,
+        "matryoshka_dims": tuple(m.matryoshka_dims),
     }
     for key, kind in (("query_prefix", "query"), ("passage_prefix", "passage")):
-        raw = m.get(key)
+        raw = getattr(m, key)
         is_auto = raw is None or (isinstance(raw, str) and raw.strip().lower() == "auto")
         if not is_auto or (base is not None and base.exists()):
             current[key] = _prefix(raw, base, kind)
@@ -206,13 +212,13 @@ def spec_mismatches(cfg: DictConfig, saved: EncodingSpec) -> list[tuple[str, str
             continue
         a, b = current[key], getattr(saved, key)
         if a != b:
-            raw = m.get(key)
+            raw = getattr(m, key)
             shown = f"{raw!r} (that is {a!r})" if key.endswith("_prefix") and raw != a else _shown(a, key)
             out.append((f"model.{key}", shown, _shown(b, key)))
     return out
 
 
-def refuse_spec_drift(cfg: DictConfig, saved: EncodingSpec, holder: str, fix: str) -> None:
+def refuse_spec_drift(cfg: Any, saved: EncodingSpec, holder: str, fix: str) -> None:
     """Raise a UserError naming every key where the config disagrees with ``saved``.
 
     ``holder`` completes "..., but <holder> <value>", e.g. "train/model was trained with".
@@ -223,7 +229,7 @@ def refuse_spec_drift(cfg: DictConfig, saved: EncodingSpec, holder: str, fix: st
         raise UserError("; ".join(parts) + f". The encoding spec cannot change after training: {fix}")
 
 
-def model_spec(cfg: DictConfig, model_dir: str | Path, label: str | None = None, log=None) -> EncodingSpec:
+def model_spec(cfg: Any, model_dir: str | Path, label: str | None = None, log=None) -> EncodingSpec:
     """The encoding spec of a trained model, from ``<model_dir>/encoding_spec.json``, and refuse a
     config that disagrees with it (export, evaluation and serving must use what training used).
 

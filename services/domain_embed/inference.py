@@ -44,6 +44,7 @@ from .config import EncodingSpec
 from .embed_store import model_fingerprint, user_cache_dir
 from .errors import UserError
 from .rundir import atomic_write_json
+from .schema import ModelConfig, as_section
 
 FP32_MIN_COSINE = 0.999
 OPSET = 17
@@ -112,8 +113,9 @@ class OnnxEncoder:
 
 # ---------------------------------------------------------------- building and caching graphs
 def onnx_cache_root(model_cfg: Any = None) -> Path:
-    d = model_cfg.get("onnx_cache_dir") if model_cfg is not None else None
-    return Path(str(d)).expanduser() if d else user_cache_dir() / "onnx"
+    """``model.onnx_cache_dir``, else the user cache; ``model_cfg``: a ModelConfig, a DictConfig section or None."""
+    d = as_section(model_cfg, ModelConfig).onnx_cache_dir
+    return Path(d).expanduser() if d else user_cache_dir() / "onnx"
 
 
 def _graph_dir(root: Path, model_path: str | Path, spec: EncodingSpec) -> Path:
@@ -209,8 +211,9 @@ def _cuda() -> bool:
         return False
 
 
-def _choice(model_cfg: Any, key: str, default: str, allowed: Sequence[str]) -> str:
-    v = model_cfg.get(key, default) if model_cfg is not None else default
+def _choice(m: ModelConfig, key: str, default: str, allowed: Sequence[str]) -> str:
+    """A choice key of ``model`` as its lower-case string (int8 may be the bool Hydra makes of ``int8=true``)."""
+    v = getattr(m, key)
     v = str(v).lower() if v is not None else default
     if v not in allowed:
         raise UserError(f"model.{key}={v!r} is not one of {', '.join(allowed)}")
@@ -227,9 +230,10 @@ def inference_encoder(spec: EncodingSpec, model_cfg: Any = None, *, model_path: 
     """
     from .encoding import Encoder
 
-    backend = _choice(model_cfg, "inference_backend", "auto", BACKENDS)
-    int8 = _choice(model_cfg, "int8", "false", INT8_CHOICES)
-    min_cos = float(model_cfg.get("int8_min_cosine", 0.99)) if model_cfg is not None else 0.99
+    m = as_section(model_cfg, ModelConfig)  # callers outside the stages (benchmarks) pass a DictConfig section
+    backend = _choice(m, "inference_backend", "auto", BACKENDS)
+    int8 = _choice(m, "int8", "false", INT8_CHOICES)
+    min_cos = m.int8_min_cosine
     path = str(model_path or spec.model_path)
     cuda = _cuda()
 
@@ -259,7 +263,7 @@ def inference_encoder(spec: EncodingSpec, model_cfg: Any = None, *, model_path: 
 
     texts = list(parity_texts or [])[:32] + list(BUILTIN_SENTENCES)
     try:
-        fp32_path, build = build_graph(path, spec, onnx_root or onnx_cache_root(model_cfg), log, texts)
+        fp32_path, build = build_graph(path, spec, onnx_root or onnx_cache_root(m), log, texts)
     except Exception as exc:
         if backend == "onnx":
             raise
@@ -305,6 +309,6 @@ def stage_encoder(ctx: Any, spec: EncodingSpec | None = None, model_path: str | 
     # The base model's graph is shared by every run on this machine (the user cache); a run's own
     # trained model gets its graph inside the run, so it goes away with the run.
     own = model_path is not None and Path(model_path).resolve().is_relative_to(Path(ctx.run_dir).resolve())
-    return inference_encoder(spec, ctx.cfg.model, model_path=model_path, allow_int8=allow_int8,
+    return inference_encoder(spec, ctx.conf.model, model_path=model_path, allow_int8=allow_int8,
                              parity_texts=texts, batch_size=batch_size, log=ctx.log,
                              onnx_root=Path(ctx.run_dir) / "embeddings" / "onnx" if own else None)

@@ -34,6 +34,7 @@ from omegaconf import DictConfig
 from .config import EncodingSpec, config_hash, config_sections, model_spec
 from .errors import Interrupted, QualityGateFailed, UserError
 from .records import versions as record_versions
+from .schema import RunConfig, typed
 # Re-exported: the file helpers live on the lower floor (files.py); stages import them from either.
 from .files import (AppendLog, atomic_open, atomic_write_bytes, atomic_write_json, atomic_write_jsonl,  # noqa: F401
                     atomic_write_text, read_jsonl, sha256_file, sha256_path)
@@ -272,12 +273,20 @@ class StageContext:
     def path(self, rel: str) -> Path:
         return self.run_dir / rel
 
+    @property
+    def conf(self) -> RunConfig:
+        """The typed view of ``cfg`` (:func:`schema.typed`), made once: stages read their section from
+        it (``ctx.conf.mine.top_k`` is an int, ``ctx.conf.mine.index`` an :class:`~schema.IndexKind`)."""
+        if "_conf" not in self.__dict__:
+            self.__dict__["_conf"] = typed(self.cfg)
+        return self.__dict__["_conf"]
+
     def spec(self, model_path: str | Path | None = None) -> EncodingSpec:
-        return EncodingSpec.from_config(self.cfg, model_path)
+        return EncodingSpec.from_config(self.conf, model_path)
 
     def trained_spec(self, rel: str = "train/model") -> EncodingSpec:
         """The spec the model at ``rel`` was trained with; a config that disagrees is refused."""
-        return model_spec(self.cfg, self.path(rel), label=rel, log=self.log)
+        return model_spec(self.conf, self.path(rel), label=rel, log=self.log)
 
     def log(self, msg: str) -> None:
         if not self.quiet:

@@ -12,12 +12,19 @@ code comparing with strings keeps working). A few keys take values of more than 
 unions, so they are typed ``Any`` here with ``metadata["kind"]`` or ``metadata["choices"]``, checked
 by :func:`validate`, and keep the value exactly as given.
 
+Stages read :func:`typed`'s view of the validated config (``ctx.conf`` in a stage): these
+dataclasses, so ``ctx.conf.mine.top_k`` is an int and ``ctx.conf.mine.index`` an
+:class:`IndexKind`, with no cast at the point of use. Helpers that callers outside the stages also
+use take their section and accept a DictConfig one through :func:`as_section`. :func:`load_file`
+reads a saved config back (the train worker's run_config.yaml) through the same checks.
+
 Lower floor: imports only the standard library, omegaconf and ``.errors``.
 """
 
 import difflib
 import enum
 from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
+from pathlib import Path
 from typing import Any, Iterator, List, Optional, get_args, get_origin, get_type_hints
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -779,9 +786,91 @@ def validate(composed: DictConfig) -> DictConfig:
 
 
 def plain(node: Any) -> Any:
-    """A config section as plain Python (enums as their strings), for hashing and manifests."""
+    """A config section as plain Python (enums as their strings), for hashing and manifests; a
+    section of the typed view (:func:`typed`) gives what its DictConfig gives."""
     if isinstance(node, (DictConfig, ListConfig)):
         return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+    if is_dataclass(node) and not isinstance(node, type):
+        return {f.name: plain(getattr(node, f.name)) for f in fields(node)}
+    if isinstance(node, list):
+        return [plain(x) for x in node]
     if isinstance(node, enum.Enum):
         return node.value
     return node
+
+
+# ------------------------------------------------------------------ the typed view
+def typed(cfg: DictConfig) -> RunConfig:
+    """The config as :class:`RunConfig`: dataclass instances all the way down, strategies as their
+    StrEnum members, every value of its declared type, lists as lists. Keys typed ``Any`` (``auto |
+    true | false``, ``devices: auto | N``, numbers that may be 2 or 0.5) keep the value as given;
+    :func:`toggle` reads the ``auto | true | false`` ones. A config that :func:`validate` has not
+    seen is validated first, so a stage never reads an unchecked value."""
+    if OmegaConf.get_type(cfg) is not RunConfig:
+        cfg = validate(cfg)
+    out = OmegaConf.to_object(cfg)
+    assert isinstance(out, RunConfig)
+    return out
+
+
+def as_section(node: Any, cls: type) -> Any:
+    """``node`` as an instance of the section dataclass ``cls``: itself when it is one already; a
+    DictConfig or dict (a benchmark's or a test's own section) merged onto the defaults and checked;
+    None gives the defaults. For helpers that callers outside the stages also use."""
+    if isinstance(node, cls):
+        return node
+    if node is None:
+        return cls()
+    if isinstance(node, DictConfig) and OmegaConf.get_type(node) is cls:  # a validated config's section
+        return OmegaConf.to_object(node)
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), node))
+    except OmegaConfBaseException as exc:
+        raise UserError(f"a {cls.__name__} section does not match its schema at {exc.full_key}: "
+                        f"{str(exc).splitlines()[0]}; {REFERENCE}") from None
+
+
+def toggle(value: Any) -> Toggle:
+    """The value of an ``auto | true | false`` key as a :class:`Toggle`: the bool Hydra makes of
+    ``x=true`` and the strings "true"/"false"/"auto" (any case) alike."""
+    if isinstance(value, bool):
+        return Toggle.true if value else Toggle.false
+    try:
+        return Toggle(str(value).strip().lower())
+    except ValueError:
+        raise UserError(f"{_shown(value)} is not one of auto, true, false") from None
+
+
+def _dict_leaves(node: Any, prefix: str = "") -> Iterator[str]:
+    for k, v in node.items():
+        if isinstance(v, dict) and v:
+            yield from _dict_leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}"
+
+
+def load_file(path: str | Path, flags: tuple[str, ...] = (), fix: str = "rerun the stage that writes it"
+              ) -> tuple[RunConfig, dict[str, Any]]:
+    """A saved, resolved config (e.g. train/run_config.yaml) read back through the schema, and the
+    values of ``flags``: top-level keys that are not config keys (a stage's own, like ``_quiet``).
+    A file that is not YAML, or whose keys or values the schema refuses (written by another version,
+    or edited by hand), fails naming the file, the key and ``fix``."""
+    path = Path(path)
+    try:
+        raw = OmegaConf.load(path)
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing; {fix}") from None
+    except Exception as exc:  # yaml's parse errors
+        raise UserError(f"{path} is not a valid config file ({str(exc).splitlines()[0]}); {fix}") from None
+    if not isinstance(raw, DictConfig):
+        raise UserError(f"{path} does not hold a config mapping; {fix}")
+    found = {key: raw.pop(key, None) for key in flags}
+    try:
+        for key in _dict_leaves(OmegaConf.to_container(raw)):  # a key this version does not know: name it
+            check_override_key(key)
+        return typed(raw), found
+    except UserError as exc:
+        key = getattr(exc, "key", None)
+        where = f" at {key}" if key else ""
+        raise _keyed(UserError(f"{path} does not match the config schema{where}: {exc} (a file written by another "
+                               f"version of domain-embed, or edited); {fix}"), key or "") from None

@@ -12,6 +12,7 @@ from typing import Any
 from pathlib import Path
 
 from .rundir import OutsideInput, Stage, StageContext
+from .schema import LLMKind, typed
 
 
 def _lazy(module: str, attr: str = "run"):
@@ -41,7 +42,7 @@ def _model(cfg) -> dict[str, OutsideInput]:
     """The base model's files: new weights at the same path are a new model."""
     from .config import resolve_path
 
-    path = resolve_path(cfg.model.path)
+    path = resolve_path(typed(cfg).model.path)
     return {"model.path": OutsideInput.of(path)} if path is not None and path.exists() else {}
 
 
@@ -50,21 +51,23 @@ def _curate_inputs(cfg, extra) -> dict[str, OutsideInput]:
     from .curate.readers import discover
     from .curate.stage import _corpus_root
 
-    root = _corpus_root(cfg)
-    c = cfg.corpus
-    files = discover(root, list(c.get("include") or ["**/*"]), list(c.get("exclude") or []), int(c.get("max_files") or 0))
+    c = typed(cfg).corpus
+    root = _corpus_root(c)
+    files = discover(root, list(c.include or ["**/*"]), list(c.exclude), c.max_files)
     return {"corpus": OutsideInput(root, files), **_model(cfg)}
 
 
 def _synth_inputs(cfg, extra) -> dict[str, OutsideInput]:
     from .config import resolve_path
 
+    conf = typed(cfg)
     out = _model(cfg)
-    style = cfg.synth.get("style_examples_file")
+    style = conf.synth.style_examples_file
     if style:
-        out["synth.style_examples_file"] = OutsideInput.of(Path(str(style)).expanduser().resolve())
-    if cfg.llm.kind == "local" and not cfg.llm.get("base_url") and cfg.llm.local.get("weights"):
-        weights = resolve_path(cfg.llm.local.weights)
+        out["synth.style_examples_file"] = OutsideInput.of(Path(style).expanduser().resolve())
+    llm = conf.llm
+    if llm.kind == LLMKind.local and not llm.base_url and llm.local.weights:
+        weights = resolve_path(llm.local.weights)
         if weights is not None and weights.exists():
             out["llm.local.weights"] = OutsideInput.of(weights)
     return out

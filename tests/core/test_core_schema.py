@@ -167,3 +167,83 @@ def test_a_yaml_key_without_a_schema_field_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv("DOMAIN_EMBED_CONFIG_DIR", str(tree))
     with pytest.raises(UserError, match=r"^mine.new_knob is set in the config tree's YAML but is not a config key"):
         load_config(None, [], save=False)
+
+
+# ------------------------------------------------------------------ the typed view stages read
+@pytest.mark.parametrize("option", LLM_OPTIONS)
+def test_the_typed_view_holds_declared_types_enums_and_the_same_values(option):
+    """schema.typed: dataclasses, StrEnum members and values of the declared type, equal to the
+    composed config key for key (plain() of either is the same, so manifests and hashes agree)."""
+    import enum
+
+    from domain_embed.schema import (IndexKind, MarginType, Pooling, Strategy, TrainConfig, TritonConfig, plain,
+                                     typed)
+
+    cfg = load_config(None, [option], save=False)
+    conf = typed(cfg)
+    assert isinstance(conf, RunConfig) and isinstance(conf.train, TrainConfig)
+    assert isinstance(conf.export.triton, TritonConfig)
+    assert conf.mine.index is IndexKind.flat and conf.mine.margin_type is MarginType.perc_pos
+    assert conf.model.pooling is Pooling.mean and conf.train.strategy is Strategy.auto
+    assert type(conf.train.learning_rate) is float and type(conf.train.epochs) is int
+    assert type(conf.model.normalize) is bool and type(conf.evaluate.k_values) is list
+    assert all(type(k) is int for k in conf.evaluate.k_values)
+    assert plain(conf) == plain(cfg)
+    for key, f, tp in iter_fields():
+        value = OmegaConf.select(cfg, key)
+        got = conf
+        for part in key.split("."):
+            got = getattr(got, part)
+        assert got == (list(value) if not isinstance(value, (str, int, float, bool, type(None), enum.Enum)) else value), key
+        if isinstance(got, enum.Enum):  # a StrEnum is also its string: code comparing with strings keeps working
+            assert got == got.value and str(got) == got.value
+
+
+def test_keys_of_several_types_stay_as_given_in_the_typed_view():
+    from domain_embed.schema import Toggle, toggle, typed
+
+    conf = typed(load_config(None, ["train.devices=2", "model.int8=true", "synth.budget_minutes=0.5",
+                                    "train.budget_minutes=auto", "synth.judge.threshold=7",
+                                    "train.precision=16"], save=False))
+    assert conf.train.devices == 2 and type(conf.train.devices) is int
+    assert conf.model.int8 is True and toggle(conf.model.int8) is Toggle.true
+    assert conf.synth.budget_minutes == 0.5 and conf.train.budget_minutes == "auto"
+    assert conf.synth.judge.threshold == 7 and type(conf.synth.judge.threshold) is int
+    assert conf.train.precision == 16
+    assert toggle(conf.synth.judge.enabled) is Toggle.auto and toggle(False) is Toggle.false
+    assert toggle("TRUE") is Toggle.true
+    with pytest.raises(UserError, match="not one of auto, true, false"):
+        toggle("sometimes")
+
+
+def test_the_typed_view_validates_what_it_was_not_given_validated():
+    from domain_embed.schema import typed
+
+    raw = _unvalidated([])
+    assert typed(raw).mine.top_k == raw.mine.top_k
+    raw.mine.top_k = "many"
+    with pytest.raises(UserError, match=r"mine.top_k='many' is not a valid int"):
+        typed(raw)
+
+
+def test_as_section_takes_a_section_of_any_form():
+    from domain_embed.schema import TritonConfig, as_section, typed
+
+    cfg = load_config(None, [], save=False)
+    typed_section = typed(cfg).export.triton
+    assert as_section(typed_section, TritonConfig) is typed_section
+    assert as_section(cfg.export.triton, TritonConfig) == typed_section
+    assert as_section(None, TritonConfig) == TritonConfig()
+    partial = as_section({"max_batch_size": 8}, TritonConfig)  # a benchmark's own section: the rest from defaults
+    assert partial.max_batch_size == 8 and partial.instances == TritonConfig().instances
+    with pytest.raises(UserError, match="max_batch_size"):
+        as_section({"max_batch_size": "big"}, TritonConfig)
+
+
+def test_a_stage_context_makes_its_typed_view_once():
+    from domain_embed.rundir import StageContext
+    from domain_embed.stages import STAGES
+
+    ctx = StageContext(STAGES["mine"], Path("/nonexistent"), load_config(None, ["mine.top_k=7"], save=False),
+                       quiet=True)
+    assert ctx.conf is ctx.conf and ctx.conf.mine.top_k == 7

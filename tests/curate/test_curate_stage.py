@@ -146,14 +146,17 @@ def test_jsonl_with_the_wrong_field_says_which_field(tmp_path, make_cfg):
 
 def test_executor_choice(make_cfg, tmp_path):
     from domain_embed.curate.cleaning import choose_executor
+    from domain_embed.schema import typed
 
-    cfg = make_cfg(tmp_path)
-    assert choose_executor(cfg, 10) == "inprocess"
+    def curate(*overrides):
+        return typed(make_cfg(tmp_path, *overrides)).curate
+
+    assert choose_executor(curate(), 10) == "inprocess"
     many = "ray" if (os.cpu_count() or 1) > 2 else "inprocess"
-    assert choose_executor(make_cfg(tmp_path, "curate.ray_min_files=5"), 10) == many
-    assert choose_executor(make_cfg(tmp_path, "curate.executor=ray"), 10) == "ray"
-    with pytest.raises(UserError, match="not one of"):
-        choose_executor(make_cfg(tmp_path, "curate.executor=spark"), 10)
+    assert choose_executor(curate("curate.ray_min_files=5"), 10) == many
+    assert choose_executor(curate("curate.executor=ray"), 10) == "ray"
+    with pytest.raises(UserError, match="not one of"):  # the schema refuses it when the config is loaded
+        choose_executor(curate("curate.executor=spark"), 10)
 
 
 @pytest.mark.slow
@@ -165,7 +168,9 @@ def test_ray_executor_gives_the_same_documents_as_inprocess(corpus, make_cfg):
     from domain_embed.curate.cleaning import run_cleaning
     from domain_embed.curate.readers import discover, read_corpus
 
-    cfg = make_cfg(corpus)
+    from domain_embed.schema import typed
+
+    cfg = typed(make_cfg(corpus)).curate
     docs = read_corpus(corpus, discover(corpus, ["**/*.md", "**/*.html", "**/*.txt"])).docs
     frame = pd.DataFrame({"source": [d.source for d in docs], "title": [d.title for d in docs],
                           "text": [d.text for d in docs], "order_path": [d.order[0] for d in docs],

@@ -16,12 +16,13 @@ from domain_embed.config import load_config
 from domain_embed.errors import UserError
 from domain_embed.llm.client import LLMClient
 from domain_embed.llm.server import local_llm
+from domain_embed.schema import typed
 
 
 @pytest.fixture(scope="module")
 def llm_url():
-    cfg = load_config(None, [], save=False)
-    with local_llm(cfg) as url:
+    cfg = typed(load_config(None, [], save=False))
+    with local_llm(cfg.llm) as url:
         yield url
 
 
@@ -67,8 +68,8 @@ def test_real_server_completion_style_few_shot(llm_url):
 
 
 def test_local_llm_stops_its_server():
-    cfg = load_config(None, [], save=False)
-    with local_llm(cfg) as url:
+    cfg = typed(load_config(None, [], save=False))
+    with local_llm(cfg.llm) as url:
         assert httpx.get(url.rsplit("/v1", 1)[0] + "/health", timeout=30).status_code == 200
     with pytest.raises(httpx.TransportError):
         httpx.get(url.rsplit("/v1", 1)[0] + "/health", timeout=5)
@@ -77,7 +78,8 @@ def test_local_llm_stops_its_server():
 def test_server_child_dies_with_its_parent(tmp_path):
     """A killed pipeline must not leave a llama.cpp server behind (PDEATHSIG + parent watch)."""
     code = ("import time; from domain_embed.config import load_config; from domain_embed.llm.server import "
-            "start_local_server as s; srv = s(load_config(None, [], save=False)); "
+            "start_local_server as s; from domain_embed.schema import typed; "
+            "srv = s(typed(load_config(None, [], save=False)).llm); "
             "print(srv.proc.pid, flush=True); time.sleep(600)")
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     child_pid = int(parent.stdout.readline())
@@ -98,19 +100,19 @@ def test_server_child_dies_with_its_parent(tmp_path):
 
 def test_remote_without_key_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("DE_TEST_MISSING_KEY", raising=False)
-    cfg = load_config(None, ["llm=nim", "llm.api_key_env=DE_TEST_MISSING_KEY"], save=False)
+    cfg = typed(load_config(None, ["llm=nim", "llm.api_key_env=DE_TEST_MISSING_KEY"], save=False))
     with pytest.raises(UserError, match="DE_TEST_MISSING_KEY"):
-        with local_llm(cfg):
+        with local_llm(cfg.llm):
             pass
     monkeypatch.setenv("DE_TEST_MISSING_KEY", "k")
-    with local_llm(cfg) as url:
+    with local_llm(cfg.llm) as url:
         assert url == "https://integrate.api.nvidia.com/v1"
 
 
 def test_missing_weights_is_a_clear_error(tmp_path):
-    cfg = load_config(None, [f"llm.local.weights={tmp_path}/nope.gguf"], save=False)
+    cfg = typed(load_config(None, [f"llm.local.weights={tmp_path}/nope.gguf"], save=False))
     with pytest.raises(UserError, match="not a file"):
-        with local_llm(cfg):
+        with local_llm(cfg.llm):
             pass
 
 

@@ -125,18 +125,23 @@ def test_judge_parsing_is_robust(text, expected):
 
 
 def test_judge_auto_and_degenerate_judge_detection(base_cfg):
-    from omegaconf import OmegaConf
-
+    from domain_embed.config import load_config
     from domain_embed.errors import UserError
+    from domain_embed.schema import LLMKind, typed
     from domain_embed.synth.generate import degenerate as _degenerate, judge_enabled
 
-    cfg = OmegaConf.create(OmegaConf.to_container(base_cfg))
+    cfg = typed(base_cfg)  # a copy: the typed view is made afresh from the config
     assert cfg.synth.judge.enabled == "auto" and judge_enabled(cfg) is False  # local tiny model
-    cfg.llm.kind = "remote"
+    cfg.llm.kind = LLMKind.remote
     assert judge_enabled(cfg) is True
+    for given, on in ((True, True), ("false", False), (False, False)):  # Hydra's bool or the YAML's string
+        cfg.synth.judge.enabled = given
+        assert judge_enabled(cfg) is on, given
     cfg.synth.judge.enabled = "sometimes"
     with pytest.raises(UserError, match="auto"):
         judge_enabled(cfg)
+    with pytest.raises(UserError, match="synth.judge.enabled='sometimes'"):  # and the schema refuses it at load
+        load_config(None, ["synth.judge.enabled=sometimes"], save=False)
     ones = {"relevance": 1, "answerability": 1, "clarity": 1}
     assert _degenerate([ones] * 12, 0.9)                      # what SmolLM2-135M does
     varied = [{"relevance": i % 10 + 1, "answerability": 5, "clarity": 7} for i in range(12)]

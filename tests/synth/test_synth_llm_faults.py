@@ -107,7 +107,7 @@ def test_too_many_failed_generations_fail_the_stage_and_a_fixed_rerun_resumes(tm
     """A proxy before the real server fails every third generation: over synth.max_failed_fraction the stage
     exits with the failure kinds; the rerun against the real server sends only the failed ones."""
     cfg0 = load_config(None, [], save=False)
-    with local_llm(cfg0) as real_url:
+    with local_llm(cfg0.llm) as real_url:  # the section (a DictConfig one is checked against the schema)
         def forward(path, body, n):
             if n > 1 and n % 3 == 0:  # request 1 is the preflight
                 return 500, b'{"error": "injected"}'

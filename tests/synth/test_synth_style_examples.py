@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from domain_embed.config import load_config
+from domain_embed.schema import typed
 from domain_embed.synth import prompts as P
 from domain_embed.synth.generate import fingerprint
 
@@ -12,8 +13,8 @@ from domain_embed.synth.generate import fingerprint
 def test_style_examples_reach_prompts_and_fingerprint(tmp_path):
     real = tmp_path / "real.jsonl"
     real.write_text("\n".join(json.dumps({"text": t}) for t in ["vacuum full lock", "pg_dump parallel", "hot standby lag"]))
-    plain = load_config(None, [], save=False)
-    styled = load_config(None, [f"synth.style_examples_file={real}", "synth.style_examples_n=2"], save=False)
+    plain = typed(load_config(None, [], save=False))
+    styled = typed(load_config(None, [f"synth.style_examples_file={real}", "synth.style_examples_n=2"], save=False))
     assert fingerprint(plain) != fingerprint(styled), "generations made without the examples must not be reused"
 
     from domain_embed.synth.generate import style_queries as _style_queries

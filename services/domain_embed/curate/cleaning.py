@@ -30,7 +30,7 @@ from nemo_curator.stages.text.modifiers.modifier import Modify
 from nemo_curator.stages.text.modifiers.unicode import UnicodeReformatter
 from nemo_curator.tasks import DocumentBatch
 
-from ..errors import UserError
+from ..schema import CurateConfig, Executor
 
 # Lines that doc generators repeat on every page and that carry no content.
 _BOILERPLATE = re.compile(
@@ -79,15 +79,14 @@ def prose_only(text: str) -> str:
     return prose or text
 
 
-def build_stages(cfg: Any) -> tuple[list[ProcessingStage], list[tuple[str, Any, str]]]:
+def build_stages(c: CurateConfig) -> tuple[list[ProcessingStage], list[tuple[str, Any, str]]]:
     """The Curator stages, and (name, filter, score column) for each quality filter."""
-    c = cfg.curate
     filters = [
-        ("word_count", WordCountFilter(min_words=int(c.min_words), max_words=int(c.max_words)), "score_word_count"),
-        ("non_alphanumeric", NonAlphaNumericFilter(max_non_alpha_numeric_to_text_ratio=float(c.max_non_alpha_ratio)),
+        ("word_count", WordCountFilter(min_words=c.min_words, max_words=c.max_words), "score_word_count"),
+        ("non_alphanumeric", NonAlphaNumericFilter(max_non_alpha_numeric_to_text_ratio=c.max_non_alpha_ratio),
          "score_non_alphanumeric"),
         # Curator's score is the fraction of *unique* lines; our config names the repeated fraction.
-        ("repeated_lines", RepeatedLinesFilter(max_repeated_line_fraction=1.0 - float(c.max_repeated_line_fraction)),
+        ("repeated_lines", RepeatedLinesFilter(max_repeated_line_fraction=1.0 - c.max_repeated_line_fraction),
          "score_repeated_lines"),
     ]
     stages: list[ProcessingStage] = [
@@ -123,20 +122,17 @@ class InProcessExecutor(BaseExecutor):
         return tasks
 
 
-def choose_executor(cfg: Any, n_files: int) -> str:
+def choose_executor(c: CurateConfig, n_files: int) -> str:
     """'inprocess' or 'ray', from curate.executor (auto: by corpus size and cores)."""
-    choice = str(cfg.curate.executor).lower()
     cores = os.cpu_count() or 1
-    if choice not in ("auto", "inprocess", "ray"):
-        raise UserError(f"curate.executor={choice!r} is not one of auto, inprocess, ray")
-    if choice == "auto":
-        return "ray" if (n_files >= int(cfg.curate.ray_min_files) and cores > 2) else "inprocess"
-    return choice  # an explicit "ray" is honoured even on small machines (Ray Data runs there, slowly)
+    if c.executor == Executor.auto:
+        return "ray" if (n_files >= c.ray_min_files and cores > 2) else "inprocess"
+    return c.executor.value  # an explicit "ray" is honoured even on small machines (Ray Data runs there, slowly)
 
 
-def run_cleaning(docs: pd.DataFrame, cfg: Any, executor: str, batch_size: int = 256) -> pd.DataFrame:
+def run_cleaning(docs: pd.DataFrame, c: CurateConfig, executor: str, batch_size: int = 256) -> pd.DataFrame:
     """Run the cleaning pipeline over a frame with columns source, title, text (+order columns)."""
-    stages, _ = build_stages(cfg)
+    stages, _ = build_stages(c)
     batches = [
         DocumentBatch(dataset_name="corpus", data=docs.iloc[i : i + batch_size].reset_index(drop=True))
         for i in range(0, len(docs), batch_size)
@@ -157,9 +153,9 @@ def run_cleaning(docs: pd.DataFrame, cfg: Any, executor: str, batch_size: int = 
     return pd.concat(frames, ignore_index=True)
 
 
-def apply_filters(df: pd.DataFrame, cfg: Any) -> tuple[pd.DataFrame, dict[str, int]]:
+def apply_filters(df: pd.DataFrame, c: CurateConfig) -> tuple[pd.DataFrame, dict[str, int]]:
     """Keep rows that pass every filter; count removals by the first filter that failed."""
-    _, filters = build_stages(cfg)
+    _, filters = build_stages(c)
     removed = {f"filtered_{name}": 0 for name, _, _ in filters}
     keep = pd.Series(True, index=df.index)
     for name, flt, col in filters:

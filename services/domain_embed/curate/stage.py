@@ -20,15 +20,15 @@ from typing import Any
 
 from ..errors import UserError
 from ..rundir import StageContext, atomic_write_jsonl
+from ..schema import CorpusConfig
 
 OUTPUT = "curate/chunks.jsonl"
 
 
-def _corpus_root(cfg: Any) -> Path:
-    raw = cfg.corpus.get("path")
-    if raw in (None, ""):
+def _corpus_root(corpus: CorpusConfig) -> Path:
+    if not corpus.path:
         raise UserError("corpus.path is not set; pass corpus.path=/path/to/your/documents")
-    root = Path(str(raw)).expanduser().resolve()
+    root = Path(corpus.path).expanduser().resolve()
     if not root.exists():
         raise UserError(f"corpus path {root} does not exist; pass corpus.path=/path/to/your/documents")
     return root
@@ -47,19 +47,18 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from .dedup import doc_id, exact_duplicates, near_duplicates
     from .readers import discover, read_corpus
 
-    cfg, c = ctx.cfg, ctx.cfg.curate
+    corpus, c = ctx.conf.corpus, ctx.conf.curate
     spec = ctx.spec()
-    root = _corpus_root(cfg)
-    include = list(cfg.corpus.get("include") or ["**/*"])
-    exclude = list(cfg.corpus.get("exclude") or [])
-    files = discover(root, include, exclude, int(cfg.corpus.get("max_files") or 0))
+    root = _corpus_root(corpus)
+    include = list(corpus.include or ["**/*"])
+    exclude = list(corpus.exclude)
+    files = discover(root, include, exclude, corpus.max_files)
     if not files:
         raise UserError(
             f"corpus {root} has no files matching {include}; point corpus.path at a folder of .txt/.md/.rst/.html/.jsonl/.pdf files"
         )
     ctx.log(f"reading {len(files)} files from {root}")
-    res = read_corpus(root, files, str(cfg.corpus.get("jsonl_text_field") or "text"),
-                      cfg.corpus.get("jsonl_title_field"), log=ctx.log)
+    res = read_corpus(root, files, corpus.jsonl_text_field or "text", corpus.jsonl_title_field, log=ctx.log)
     for source, reason in res.skipped_files[:20]:
         ctx.log(f"warning: skipped {source} ({reason})")
     if len(res.skipped_files) > 20:
@@ -67,7 +66,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if not res.docs:
         hint = ""
         if any(k.startswith("skipped_jsonl_no_text") for k in res.skipped):
-            hint = f"; JSONL rows need a non-empty '{cfg.corpus.get('jsonl_text_field')}' field (set corpus.jsonl_text_field)"
+            hint = f"; JSONL rows need a non-empty '{corpus.jsonl_text_field}' field (set corpus.jsonl_text_field)"
         raise UserError(
             f"corpus {root} has no usable documents ({len(files)} files, skipped: {_skip_summary(res.skipped)}){hint}; "
             "give it text, Markdown, reStructuredText, HTML, JSONL or PDF files with real content"
@@ -86,29 +85,29 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "order_path": [d.order[0] for d in docs],
         "order_pos": [int(d.order[1]) for d in docs],
     })
-    executor = choose_executor(cfg, len(files))
+    executor = choose_executor(c, len(files))
     counts["executor"] = executor
     if executor == "ray" and (os.cpu_count() or 1) <= 2:
         ctx.log(f"warning: curate.executor=ray on {os.cpu_count()} cores; Ray adds start-up time here, inprocess is faster")
     ctx.log(f"cleaning {len(frame)} documents with NeMo Curator ({executor})")
-    cleaned = run_cleaning(frame, cfg, executor)
+    cleaned = run_cleaning(frame, c, executor)
     # executors may reorder batches; the output order is ours to fix
     cleaned = cleaned.sort_values(["order_path", "order_pos"], kind="stable").reset_index(drop=True)
-    kept, removed = apply_filters(cleaned, cfg)
+    kept, removed = apply_filters(cleaned, c)
     counts.update(removed)
     counts["docs_after_filters"] = len(kept)
 
     # ---- dedup
     texts = kept["text"].tolist()
     drop: set[int] = set()
-    if bool(c.get("exact_dedup", True)):
+    if c.exact_dedup:
         ex = exact_duplicates(texts)
         drop.update(ex)
         counts["exact_dups_removed"] = len(ex)
-    if bool(c.get("near_dedup", True)):
+    if c.near_dedup:
         remaining = [i for i in range(len(texts)) if i not in drop]
-        near = near_duplicates([texts[i] for i in remaining], threshold=float(c.near_dedup_threshold),
-                               num_perm=int(c.minhash_num_perm))
+        near = near_duplicates([texts[i] for i in remaining], threshold=c.near_dedup_threshold,
+                               num_perm=c.minhash_num_perm)
         for idx, other, j in near:
             ctx.log(f"near-duplicate: {kept['source'][remaining[idx]]} ~ {kept['source'][remaining[other]]} (Jaccard≈{j:.2f})")
         drop.update(remaining[idx] for idx, _, _ in near)
@@ -125,8 +124,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     # ---- chunking with the base model's tokenizer
     tokenizer = AutoTokenizer.from_pretrained(spec.model_path)
     chunker = Chunker(tokenizer, spec.passage_prefix, spec.max_passage_length,
-                      chunk_sentences=int(c.chunk_sentences), overlap_sentences=int(c.get("chunk_overlap_sentences", 0)),
-                      min_chunk_tokens=int(c.get("min_chunk_tokens", 0)), include_title=bool(c.get("include_title", True)))
+                      chunk_sentences=c.chunk_sentences, overlap_sentences=c.chunk_overlap_sentences,
+                      min_chunk_tokens=c.min_chunk_tokens, include_title=c.include_title)
     rows: list[dict[str, Any]] = []
     seen_ids: set[str] = set()
     dup_chunks = 0

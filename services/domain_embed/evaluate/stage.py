@@ -45,11 +45,11 @@ def _query_groups(folder: Path, query_ids: list[str]) -> dict[str, list[str]]:
 def run(ctx: StageContext) -> dict[str, Any]:
     from ..inference import stage_encoder
 
-    ec = ctx.cfg.evaluate
+    ec = ctx.conf.evaluate
     spec = ctx.spec()
     # The tuned model is scored with the spec it was trained with; a config that disagrees is refused.
     tuned_spec = ctx.trained_spec("train/model")
-    ks = sorted(int(k) for k in ec.k_values)
+    ks = sorted(ec.k_values)
     top = max(ks)
     tuned_dir = ctx.path("train/model")
     heldout = load_beir(ctx.path("split/eval_beir"), "test", "heldout")
@@ -68,8 +68,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     # fp32 always (torch, or the ONNX graph that matches it): evaluation measures the model, not a
     # quantisation. Through the run's store, the base model's corpus vectors are the ones synthesis
     # and mining already made, and a rerun (another --dataset, the gate retried) embeds nothing new.
-    base = stage_encoder(ctx, spec, allow_int8=False, batch_size=int(ec.batch_size))
-    tuned = stage_encoder(ctx, tuned_spec, tuned_dir, allow_int8=False, batch_size=int(ec.batch_size))
+    base = stage_encoder(ctx, spec, allow_int8=False, batch_size=ec.batch_size)
+    tuned = stage_encoder(ctx, tuned_spec, tuned_dir, allow_int8=False, batch_size=ec.batch_size)
     stored = {"base": ctx.embeddings.bind(base), "tuned": ctx.embeddings.bind(tuned)}
     report: dict[str, Any] = {"datasets": {}, "k_values": ks, "spec": spec.to_dict(),
                               "tuned_model": str(tuned_dir), "base_model": spec.model_path}
@@ -80,7 +80,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         for label, enc in stored.items():
             runs[label] = dense_run(ds, lambda t, kind, e=enc: e.encode(t, kind), top)
             entry[label] = beir_evaluate(ds.qrels, runs[label], ks)
-        if bool(ec.bm25):
+        if ec.bm25:
             runs["bm25"] = bm25_run(ds, top)
             entry["bm25"] = beir_evaluate(ds.qrels, runs["bm25"], ks)
         groups = _query_groups(Path(path), ds.query_ids) if ds.name == "heldout" else {}
@@ -92,7 +92,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     # ---- quality gate: on the user's real judged queries when given (they decide), else the held-out split
     g = ec.gate
-    metric = str(g.metric)
+    metric = g.metric
     gate_on = "real" if "real" in report["datasets"] else "heldout"
     if gate_on == "real":  # the report leads with what users ask
         report["datasets"] = {"real": report["datasets"]["real"],
@@ -102,9 +102,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if b is None or t is None:
         raise UserError(f"evaluate.gate.metric={metric!r} is not computed; use one of "
                         f"{sorted(report['datasets'][gate_on]['base'])}")
-    tol = float(g.tolerance)
+    tol = g.tolerance
     where = "on the real queries (--real-queries/--qrels)" if gate_on == "real" else "on the held-out split"
-    if not bool(g.enabled):
+    if not g.enabled:
         passed, reason = True, "gate disabled (evaluate.gate.enabled=false)"
     elif t >= b - tol:
         passed, reason = True, f"tuned {metric} {t:.4f} >= base {b:.4f} - tolerance {tol} {where}"
@@ -160,20 +160,20 @@ def _check_endpoint(ctx: StageContext, url: str, heldout: BeirDataset, tuned, re
 
     from .endpoint import EndpointEncoder, api_key_from_env, max_cosine_drift
 
-    e = ctx.cfg.evaluate.endpoint
-    enc = EndpointEncoder(url, str(ctx.cfg.model.served_name), int(e.batch_size), float(e.timeout_s),
-                          api_key_from_env(e.get("api_key_env")))
+    e = ctx.conf.evaluate.endpoint
+    enc = EndpointEncoder(url, ctx.conf.model.served_name, e.batch_size, float(e.timeout_s),  # a number as given
+                          api_key_from_env(e.api_key_env))
     try:
-        n = int(e.max_texts)
+        n = e.max_texts
         drifts = []
         for texts, kind in ((heldout.query_texts[:n], "query"), (heldout.corpus_texts[:n], "passage")):
             drifts.append(max_cosine_drift(enc.encode(texts, kind), tuned.encode(texts, kind)))
         drift = float(max(drifts))
-        tol = float(e.tolerance)
+        tol = e.tolerance
         report["endpoint"] = {"url": enc.url, "model": enc.model, "max_drift": drift, "tolerance": tol,
                               "passed": drift <= tol,
                               "texts_compared": len(heldout.query_texts[:n]) + len(heldout.corpus_texts[:n])}
-        if bool(e.metrics):
+        if e.metrics:
             run_ = dense_run(heldout, lambda t, kind: enc.encode(t, kind), top)
             report["datasets"]["heldout"]["endpoint"] = beir_evaluate(heldout.qrels, run_, ks)
         return bool(drift <= tol) and bool(np.isfinite(drift))

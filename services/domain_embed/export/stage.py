@@ -7,6 +7,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..rundir import StageContext, atomic_write_json
+from ..schema import Toggle, toggle
 from . import onnx_export, tensorrt_plan
 from .triton_repo import build_repository, choose_layout
 
@@ -27,25 +28,25 @@ def _check_gate(ctx: StageContext) -> dict[str, Any]:
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    ecfg = ctx.cfg.export
+    ecfg = ctx.conf.export
     _check_gate(ctx)
     model_dir = ctx.path("train/model")
     spec = ctx.trained_spec("train/model")  # what training used; a drifted config is refused
     out = ctx.dir
     onnx_path = out / "model.onnx"
-    opset = int(ecfg.opset)
+    opset = ecfg.opset
     if opset < 17:
         raise UserError(f"export.opset={opset}; opset 17 or newer is needed (LayerNormalization)")
     exporter = onnx_export.export_onnx(model_dir, spec, onnx_path, opset=opset, log=ctx.log)
     ctx.log(f"exported {onnx_path} with the {exporter} exporter (opset {opset})")
 
     texts, source = onnx_export.parity_texts(ctx.path("curate/chunks.jsonl"))
-    parity = {"tolerance": float(ecfg.parity_tolerance),
+    parity = {"tolerance": ecfg.parity_tolerance,
               "onnx": onnx_export.check_parity(onnx_path, model_dir, spec, texts, source)}
     counts: dict[str, Any] = {"exporter": exporter, "opset": opset, "parity_texts": parity["onnx"]["texts"],
                               "parity_max_abs_diff": parity["onnx"]["max_abs_diff"],
                               "parity_min_cosine": parity["onnx"]["min_cosine"]}
-    tol = float(ecfg.parity_tolerance)
+    tol = ecfg.parity_tolerance
 
     def fail_if_off(p: dict[str, Any], what: str, tol: float) -> None:
         if p["max_abs_diff"] > tol or p["min_cosine"] < 1.0 - tol:
@@ -58,7 +59,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     gpu = tensorrt_plan.gpu_available()
     plan_path = None
-    if bool(ecfg.fp16) or gpu:
+    if ecfg.fp16 or gpu:
         fp16 = out / "model.fp16.onnx"
         try:
             onnx_export.convert_fp16(onnx_path, fp16)
@@ -70,16 +71,16 @@ def run(ctx: StageContext) -> dict[str, Any]:
         except Exception as exc:  # optional artefact: say why it is missing, keep the fp32 model
             ctx.log(f"fp16 ONNX conversion failed ({type(exc).__name__}: {exc}); fp32 ONNX serves")
             counts["fp16_onnx"] = False
-    want_trt = str(ecfg.tensorrt).lower()
-    if want_trt in ("true", "auto") and gpu and tensorrt_plan.tensorrt_available():
+    want_trt = toggle(ecfg.tensorrt)
+    if want_trt in (Toggle.true, Toggle.auto) and gpu and tensorrt_plan.tensorrt_available():
         plan_path = out / "model.plan"
         counts["tensorrt_profile"] = tensorrt_plan.build_plan(onnx_path, plan_path, spec, ecfg.trt_profiles, log=ctx.log)
         parity["tensorrt_fp16"] = tensorrt_plan.plan_parity(plan_path, onnx_path, spec, texts, model_dir)
         fail_if_off(parity["tensorrt_fp16"], "the TensorRT fp16 plan", max(tol, 2e-2))  # fp16 needs looser
         counts["tensorrt"] = "built"
     else:
-        why = "no GPU" if not gpu else "tensorrt not installed" if want_trt != "false" else "export.tensorrt=false"
-        if want_trt == "true" and not (gpu and tensorrt_plan.tensorrt_available()):
+        why = "no GPU" if not gpu else "tensorrt not installed" if want_trt != Toggle.false else "export.tensorrt=false"
+        if want_trt == Toggle.true and not (gpu and tensorrt_plan.tensorrt_available()):
             raise UserError(f"export.tensorrt=true but {why}; use export.tensorrt=auto to fall back to ONNX")
         ctx.log(f"{why}: TensorRT skipped, ONNX serves")
         counts["tensorrt"] = f"skipped ({why})"

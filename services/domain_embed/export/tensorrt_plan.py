@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import EncodingSpec
+from ..schema import TrtProfilesConfig, as_section
 
 
 def gpu_available() -> bool:
@@ -26,16 +27,16 @@ def tensorrt_available() -> bool:
         return False
 
 
-def profile_shapes(spec: EncodingSpec, profiles: Any) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+def profile_shapes(spec: EncodingSpec, profiles: TrtProfilesConfig) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     """(min, opt, max) for batch and sequence; the max sequence never exceeds the spec's longest input."""
-    b = [int(x) for x in profiles.batch]
-    s = [int(x) for x in profiles.seq]
+    profiles = as_section(profiles, TrtProfilesConfig)
+    b, s = profiles.batch, profiles.seq
     longest = max(spec.max_query_length, spec.max_passage_length)
     s_max = max(longest, s[2])
     return (b[0], b[1], b[2]), (min(s[0], longest), min(s[1], s_max), s_max)
 
 
-def build_plan(onnx_path: Path, plan_path: Path, spec: EncodingSpec, profiles: Any, log=print) -> dict[str, Any]:
+def build_plan(onnx_path: Path, plan_path: Path, spec: EncodingSpec, profiles: TrtProfilesConfig, log=print) -> dict[str, Any]:
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)

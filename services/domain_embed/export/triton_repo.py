@@ -28,6 +28,7 @@ from ..config import EncodingSpec
 from ..errors import UserError
 from ..model_repository import MANIFEST, MODEL_NAME, verify_manifest, write_manifest  # noqa: F401
 from ..rundir import atomic_write_json, atomic_write_text
+from ..schema import TritonBackend, TritonConfig, as_section
 
 TEMPLATE = Path(__file__).resolve().parent / "triton_model" / "model.py"
 
@@ -39,15 +40,14 @@ def _strings_in() -> str:
     ).replace("}\n", "},\n")
 
 
-def _batching(tcfg: Any) -> str:
-    if not bool(tcfg.get("dynamic_batching", True)):
+def _batching(tcfg: TritonConfig) -> str:
+    if not tcfg.dynamic_batching:
         return ""
-    sizes = ", ".join(str(int(s)) for s in tcfg.preferred_batch_sizes)
+    sizes = ", ".join(str(s) for s in tcfg.preferred_batch_sizes)
     # The queue policy caps how long a request may wait for an instance: past it (or past
     # max_queue_size) Triton rejects it at once, and the gateway answers 429 with Retry-After,
     # instead of an overloaded or wedged model holding every queue slot until the client gives up.
-    timeout_us = int(tcfg.get("queue_timeout_us", 0))
-    size = int(tcfg.get("max_queue_size", 0))
+    timeout_us, size = tcfg.queue_timeout_us, tcfg.max_queue_size
     policy = ""
     if timeout_us > 0 or size > 0:
         policy = ("  default_queue_policy {\n    timeout_action: REJECT\n"
@@ -55,14 +55,14 @@ def _batching(tcfg: Any) -> str:
                   "    allow_timeout_override: false\n"
                   f"    max_queue_size: {max(size, 0)}\n  }}\n")
     return (f"dynamic_batching {{\n  preferred_batch_size: [ {sizes} ]\n"
-            f"  max_queue_delay_microseconds: {int(tcfg.max_queue_delay_us)}\n{policy}}}\n")
+            f"  max_queue_delay_microseconds: {tcfg.max_queue_delay_us}\n{policy}}}\n")
 
 
 def _params(d: dict[str, Any]) -> str:
     return "".join(f'parameters: {{ key: "{k}" value: {{ string_value: "{v}" }} }}\n' for k, v in d.items())
 
 
-def python_config(name: str, spec: EncodingSpec, tcfg: Any, mode: str, pad_id: int, kind: str) -> str:
+def python_config(name: str, spec: EncodingSpec, tcfg: TritonConfig, mode: str, pad_id: int, kind: str) -> str:
     if mode == "embed":
         outs = (f'  {{ name: "EMBEDDING" data_type: TYPE_FP32 dims: [ {spec.dim} ] }},\n'
                 f'  {{ name: "TOKENS" data_type: TYPE_INT32 dims: [ 1 ] }}')
@@ -70,26 +70,25 @@ def python_config(name: str, spec: EncodingSpec, tcfg: Any, mode: str, pad_id: i
         outs = ('  { name: "INPUT_IDS" data_type: TYPE_INT64 dims: [ -1 ] },\n'
                 '  { name: "ATTENTION_MASK" data_type: TYPE_INT64 dims: [ -1 ] },\n'
                 '  { name: "TOKENS" data_type: TYPE_INT32 dims: [ 1 ] }')
-    return (f'name: "{name}"\nbackend: "python"\nmax_batch_size: {int(tcfg.max_batch_size)}\n'
+    return (f'name: "{name}"\nbackend: "python"\nmax_batch_size: {tcfg.max_batch_size}\n'
             f"input [\n{_strings_in()}\n]\noutput [\n{outs}\n]\n{_batching(tcfg)}"
-            f"instance_group [ {{ count: {int(tcfg.instances)} kind: {kind} }} ]\n"
-            + _params({"mode": mode, "pad_id": pad_id, "intra_op_threads": int(tcfg.get("intra_op_threads", 0)),
-                       "ort_batch": int(tcfg.get("ort_batch", 32)),
-                       "bucket_ratio": float(tcfg.get("bucket_ratio", 1.25))}))
+            f"instance_group [ {{ count: {tcfg.instances} kind: {kind} }} ]\n"
+            + _params({"mode": mode, "pad_id": pad_id, "intra_op_threads": tcfg.intra_op_threads,
+                       "ort_batch": tcfg.ort_batch, "bucket_ratio": tcfg.bucket_ratio}))
 
 
-def encoder_config(spec: EncodingSpec, tcfg: Any, platform: str, kind: str) -> str:
+def encoder_config(spec: EncodingSpec, tcfg: TritonConfig, platform: str, kind: str) -> str:
     model_file = "model.plan" if platform == "tensorrt_plan" else "model.onnx"
     return (f'name: "encoder"\nplatform: "{platform}"\ndefault_model_filename: "{model_file}"\n'
-            f"max_batch_size: {int(tcfg.max_batch_size)}\n"
+            f"max_batch_size: {tcfg.max_batch_size}\n"
             'input [\n  { name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ] },\n'
             '  { name: "attention_mask" data_type: TYPE_INT64 dims: [ -1 ] }\n]\n'
             f'output [\n  {{ name: "embeddings" data_type: TYPE_FP32 dims: [ {spec.dim} ] }}\n]\n'
-            f"{_batching(tcfg)}instance_group [ {{ count: {int(tcfg.instances)} kind: {kind} }} ]\n")
+            f"{_batching(tcfg)}instance_group [ {{ count: {tcfg.instances} kind: {kind} }} ]\n")
 
 
-def ensemble_config(spec: EncodingSpec, tcfg: Any) -> str:
-    return (f'name: "{MODEL_NAME}"\nplatform: "ensemble"\nmax_batch_size: {int(tcfg.max_batch_size)}\n'
+def ensemble_config(spec: EncodingSpec, tcfg: TritonConfig) -> str:
+    return (f'name: "{MODEL_NAME}"\nplatform: "ensemble"\nmax_batch_size: {tcfg.max_batch_size}\n'
             f"input [\n{_strings_in()}\n]\n"
             f'output [\n  {{ name: "EMBEDDING" data_type: TYPE_FP32 dims: [ {spec.dim} ] }},\n'
             '  { name: "TOKENS" data_type: TYPE_INT32 dims: [ 1 ] }\n]\n'
@@ -120,7 +119,7 @@ def _pad_id(tokenizer_json: Path) -> int:
     return 0
 
 
-def choose_layout(tcfg: Any, plan_built: bool = False) -> tuple[str, bool, str]:
+def choose_layout(tcfg: TritonConfig, plan_built: bool = False) -> tuple[str, bool, str]:
     """(layout, use the TensorRT plan, why) from ``export.triton.backend``.
 
     ``auto`` looks at what the target tritonserver can load: the backends folder named by
@@ -132,12 +131,13 @@ def choose_layout(tcfg: Any, plan_built: bool = False) -> tuple[str, bool, str]:
     """
     from ..tritonserver import available_backends, backend_directory
 
-    want = str(tcfg.get("backend", "auto"))
-    if want not in ("auto", "python", "ensemble"):
+    tcfg = as_section(tcfg, TritonConfig)  # (tests and benchmarks pass a DictConfig section)
+    want = str(tcfg.backend)
+    if want not in {b.value for b in TritonBackend}:
         raise UserError(f"export.triton.backend={want!r}; use auto, python or ensemble")
-    if want != "auto":
-        return want, plan_built and want == "ensemble", f"export.triton.backend={want}"
-    d = str(tcfg.get("backend_directory", "") or "")
+    if want != TritonBackend.auto:
+        return want, plan_built and want == TritonBackend.ensemble, f"export.triton.backend={want}"
+    d = tcfg.backend_directory
     where = Path(d) if d else backend_directory()
     if d and not where.is_dir():
         raise UserError(f"export.triton.backend_directory={d} is not a folder; point it at the target "
@@ -152,9 +152,10 @@ def choose_layout(tcfg: Any, plan_built: bool = False) -> tuple[str, bool, str]:
     return "python", False, f"auto: {where} has backends {names}; the ensemble needs python + onnxruntime"
 
 
-def build_repository(out: Path, spec: EncodingSpec, onnx_path: Path, tokenizer_json: Path, tcfg: Any,
+def build_repository(out: Path, spec: EncodingSpec, onnx_path: Path, tokenizer_json: Path, tcfg: TritonConfig,
                      layout: str = "python", plan_path: Path | None = None, gpu: bool = False) -> dict[str, Any]:
     """Write the repository to ``out`` (replacing it) and return a summary for the manifest counts."""
+    tcfg = as_section(tcfg, TritonConfig)  # (tests and benchmarks pass a DictConfig section)
     if layout not in ("python", "ensemble"):
         raise UserError(f"export.triton.backend={layout!r}; use auto, python or ensemble")
     if not tokenizer_json.is_file():

@@ -26,6 +26,7 @@ import httpx
 import jsonschema
 
 from ..errors import UserError
+from ..schema import LLMConfig, LLMKind, PromptStyle, as_section
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -199,14 +200,15 @@ class LLMClient:
         self._http: httpx.AsyncClient | None = None
 
     @classmethod
-    def from_config(cls, cfg, base_url: str, **overrides: Any) -> "LLMClient":
-
-        llm = cfg.llm
+    def from_config(cls, llm: LLMConfig, base_url: str, **overrides: Any) -> "LLMClient":
+        """From the ``llm`` section (typed; a DictConfig section is checked against the schema)."""
+        llm = as_section(llm, LLMConfig)
         kw = dict(
-            base_url=base_url, model=str(llm.model), api_key=api_key(cfg),
-            concurrency=int(llm.concurrency), requests_per_minute=float(llm.requests_per_minute or 0),
-            timeout_s=float(llm.timeout_s), max_retries=int(llm.max_retries),
-            structured_output=bool(llm.get("structured_output", False)),
+            base_url=base_url, model=llm.model, api_key=api_key(llm),
+            # requests_per_minute and timeout_s are numbers as given (120 or 0.5)
+            concurrency=llm.concurrency, requests_per_minute=float(llm.requests_per_minute or 0),
+            timeout_s=float(llm.timeout_s), max_retries=llm.max_retries,
+            structured_output=llm.structured_output,
         )
         kw.update(overrides)
         return cls(**kw)
@@ -341,28 +343,28 @@ def _parse(text: str, schema: dict[str, Any]) -> tuple[Any, str | None, str]:
 
 
 # ---------------------------------------------------------------- preflight
-def preflight(cfg, base_url: str, attempts: int = 3, pause_s: float = 1.0) -> float:
+def preflight(llm: LLMConfig, base_url: str, attempts: int = 3, pause_s: float = 1.0) -> float:
     """One tiny request before any real one, so that a wrong URL, key or model fails at once.
 
     Returns the seconds the request took. Raises :class:`~domain_embed.errors.UserError` naming the
     URL, the HTTP status and what to set. Transient answers (429, 5xx, no connection yet) are tried
     ``attempts`` times before giving up; other 4xx are not retried."""
 
-    llm = cfg.llm
-    completion = llm.kind == "local" and str(llm.local.prompt_style) == "completion"
+    llm = as_section(llm, LLMConfig)
+    completion = llm.kind == LLMKind.local and llm.local.prompt_style == PromptStyle.completion
     url = f"{base_url.rstrip('/')}/{'completions' if completion else 'chat/completions'}"
-    body: dict[str, Any] = {"model": str(llm.model), "max_tokens": 1, "temperature": 0.0}
+    body: dict[str, Any] = {"model": llm.model, "max_tokens": 1, "temperature": 0.0}
     body.update({"prompt": "ping"} if completion else {"messages": [{"role": "user", "content": "ping"}]})
-    key = api_key(cfg)
+    key = api_key(llm)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    env = str(llm.get("api_key_env") or "")
+    env = llm.api_key_env
     key_hint = (f"the API key in ${env} (llm.api_key_env={env})" if env else "llm.api_key_env, the variable that "
                 "holds the endpoint's API key")
     status, detail = 0, ""
     for attempt in range(max(1, attempts)):
         t0 = time.perf_counter()
         try:
-            resp = httpx.post(url, json=body, headers=headers, timeout=float(llm.timeout_s))
+            resp = httpx.post(url, json=body, headers=headers, timeout=float(llm.timeout_s))  # a number as given
         except httpx.HTTPError as exc:
             status, detail = 0, f"{type(exc).__name__}: {exc}"
         else:
@@ -378,24 +380,24 @@ def preflight(cfg, base_url: str, attempts: int = 3, pause_s: float = 1.0) -> fl
         todo = "set llm.base_url to a running OpenAI-compatible server (ending in /v1), or null to start the local one"
     elif status in (401, 403):
         what = f"the LLM endpoint {url} answered HTTP {status} (not authorised: {detail})"
-        todo = f"set {key_hint} to a valid key for llm.base_url={llm.get('base_url')}"
+        todo = f"set {key_hint} to a valid key for llm.base_url={llm.base_url}"
     elif status == 404:
         what = f"the LLM endpoint {url} answered HTTP 404 ({detail})"
-        todo = (f"set llm.base_url to the OpenAI-compatible base URL (ending in /v1, now {llm.get('base_url')}) "
+        todo = (f"set llm.base_url to the OpenAI-compatible base URL (ending in /v1, now {llm.base_url}) "
                 f"and llm.model to a model it serves (now {llm.model})")
     else:
         what = f"the LLM endpoint {url} answered HTTP {status} to a test request ({detail})"
-        todo = (f"check llm.base_url={llm.get('base_url')}, llm.model={llm.model} and {key_hint}; "
+        todo = (f"check llm.base_url={llm.base_url}, llm.model={llm.model} and {key_hint}; "
                 f"retry later if the endpoint is overloaded")
     raise UserError(f"{what}; {todo}. No generation was sent.")
 
 
-def api_key(cfg: Any) -> str | None:
+def api_key(llm: LLMConfig) -> str | None:
     """The key for the configured endpoint: None for local, the env var's value for remote."""
-    llm = cfg.llm
-    if llm.kind == "local":
+    llm = as_section(llm, LLMConfig)
+    if llm.kind == LLMKind.local:
         return None
-    env = str(llm.get("api_key_env") or "")
+    env = llm.api_key_env
     if not env:
         return None  # an in-cluster endpoint without auth
     key = os.environ.get(env)

@@ -29,34 +29,33 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
-from omegaconf import DictConfig
-
 from ..config import resolve_path
 from ..errors import UserError
+from ..schema import LLMConfig, LLMKind, as_section
 from .client import api_key, preflight  # noqa: F401  (api_key: re-exported, callers import it from here too)
 
 
-def weights_path(cfg: DictConfig) -> Path:
-    spec = cfg.llm.local.get("weights")
+def weights_path(llm: LLMConfig) -> Path:
+    spec = llm.local.weights
     if not spec:
         raise UserError("llm.kind=local needs llm.local.weights (a GGUF path or pkg:<package>/<file>.gguf)")
-    path = resolve_path(str(spec))
+    path = resolve_path(spec)
     if path is None or not path.is_file():
         raise UserError(f"llm.local.weights={spec} is not a file; give the path of a .gguf model")
     return path
 
 
-def _server_argv(cfg: DictConfig, host: str, port: int, ready_file: Path | None) -> list[str]:
-    loc = cfg.llm.local
+def _server_argv(llm: LLMConfig, host: str, port: int, ready_file: Path | None) -> list[str]:
+    loc = llm.local
     argv = [
         sys.executable, "-m", "domain_embed.llm.server",
-        "--weights", str(weights_path(cfg)),
-        "--alias", str(cfg.llm.model),
+        "--weights", str(weights_path(llm)),
+        "--alias", llm.model,
         "--host", host, "--port", str(port),
-        "--ctx-size", str(int(loc.ctx_size)),
-        "--n-parallel", str(int(loc.n_parallel)),
-        "--threads", str(int(loc.threads)),
-        "--poll", str(int(loc.get("poll", 0))),
+        "--ctx-size", str(loc.ctx_size),
+        "--n-parallel", str(loc.n_parallel),
+        "--threads", str(loc.threads),
+        "--poll", str(loc.poll),
     ]
     if ready_file is not None:
         argv += ["--ready-file", str(ready_file)]
@@ -108,21 +107,22 @@ def _log_tail(path: Path, n: int = 5) -> str:
     return ""
 
 
-def start_local_server(cfg: DictConfig, host: str | None = None, port: int | None = None,
+def start_local_server(llm: LLMConfig, host: str | None = None, port: int | None = None,
                        log_path: Path | None = None) -> LocalServer:
     """Start the child server and wait until /health answers 200 (model loaded)."""
-    loc = cfg.llm.local
-    host = host or str(loc.host)
-    port = int(loc.port) if port is None else int(port)
+    llm = as_section(llm, LLMConfig)
+    loc = llm.local
+    host = host or loc.host
+    port = loc.port if port is None else int(port)
     tmpdir = Path(tempfile.mkdtemp(prefix="domain-embed-llm-"))
     ready = tmpdir / "address"
     log_path = log_path or tmpdir / "server.log"
     log = open(log_path, "ab")
     env = dict(os.environ)
-    proc = subprocess.Popen(_server_argv(cfg, host, port, ready), stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(_server_argv(llm, host, port, ready), stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, env=env, preexec_fn=_die_with_parent)
     log.close()
-    deadline = time.monotonic() + float(loc.startup_timeout_s)
+    deadline = time.monotonic() + float(loc.startup_timeout_s)  # a number as given
     address = None
     try:
         while time.monotonic() < deadline:
@@ -145,22 +145,20 @@ def start_local_server(cfg: DictConfig, host: str | None = None, port: int | Non
 
 
 @contextlib.contextmanager
-def local_llm(cfg: DictConfig, log_path: Path | None = None) -> Iterator[str]:
+def local_llm(llm: LLMConfig, log_path: Path | None = None) -> Iterator[str]:
     """Yield an OpenAI-compatible base URL: a started local server, or the configured remote one."""
-    llm = cfg.llm
-    if llm.kind == "remote":
-        if not llm.get("base_url"):
+    llm = as_section(llm, LLMConfig)  # (llm.kind was checked by the schema: local or remote)
+    if llm.kind == LLMKind.remote:
+        if not llm.base_url:
             raise UserError("llm.kind=remote needs llm.base_url (e.g. https://integrate.api.nvidia.com/v1)")
-        api_key(cfg)  # fail now, not after the first request
-        yield str(llm.base_url)
+        api_key(llm)  # fail now, not after the first request
+        yield llm.base_url
         return
-    if llm.kind != "local":
-        raise UserError(f"llm.kind={llm.kind!r} is not one of local, remote")
-    if llm.get("base_url"):
+    if llm.base_url:
         # An already running local server (e.g. `domain-embed llm serve`): use it as is.
-        yield str(llm.base_url)
+        yield llm.base_url
         return
-    server = start_local_server(cfg, log_path=log_path)
+    server = start_local_server(llm, log_path=log_path)
     try:
         yield server.base_url
     finally:
@@ -170,11 +168,12 @@ def local_llm(cfg: DictConfig, log_path: Path | None = None) -> Iterator[str]:
 class Endpoint:
     """The LLM endpoint of one stage, made ready on first use and released on exit.
 
-    ``with Endpoint(cfg, log_path) as llm: ... llm.url() ...``: the first ``url()`` starts the local
-    server (or checks the remote settings); nothing starts when no request is needed (a full resume)."""
+    ``with Endpoint(conf.llm, log_path) as llm: ... llm.url() ...``: the first ``url()`` starts the
+    local server (or checks the remote settings); nothing starts when no request is needed (a full
+    resume)."""
 
-    def __init__(self, cfg: DictConfig, log_path: Path | None = None):
-        self.cfg, self.log_path = cfg, log_path
+    def __init__(self, llm: LLMConfig, log_path: Path | None = None):
+        self.llm, self.log_path = as_section(llm, LLMConfig), log_path
         self._stack = contextlib.ExitStack()
         self._url: str | None = None
         self.preflight_s: float | None = None
@@ -183,8 +182,8 @@ class Endpoint:
         """The base URL, checked by one tiny request (:func:`~domain_embed.llm.client.preflight`)."""
         if self._url is None:
 
-            url = self._stack.enter_context(local_llm(self.cfg, log_path=self.log_path))
-            self.preflight_s = preflight(self.cfg, url)
+            url = self._stack.enter_context(local_llm(self.llm, log_path=self.log_path))
+            self.preflight_s = preflight(self.llm, url)
             self._url = url
         return self._url
 
@@ -195,14 +194,14 @@ class Endpoint:
         self._stack.close()
 
 
-def serve_forever(cfg: DictConfig, host: str, port: int) -> int:
+def serve_forever(llm: LLMConfig, host: str, port: int) -> int:
     """`domain-embed llm serve`: run the server in the foreground until interrupted."""
     # Ctrl-C may land while the server is still starting (the child can answer /health before
     # start_local_server returns): that is a clean stop too, not an interrupted command.
     server = None
     try:
-        server = start_local_server(cfg, host=host, port=port)
-        print(f"serving {cfg.llm.model} at {server.base_url} (OpenAI-compatible; log {server.log_path}); "
+        server = start_local_server(llm, host=host, port=port)
+        print(f"serving {llm.model} at {server.base_url} (OpenAI-compatible; log {server.log_path}); "
               f"Ctrl-C stops it", file=sys.stderr, flush=True)
         while server.proc.poll() is None:
             time.sleep(0.5)

@@ -25,7 +25,7 @@ def load_inputs(ctx: StageContext) -> tuple[list[dict], list[dict]]:
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    mc = ctx.cfg.mine
+    mc = ctx.conf.mine
     spec = ctx.spec()
     corpus, qa = load_inputs(ctx)
     ids = [c["id"] for c in corpus]
@@ -49,9 +49,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     # The run's store: passages and questions that synthesis's round trip already embedded with
     # the same model, spec and precision are read, not re-embedded. Mining only ranks candidates,
     # so the int8 graph may serve when it agrees with fp32 (model.int8).
-    encoder = stage_encoder(ctx, spec, allow_int8=True, batch_size=int(mc.batch_size))
+    encoder = stage_encoder(ctx, spec, allow_int8=True, batch_size=mc.batch_size)
     store = ctx.embeddings
-    rows = int(mc.shard_rows)
+    rows = mc.shard_rows
     p_emb = store.embed(texts, "passage", encoder, desc="embed passages", shard_rows=rows)
     q_emb = store.embed([q["question"] for q, _ in queries], "query", encoder, desc="embed queries", shard_rows=rows)
     p_hits, p_miss = store.counts("passage")
@@ -59,19 +59,19 @@ def run(ctx: StageContext) -> dict[str, Any]:
     ctx.log(f"{len(texts)} passages ({p_hits} from the run's embedding store, {p_miss} embedded) and {len(queries)} "
             f"queries ({q_hits} stored, {q_miss} embedded) with {encoder.backend} {encoder.precision}")
 
-    index = build_index(p_emb, str(mc.index), mc.use_gpu, int(mc.ivf_nprobe), int(mc.hnsw_m))
+    index = build_index(p_emb, mc.index.value, mc.use_gpu, mc.ivf_nprobe, mc.hnsw_m)
     max_pos = max(len(p) for _, p in queries)
-    scores, cand = search(index, q_emb, int(mc.top_k) + max_pos, progress=ctx.progress)
+    scores, cand = search(index, q_emb, mc.top_k + max_pos, progress=ctx.progress)
 
     stats = MineStats()
-    n_neg = int(mc.num_negatives)
+    n_neg = mc.num_negatives
     with atomic_open(ctx.dir / "train.jsonl") as fh:
         import json
 
         for i, (q, pos) in enumerate(queries):
             pos_sc, negs = select_negatives(
-                q_emb[i], cand[i][: int(mc.top_k) + len(pos)], scores[i][: int(mc.top_k) + len(pos)], pos, p_emb,
-                texts, n_neg, float(mc.margin), str(mc.margin_type), float(mc.near_dup_threshold), stats)
+                q_emb[i], cand[i][: mc.top_k + len(pos)], scores[i][: mc.top_k + len(pos)], pos, p_emb,
+                texts, n_neg, mc.margin, mc.margin_type.value, mc.near_dup_threshold, stats)
             row = {"query_id": q["id"], "query": q["question"],
                    "pos": [{"id": ids[p], "score": round(s, 6)} for p, s in pos_sc],
                    "neg": [{"id": ids[n], "score": round(s, 6)} for n, s in negs]}
@@ -84,4 +84,4 @@ def run(ctx: StageContext) -> dict[str, Any]:
             "passage_cache_hits": p_hits, "passage_cache_misses": p_miss,
             "query_cache_hits": q_hits, "query_cache_misses": q_miss,
             "encoder": {k: v for k, v in getattr(encoder, "info", {}).items() if k != "graph"},
-            "index": str(mc.index), "margin_type": str(mc.margin_type), "margin": float(mc.margin)}
+            "index": mc.index.value, "margin_type": mc.margin_type.value, "margin": mc.margin}

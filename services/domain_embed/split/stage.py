@@ -60,7 +60,7 @@ def write_split_beir(folder: Path, corpus: list[dict[str, Any]], queries: list[d
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    cfg, sc = ctx.cfg, ctx.cfg.split
+    seed, sc = ctx.conf.seed, ctx.conf.split
     chunks = list(read_jsonl(ctx.path("curate/chunks.jsonl")))
     qa = list(read_jsonl(ctx.path("synth/qa.jsonl")))
     if not chunks:
@@ -73,7 +73,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if len(queried) < 2:
         raise UserError(f"only {len(queried)} document(s) have synthetic queries; the split needs at least 2 "
                         f"(train and test) -- raise synth.budget_minutes (or synth.max_chunks if set) or add documents to corpus.path")
-    assign = assign_documents(queried, sc.test_fraction, sc.val_fraction, cfg.seed)
+    assign = assign_documents(queried, sc.test_fraction, sc.val_fraction, seed)
     for d in chunk_doc.values():
         assign.setdefault(d, "train")
 
@@ -117,7 +117,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "test_queries_by_type": dict(Counter(q["query_type"] for q in by_part["test"])),
     }
     atomic_write_json(ctx.dir / "split.json", {
-        "seed": cfg.seed, "test_fraction": sc.test_fraction, "val_fraction": sc.val_fraction,
+        "seed": seed, "test_fraction": sc.test_fraction, "val_fraction": sc.val_fraction,
         "unit": "document", "train_docs": docs["train"], "val_docs": docs["val"], "test_docs": docs["test"],
         "counts": counts,
     })

@@ -14,30 +14,28 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
-
-from ..errors import UserError
 from ..rundir import AppendLog, StageContext, read_jsonl
+from ..schema import LLMKind, PromptStyle, RunConfig, Toggle, toggle
 from . import filters as F
 from . import prompts as P
 
 
-def style_queries(cfg: DictConfig) -> list[str]:
+def style_queries(conf: RunConfig) -> list[str]:
     """Real queries shown to the generator as style examples (synth.style_examples_file), if any."""
     from ..user_queries import style_examples
 
-    path = cfg.synth.get("style_examples_file")
-    return style_examples(path, int(cfg.synth.get("style_examples_n", 5)), int(cfg.seed)) if path else []
+    sc = conf.synth
+    return style_examples(sc.style_examples_file, sc.style_examples_n, conf.seed) if sc.style_examples_file else []
 
 
-def fingerprint(cfg: DictConfig, *extra: Any) -> str:
+def fingerprint(conf: RunConfig, *extra: Any) -> str:
     """What a generation depends on; records under another fingerprint are not reused."""
-    llm, sc = cfg.llm, cfg.synth
-    parts = [llm.kind, llm.model, llm.local.get("weights") if llm.kind == "local" else llm.base_url,
-             llm.local.prompt_style, llm.temperature, llm.max_tokens, llm.get("structured_output", False),
+    llm, sc = conf.llm, conf.synth
+    parts = [llm.kind, llm.model, llm.local.weights if llm.kind == LLMKind.local else llm.base_url,
+             llm.local.prompt_style, llm.temperature, llm.max_tokens, llm.structured_output,
              sc.few_shot, sc.few_shot_words, sc.max_prompt_words, sc.with_answer, sc.max_tokens, P.PROMPT_VERSION,
-             bool(sc.get("batch_types", False)),
-             cfg.seed, *style_queries(cfg), *extra]
+             sc.batch_types,
+             conf.seed, *style_queries(conf), *extra]
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:12]
 
 
@@ -81,23 +79,24 @@ async def _generate(ctx: StageContext, base_url: str, todo: list[dict[str, Any]]
                     progress: "GenerationProgress | None" = None) -> None:
     from ..llm.client import LLMClient, LLMError
 
-    cfg, sc = ctx.cfg, ctx.cfg.synth
-    style = str(cfg.llm.local.prompt_style)
-    shown_queries = style_queries(cfg)
+    conf = ctx.conf
+    sc, llm = conf.synth, conf.llm
+    style = llm.local.prompt_style.value
+    shown_queries = style_queries(conf)
     # llama.cpp keeps each slot's last prompt in its KV cache and reuses the longest common prefix
-    extra = {"cache_prompt": True} if cfg.llm.kind == "local" else {}
+    extra = {"cache_prompt": True} if llm.kind == LLMKind.local else {}
     batch_examples: dict[tuple[str, ...], list] = {}
-    async with LLMClient.from_config(cfg, base_url) as client:
+    async with LLMClient.from_config(ctx.conf.llm, base_url) as client:
         bar = progress or GenerationProgress(ctx, len(todo))
 
         async def one(t: dict[str, Any]) -> None:
-            passages = [clip(by_id[s]["text"], int(sc.max_prompt_words)) for s in t["segment_ids"]]
-            per_call = int(sc.max_tokens or cfg.llm.max_tokens) * len(t.get("query_types") or [1])
-            params = {"temperature": float(cfg.llm.temperature),
-                      "max_tokens": min(int(cfg.llm.max_tokens), per_call),
+            passages = [clip(by_id[s]["text"], sc.max_prompt_words) for s in t["segment_ids"]]
+            per_call = (sc.max_tokens or llm.max_tokens) * len(t.get("query_types") or [1])
+            params = {"temperature": llm.temperature,
+                      "max_tokens": min(llm.max_tokens, per_call),
                       "seed": P.request_seed(f"{fp}|{t['key']}"), **extra}
             rec = {"key": t["key"], "fp": fp, "chunk_id": t["chunk_id"], "query_type": t["query_type"],
-                   "attempt": t["attempt"], "segment_ids": t["segment_ids"], "model": str(cfg.llm.model),
+                   "attempt": t["attempt"], "segment_ids": t["segment_ids"], "model": llm.model,
                    "prompt_style": style}
             comp = None
             try:
@@ -105,34 +104,34 @@ async def _generate(ctx: StageContext, base_url: str, todo: list[dict[str, Any]]
                     qts = list(t["query_types"])
                     # the body only: given the chunk's context line ("Title — Section"), SmolLM2 named the
                     # page's topic for most chunks of a page, and dedup dropped those as near duplicates
-                    passages = [clip(body(by_id[s]["text"]), int(sc.max_prompt_words)) for s in t["segment_ids"]]
+                    passages = [clip(body(by_id[s]["text"]), sc.max_prompt_words) for s in t["segment_ids"]]
                     key = tuple(qts)
                     if key not in batch_examples:
-                        batch_examples[key] = P.batch_examples(struct_rows, by_id, qts, int(sc.few_shot),
-                                                               int(cfg.seed), int(sc.few_shot_words))
+                        batch_examples[key] = P.batch_examples(struct_rows, by_id, qts, sc.few_shot,
+                                                               conf.seed, sc.few_shot_words)
                     msgs = P.batch_messages(qts, passages, batch_examples[key], shown_queries)
                     obj, comp = await client.chat_json(msgs, P.batch_schema(qts),
-                                                       repair_attempts=int(sc.repair_attempts), **params)
+                                                       repair_attempts=sc.repair_attempts, **params)
                     rec.update(ok=True, queries={q: F.clean_question(str(obj.get(P.BATCH_KEYS[q], ""))) for q in qts},
                                answer="")
                     rec["usage"] = {"prompt_tokens": comp.prompt_tokens, "completion_tokens": comp.completion_tokens}
                     log.append(rec)
                     bar.update(rec)
                     return
-                examples = P.build_examples(struct_rows, by_id, t["query_type"], t["doc_id"], int(sc.few_shot),
-                                            int(cfg.seed), int(sc.few_shot_words))
-                if style == "completion":
+                examples = P.build_examples(struct_rows, by_id, t["query_type"], t["doc_id"], sc.few_shot,
+                                            conf.seed, sc.few_shot_words)
+                if style == PromptStyle.completion:
                     comp = await client.complete(P.completion_prompt(t["query_type"], passages, examples, shown_queries),
                                                  stop=["\n"], **params)
                     rec.update(ok=True, question=F.clean_question(comp.text), answer="")
                 else:
-                    with_answer = bool(sc.with_answer)
+                    with_answer = sc.with_answer
                     first = by_id[t["chunk_id"]]
                     msgs = P.chat_messages(t["query_type"], passages, examples, with_answer,
                                            str(first.get("title") or ""), str(first.get("section") or ""),
                                            shown_queries)
                     obj, comp = await client.chat_json(msgs,
-                                                       P.qa_schema(with_answer), repair_attempts=int(sc.repair_attempts),
+                                                       P.qa_schema(with_answer), repair_attempts=sc.repair_attempts,
                                                        **params)
                     rec.update(ok=True, question=F.clean_question(str(obj.get("question", ""))),
                                answer=str(obj.get("answer", "")).strip())
@@ -214,7 +213,7 @@ def budgeted_generate(ctx: StageContext, endpoint, tasks: list[dict[str, Any]], 
     resumes the same plan instead of spending a new budget. The estimate is printed before the rest."""
     import time
 
-    budget_s = float(ctx.cfg.synth.get("budget_minutes") or 0) * 60
+    budget_s = float(ctx.conf.synth.budget_minutes or 0) * 60  # a number as given (2, 0.5) or null
     plan_path = ctx.dir / "plan.json"
     plan = _read_plan(plan_path, fp, len(tasks), budget_s)
     if plan is not None:
@@ -224,7 +223,7 @@ def budgeted_generate(ctx: StageContext, endpoint, tasks: list[dict[str, Any]], 
     if not todo:
         return tasks
     url = endpoint.url()
-    k = min(len(todo), max(1, int(ctx.cfg.llm.concurrency)))
+    k = min(len(todo), max(1, ctx.conf.llm.concurrency))
     bar = GenerationProgress(ctx, len(todo))
     try:
         t0 = time.perf_counter()
@@ -285,15 +284,16 @@ async def _judge(ctx: StageContext, base_url: str, pairs: list[dict[str, Any]], 
                  jfp: str, log: AppendLog, stats_out: dict) -> dict[str, dict]:
     from ..llm.client import LLMClient, LLMError
 
-    cfg, jc = ctx.cfg, ctx.cfg.synth.judge
+    sc = ctx.conf.synth
+    jc = sc.judge
     results: dict[str, dict] = {}
-    async with LLMClient.from_config(cfg, base_url) as client:
+    async with LLMClient.from_config(ctx.conf.llm, base_url) as client:
         bar = ctx.progress(total=len(pairs), desc="judge")
 
         async def one(p: dict[str, Any]) -> None:
-            passages = [clip(by_id[s]["text"], int(cfg.synth.max_prompt_words)) for s in p["segment_ids"]]
+            passages = [clip(by_id[s]["text"], sc.max_prompt_words) for s in p["segment_ids"]]
             key = f"{jfp}|{p['id']}"
-            params = {"temperature": 0.0, "max_tokens": int(jc.max_tokens), "seed": P.request_seed(key)}
+            params = {"temperature": 0.0, "max_tokens": jc.max_tokens, "seed": P.request_seed(key)}
             if client.structured_output:
                 params["response_format"] = {"type": "json_schema",
                                              "json_schema": {"name": "grade", "schema": P.JUDGE_SCHEMA}}
@@ -334,15 +334,13 @@ def load_judgements(path: Path) -> dict[str, dict]:
     return judged
 
 
-def judge_enabled(cfg: DictConfig) -> bool:
+def judge_enabled(conf: RunConfig) -> bool:
     """synth.judge.enabled: true | false | auto (on for remote endpoints, off for the tiny local model,
     whose grades we measured to be constant -- SmolLM2-135M gives nearly every pair 1/1/1)."""
-    v = cfg.synth.judge.enabled
-    if isinstance(v, str) and v.lower() == "auto":
-        return cfg.llm.kind == "remote"
-    if isinstance(v, str):
-        raise UserError(f"synth.judge.enabled={v!r} is not one of true, false, auto")
-    return bool(v)
+    v = toggle(conf.synth.judge.enabled)
+    if v == Toggle.auto:
+        return conf.llm.kind == LLMKind.remote
+    return v == Toggle.true
 
 
 def degenerate(scores: list[dict[str, int]], max_same_fraction: float) -> str | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ import numpy as np
 from ..errors import UserError
 from ..llm.server import Endpoint
 from ..rundir import StageContext, atomic_write_jsonl, read_jsonl
+from ..schema import PromptStyle, SynthConfig
 from . import prompts as P
 from .candidates import build_candidates, count_by, plan_tasks, qa_rows, sample_chunks, source_of
 from .generate import GenerationLog, budgeted_generate, fingerprint, judge, judge_enabled, load_judgements
@@ -58,22 +60,19 @@ class _Encoder:
 
 
 def _check(ctx: StageContext) -> list[dict[str, Any]]:
-    cfg = ctx.cfg
     chunks = list(read_jsonl(ctx.path("curate/chunks.jsonl")))
     if not chunks:
         raise UserError("curate/chunks.jsonl is empty; point corpus.path at documents with text and rerun curate")
-    unknown = set(cfg.synth.types) - set(P.QUERY_TYPES)
+    # synth.types and llm.local.prompt_style were checked by the schema; the prompts must know every type it has
+    unknown = set(asdict(ctx.conf.synth.types)) - set(P.QUERY_TYPES)
     if unknown:
         raise UserError(f"synth.types has unknown query types {sorted(unknown)}; use {list(P.QUERY_TYPES)}")
-    style = str(cfg.llm.local.prompt_style)
-    if style not in ("chat", "completion"):
-        raise UserError(f"llm.local.prompt_style={style!r} is not one of chat, completion")
     return chunks
 
 
-def _check_failures(cfg, failed: Counter, planned: int, log_name: str) -> None:
+def _check_failures(sc: SynthConfig, failed: Counter, planned: int, log_name: str) -> None:
     """Past synth.max_failed_fraction the stage fails (non-zero exit) instead of training on less data."""
-    limit = float(cfg.synth.max_failed_fraction)
+    limit = sc.max_failed_fraction
     n = sum(failed.values())
     if planned and n / planned > limit:
         kinds = ", ".join(f"{k}: {v}" for k, v in failed.most_common())
@@ -85,10 +84,11 @@ def _check_failures(cfg, failed: Counter, planned: int, log_name: str) -> None:
 
 def _filters(ctx: StageContext, chunks: list[dict], by_id: dict[str, dict], llm: Endpoint,
              llm_stats: dict[str, Any]) -> list[Filter]:
-    sc, fw, jc = ctx.cfg.synth, ctx.cfg.synth.filters, ctx.cfg.synth.judge
+    sc = ctx.conf.synth
+    fw, jc = sc.filters, sc.judge
     encoder = _Encoder(ctx)
     vectors = QueryVectors(lambda texts: _query_vectors(ctx, encoder(), texts))
-    jfp = fingerprint(ctx.cfg, "judge", jc.max_tokens)
+    jfp = fingerprint(ctx.conf, "judge", jc.max_tokens)
     judge_path = ctx.dir / "judgements.jsonl"
 
     def grade(rows: list[dict]) -> dict[str, dict]:
@@ -106,33 +106,34 @@ def _filters(ctx: StageContext, chunks: list[dict], by_id: dict[str, dict], llm:
         llm_stats["judge_degenerate"] = same
 
     return [
-        FormatFilter(int(fw.min_question_words), int(fw.max_question_words), int(fw.keyword_max_words)),
-        CopyFilter(int(sc.max_copy_ngram), by_id),
-        DedupFilter(float(sc.dedup_cosine), vectors),
-        RoundTripFilter(int(sc.round_trip_top_k), vectors, lambda: _corpus_vectors(ctx, encoder(), chunks),
+        FormatFilter(fw.min_question_words, fw.max_question_words, fw.keyword_max_words),
+        CopyFilter(sc.max_copy_ngram, by_id),
+        DedupFilter(sc.dedup_cosine, vectors),
+        RoundTripFilter(sc.round_trip_top_k, vectors, lambda: _corpus_vectors(ctx, encoder(), chunks),
                         {c["id"]: i for i, c in enumerate(chunks)}),
-        JudgeFilter(judge_enabled(ctx.cfg), jfp, float(jc.threshold), str(jc.on_failure), bool(jc.structure),
-                    float(jc.max_same_fraction), grade, on_degenerate),
+        JudgeFilter(judge_enabled(ctx.conf), jfp, float(jc.threshold), jc.on_failure.value, jc.structure,
+                    jc.max_same_fraction, grade, on_degenerate),
     ]
 
 
 # ---------------------------------------------------------------- the stage
 def run(ctx: StageContext) -> dict[str, Any]:
-    cfg, sc, st = ctx.cfg, ctx.cfg.synth, ctx.cfg.synth.structure
+    conf = ctx.conf
+    sc, st = conf.synth, conf.synth.structure
     chunks = _check(ctx)
     by_id = {c["id"]: c for c in chunks}
-    struct_rows = structure_queries(chunks, max_per_doc=int(st.max_per_doc), max_positives=int(st.max_positives),
-                                    extra_generic=list(st.generic_headings or []))
-    sampled = sample_chunks(chunks, int(sc.max_chunks), int(cfg.seed), int(sc.min_chunk_words))
-    tasks = plan_tasks(sampled, chunks, {k: int(v) for k, v in dict(sc.types).items()}, int(sc.multi_hop_chunks),
-                       batch=bool(sc.batch_types) and str(cfg.llm.local.prompt_style) == "chat")
-    fp = fingerprint(cfg)
+    struct_rows = structure_queries(chunks, max_per_doc=st.max_per_doc, max_positives=st.max_positives,
+                                    extra_generic=list(st.generic_headings))
+    sampled = sample_chunks(chunks, sc.max_chunks, conf.seed, sc.min_chunk_words)
+    tasks = plan_tasks(sampled, chunks, asdict(sc.types), sc.multi_hop_chunks,
+                       batch=sc.batch_types and conf.llm.local.prompt_style == PromptStyle.chat)
+    fp = fingerprint(conf)
     gens = GenerationLog(ctx.dir / "generations.jsonl", fp)
     todo = [t for t in tasks if t["key"] not in gens.done]
     ctx.log(f"{len(sampled)} chunks from {len({c['doc_id'] for c in sampled})} documents -> {len(tasks)} generations "
             f"({len(tasks) - len(todo)} already in {gens.path.name}); {len(struct_rows)} structure queries")
     llm_stats: dict[str, Any] = {}
-    with Endpoint(cfg, log_path=ctx.dir / "llm_server.log") as llm:
+    with Endpoint(conf.llm, log_path=ctx.dir / "llm_server.log") as llm:
         t0, n_sampled = time.perf_counter(), len(tasks)
         tasks = budgeted_generate(ctx, llm, tasks, todo, by_id, struct_rows, fp, gens.path, llm_stats)
         if "generate" in llm_stats:
@@ -141,9 +142,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
         todo = [t for t in todo if t["key"] in {u["key"] for u in tasks}]
         if len(tasks) < n_sampled:
             sampled = [c for c in sampled if c["id"] in {t["chunk_id"] for t in tasks}]
-        cands = build_candidates(struct_rows, bool(st.enabled), tasks, gens.done, by_id)
+        cands = build_candidates(struct_rows, st.enabled, tasks, gens.done, by_id)
         gen_failed = Counter(gens.failure_kind(t["key"]) for t in tasks if t["key"] not in gens.done)
-        _check_failures(cfg, gen_failed, len(tasks), gens.path.name)
+        _check_failures(sc, gen_failed, len(tasks), gens.path.name)
         runner = FilterRunner(_filters(ctx, chunks, by_id, llm, llm_stats))
         out_rows = qa_rows(runner.run(cands))
 

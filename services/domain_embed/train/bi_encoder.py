@@ -16,11 +16,12 @@ import torch.nn.functional as F
 
 from ..config import EncodingSpec
 from ..encoding import apply_prefix, pool
+from ..schema import TrainConfig, as_section
 from ..beir import evaluate as beir_evaluate
 from .info_nce import info_nce
 
 
-def load_encoder(spec: EncodingSpec, tcfg) -> torch.nn.Module:
+def load_encoder(spec: EncodingSpec, tcfg: TrainConfig) -> torch.nn.Module:
     from transformers import AutoModel
 
     model = AutoModel.from_pretrained(spec.model_path)
@@ -28,15 +29,15 @@ def load_encoder(spec: EncodingSpec, tcfg) -> torch.nn.Module:
     for name, param in model.named_parameters():
         if name.startswith("pooler.") or ".pooler." in name:
             param.requires_grad_(False)
-    if bool(tcfg.gradient_checkpointing):
+    if tcfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
-    if bool(tcfg.lora.enabled):
+    if tcfg.lora.enabled:
         from peft import LoraConfig, get_peft_model
 
-        targets = list(tcfg.lora.get("target_modules") or []) or None
-        lcfg = LoraConfig(r=int(tcfg.lora.r), lora_alpha=int(tcfg.lora.alpha), lora_dropout=float(tcfg.lora.dropout),
-                          target_modules=targets)
+        lora = tcfg.lora
+        lcfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                          target_modules=list(lora.target_modules) or None)
         model = get_peft_model(model, lcfg)
     # from_pretrained returns eval mode; fine-tuning wants dropout like the original training did
     model.train()
@@ -44,10 +45,12 @@ def load_encoder(spec: EncodingSpec, tcfg) -> torch.nn.Module:
 
 
 class BiEncoder(L.LightningModule):
-    def __init__(self, spec: EncodingSpec, tcfg, tokenizer, total_steps: int, val=None, metrics_log=None):
+    def __init__(self, spec: EncodingSpec, tcfg: TrainConfig, tokenizer, total_steps: int, val=None,
+                 metrics_log=None):
         super().__init__()
         self.spec = spec
-        self.tcfg = tcfg
+        self.tcfg: TrainConfig = as_section(tcfg, TrainConfig)  # (benchmarks pass a DictConfig section)
+        tcfg = self.tcfg
         self.tokenizer = tokenizer
         self.model = load_encoder(spec, tcfg)
         self.total_steps = total_steps
@@ -58,7 +61,7 @@ class BiEncoder(L.LightningModule):
         self.show_progress = False          # rank 0, not --quiet: validation prints its progress
         self.owes_validation = False        # resumed at a validation step whose validation never ran
         dims = sorted({int(d) for d in spec.matryoshka_dims if int(d) <= spec.dim}, reverse=True)
-        self.dims = dims if bool(tcfg.matryoshka) and dims else [spec.dim]
+        self.dims = dims if tcfg.matryoshka and dims else [spec.dim]
 
     # ------------------------------------------------------------------ encoding
     def tokenize(self, texts: list[str], input_type: str) -> dict[str, torch.Tensor]:
@@ -89,12 +92,12 @@ class BiEncoder(L.LightningModule):
             qd, pd = q[:, :d].float(), p[:, :d].float()
             if self.spec.normalize:
                 qd, pd = F.normalize(qd, dim=-1), F.normalize(pd, dim=-1)
-            loss = loss + info_nce(qd, pd, ids, pos_sets, group, offset, float(self.tcfg.temperature),
-                                   bool(self.tcfg.in_batch_negatives))
+            loss = loss + info_nce(qd, pd, ids, pos_sets, group, offset, self.tcfg.temperature,
+                                   self.tcfg.in_batch_negatives)
         return loss
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        gather = bool(self.tcfg.in_batch_negatives) and bool(self.tcfg.gather_across_devices) and self.trainer.world_size > 1
+        gather = self.tcfg.in_batch_negatives and self.tcfg.gather_across_devices and self.trainer.world_size > 1
         loss = self.contrastive_loss(batch, gather)
         self.log("train_loss", loss, prog_bar=True, batch_size=batch["q_input_ids"].shape[0])
         return loss
@@ -102,7 +105,7 @@ class BiEncoder(L.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         if self.metrics_log is None or self.trainer.global_rank != 0:
             return
-        if (batch_idx + 1) % max(1, int(self.tcfg.grad_accum)) != 0:
+        if (batch_idx + 1) % max(1, self.tcfg.grad_accum) != 0:
             return
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         lr = self.trainer.optimizers[0].param_groups[0]["lr"]
@@ -110,14 +113,14 @@ class BiEncoder(L.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
-        kw = {"lr": float(self.tcfg.learning_rate), "weight_decay": float(self.tcfg.weight_decay)}
+        kw = {"lr": self.tcfg.learning_rate, "weight_decay": self.tcfg.weight_decay}
         try:
             # One fused kernel instead of a loop over ~100 tensors: the same update, and on CPU the
             # step went from 2.4-5.3 s to 0.25 s for MiniLM (benchmarks/train_step.py, a loaded 2-core host).
             opt = torch.optim.AdamW(params, fused=True, **kw)
         except (RuntimeError, TypeError, ValueError):  # a device or dtype the fused kernel lacks
             opt = torch.optim.AdamW(params, **kw)
-        warmup = int(round(float(self.tcfg.warmup_ratio) * self.total_steps))
+        warmup = int(round(self.tcfg.warmup_ratio * self.total_steps))
         total = max(1, self.total_steps)
 
         def lr_at(step: int) -> float:
@@ -198,7 +201,7 @@ class BiEncoder(L.LightningModule):
     # ------------------------------------------------------------------ resume
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["domain_embed"] = {"torch_rng": torch.get_rng_state(),
-                                      "micro_batches": int(self.global_step) * max(1, int(self.tcfg.grad_accum))}
+                                      "micro_batches": int(self.global_step) * max(1, self.tcfg.grad_accum)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("domain_embed") or {}

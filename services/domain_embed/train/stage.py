@@ -51,14 +51,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     from .merge import check_alpha
 
-    check_alpha(ctx.cfg.train.base_mix)  # before minutes of training, not after
+    check_alpha(ctx.conf.train.base_mix)  # before minutes of training, not after
     tdir = ctx.dir
     if ctx.force:
         # --force means "train again", not "resume the finished run"
         for name in ("last.ckpt", "best.ckpt", "fingerprint.json"):
             (tdir / "checkpoints" / name).unlink(missing_ok=True)
     cfg = OmegaConf.to_container(ctx.cfg, resolve=True)
-    cfg["_quiet"] = bool(ctx.quiet)
+    cfg["_quiet"] = ctx.quiet  # a flag of the stage, not a config key: the worker reads it apart
     # Freeze the model path so the worker (maybe another pod) needs no registry-package lookup.
     cfg["model"]["path"] = ctx.spec().model_path
     atomic_write_text(tdir / "run_config.yaml", OmegaConf.to_yaml(OmegaConf.create(cfg)))

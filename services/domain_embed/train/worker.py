@@ -2,7 +2,8 @@
 
 The ``train`` stage starts it as a child process so that Lightning's DDP launcher can re-run this
 same command for the other local ranks, and torchrun (multi-node) environment variables pass
-straight through. It reads ``train/run_config.yaml`` that the stage wrote.
+straight through. It reads ``train/run_config.yaml`` that the stage wrote, through the config schema
+(:func:`load_run_config`): a stale or edited file fails naming the file and the key.
 
 Exit status: 0 trained (``train/model`` and ``summary.json`` written); 2 bad input (the message in
 ``train/.error``); 128+signal stopped by SIGTERM/SIGINT after saving ``checkpoints/last.ckpt``.
@@ -17,10 +18,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from ..schema import RunConfig, TrainConfig, load_file, plain
+
+RUN_CONFIG = "run_config.yaml"
 
 
-def resolve_precision(p: str) -> str:
+def load_run_config(run_dir: Path) -> tuple[RunConfig, bool]:
+    """``train/run_config.yaml`` (the stage's resolved config) as the typed, validated view, and its
+    ``_quiet`` flag."""
+    conf, flags = load_file(run_dir / "train" / RUN_CONFIG, flags=("_quiet",),
+                            fix="rerun `domain-embed train`, which writes it afresh from the run's config")
+    return conf, bool(flags["_quiet"])
+
+
+def resolve_precision(p: Any) -> str:
+    """``train.precision`` (``auto`` or a Lightning name, kept as given: ``16`` may arrive as an int)."""
     import torch
 
     if str(p) != "auto":
@@ -30,7 +42,8 @@ def resolve_precision(p: str) -> str:
     return "32-true"
 
 
-def _devices(v):
+def _devices(v: Any) -> Any:
+    """``train.devices`` (``auto | N | "0,1" | [0, 1]``, kept as given) as Lightning takes it."""
     if isinstance(v, str) and v.isdigit():
         return int(v)
     return v
@@ -81,14 +94,14 @@ class TrainingData:
     val_counts: dict[str, int]
 
 
-def load_training_data(run_dir: Path, cfg: DictConfig) -> TrainingData:
+def load_training_data(run_dir: Path, conf: RunConfig) -> TrainingData:
     from ..errors import UserError
     from ..beir import load_beir
     from ..rundir import read_jsonl
     from .batching import load_examples
     from .validation import bounded_validation
 
-    tc = cfg.train
+    tc = conf.train
     corpus = list(read_jsonl(run_dir / "split" / "train_corpus.jsonl"))
     mined = list(read_jsonl(run_dir / "mine" / "train.jsonl"))
     examples, dropped = load_examples(mined, [c["id"] for c in corpus])
@@ -96,7 +109,7 @@ def load_training_data(run_dir: Path, cfg: DictConfig) -> TrainingData:
         raise UserError("mine/train.jsonl has no query with a positive in split/train_corpus.jsonl; rerun mine")
     val, counts = None, {}
     vdir = run_dir / "split" / "val_beir"
-    if vdir.is_dir() and int(tc.val_every_n_steps) > 0:
+    if vdir.is_dir() and tc.val_every_n_steps > 0:
         try:
             full = load_beir(vdir, "dev", "val")
         except UserError as exc:
@@ -107,43 +120,42 @@ def load_training_data(run_dir: Path, cfg: DictConfig) -> TrainingData:
             negs = [n["id"] for r in mined if str(r.get("query_id")) in val_q for n in r.get("neg", [])]
             # a passage's document, by its title (split/val_beir rows carry the document title)
             docs = [str(r.get("title") or "") for r in read_jsonl(vdir / "corpus.jsonl")]
-            val, counts = bounded_validation(full, int(tc.get("val_corpus_size", 0)), int(cfg.seed), negs,
+            val, counts = bounded_validation(full, tc.val_corpus_size, conf.seed, negs,
                                              documents=docs if len(docs) == len(full.corpus_ids) else None)
     return TrainingData([c["text"] for c in corpus], examples, dropped, val, counts)
 
 
 # ---------------------------------------------------------------- the trainer
-def build_trainer(cfg: DictConfig, callbacks: list, has_val: bool, root_dir: Path):
+def build_trainer(tc: TrainConfig, callbacks: list, has_val: bool, root_dir: Path):
     import lightning as L
 
-    tc = cfg.train
-    strategy: Any = str(tc.strategy)
+    strategy: Any = tc.strategy.value
     if strategy == "ddp":
         from lightning.pytorch.strategies import DDPStrategy
 
         strategy = DDPStrategy(find_unused_parameters=False)
     return L.Trainer(
-        accelerator=str(tc.accelerator), devices=_devices(tc.devices), num_nodes=int(tc.num_nodes), strategy=strategy,
-        precision=resolve_precision(tc.precision), accumulate_grad_batches=int(tc.grad_accum),
-        gradient_clip_val=float(tc.gradient_clip) if float(tc.gradient_clip) > 0 else None,
+        accelerator=tc.accelerator.value, devices=_devices(tc.devices), num_nodes=tc.num_nodes, strategy=strategy,
+        precision=resolve_precision(tc.precision), accumulate_grad_batches=tc.grad_accum,
+        gradient_clip_val=tc.gradient_clip if tc.gradient_clip > 0 else None,
         max_epochs=-1, max_steps=1, logger=False, callbacks=callbacks, enable_checkpointing=False,
         # our own progress (train.progress): Lightning's bar has no ETA across validations or a non-TTY mode
         enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, use_distributed_sampler=False, default_root_dir=str(root_dir),
-        val_check_interval=(int(tc.val_every_n_steps) * int(tc.grad_accum)) if has_val else None,
+        val_check_interval=(tc.val_every_n_steps * tc.grad_accum) if has_val else None,
         check_val_every_n_epoch=None, limit_val_batches=1 if has_val else 0,
     )
 
 
 # ---------------------------------------------------------------- resuming
-def resume_fingerprint(run_dir: Path, cfg: DictConfig, world: int) -> str:
+def resume_fingerprint(run_dir: Path, conf: RunConfig, world: int) -> str:
     """A checkpoint is resumed only if it came from this very config, these inputs and world size."""
     from ..rundir import sha256_path
 
     # base_mix only changes what is written after training: a new value resumes the finished run
-    train = {k: v for k, v in OmegaConf.to_container(cfg.train).items() if k != "base_mix"}
-    blob = json.dumps({"cfg": train, "model": OmegaConf.to_container(cfg.model),
-                       "seed": int(cfg.seed), "mined": sha256_path(run_dir / "mine" / "train.jsonl"), "world": world},
+    train = {k: v for k, v in plain(conf.train).items() if k != "base_mix"}
+    blob = json.dumps({"cfg": train, "model": plain(conf.model),
+                       "seed": conf.seed, "mined": sha256_path(run_dir / "mine" / "train.jsonl"), "world": world},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -173,12 +185,12 @@ def prepare_resume(tdir: Path, ck, fingerprint: str, is_global_zero: bool) -> tu
     return True, step
 
 
-def owes_validation(tdir: Path, tc: DictConfig, resume: bool, start_step: int, has_val: bool) -> bool:
+def owes_validation(tdir: Path, tc: TrainConfig, resume: bool, start_step: int, has_val: bool) -> bool:
     """A checkpoint at a validation step is written before that validation; if the stopped run did
     not log it, the resumed run must run it first."""
     from ..rundir import read_jsonl
 
-    every = int(tc.val_every_n_steps)
+    every = tc.val_every_n_steps
     if not (resume and has_val and every > 0 and start_step > 0 and start_step % every == 0):
         return False
     path = tdir / "metrics.jsonl"
@@ -187,7 +199,7 @@ def owes_validation(tdir: Path, tc: DictConfig, resume: bool, start_step: int, h
 
 
 # ---------------------------------------------------------------- outputs
-def write_outputs(run_dir: Path, cfg: DictConfig, module, tokenizer, spec, ck, trainer, data: TrainingData,
+def write_outputs(run_dir: Path, conf: RunConfig, module, tokenizer, spec, ck, trainer, data: TrainingData,
                   total_steps: int, resumed: bool) -> dict[str, Any]:
     """Load the best validated weights (or keep the last), then write train/model with its model
     card and train/summary.json. Rank 0 only."""
@@ -197,7 +209,7 @@ def write_outputs(run_dir: Path, cfg: DictConfig, module, tokenizer, spec, ck, t
     from .merge import check_alpha, mix_with_base
     from .model_dir import save_model_dir
 
-    tdir, tc = run_dir / "train", cfg.train
+    tdir, tc = run_dir / "train", conf.train
     if ck.best.is_file():
         module.load_state_dict(torch.load(ck.best, map_location="cpu", weights_only=False)["state_dict"])
     metrics_path = tdir / "metrics.jsonl"
@@ -217,8 +229,8 @@ def write_outputs(run_dir: Path, cfg: DictConfig, module, tokenizer, spec, ck, t
     # WiSE-FT: the shipped weights are alpha * tuned + (1 - alpha) * base (train.base_mix; 1 = as trained)
     model = module.model.merge_and_unload() if hasattr(module.model, "merge_and_unload") else module.model
     summary["base_mix"] = mix_with_base(model, spec.model_path, check_alpha(tc.base_mix))
-    card = {**summary, "train": OmegaConf.to_container(tc), "base_model_name": str(cfg.model.name),
-            "base_model_path": spec.model_path, "served_name": str(cfg.model.served_name),
+    card = {**summary, "train": plain(tc), "base_model_name": conf.model.name,
+            "base_model_path": spec.model_path, "served_name": conf.model.served_name,
             "train_sha": sha256_path(run_dir / "mine" / "train.jsonl"), "val_curve": vals}
     save_model_dir(model, tokenizer, spec, tdir / "model", card)
     atomic_write_json(tdir / "summary.json", summary)
@@ -242,37 +254,37 @@ def main(run_dir: Path) -> int:
     from .stopping import StopOnSignal
 
     tdir = run_dir / "train"
-    cfg = OmegaConf.load(tdir / "run_config.yaml")
-    tc, quiet = cfg.train, bool(cfg.get("_quiet", False))
-    ck = AtomicCheckpoints(tdir / "checkpoints", int(tc.checkpoint_every_n_steps))
+    conf, quiet = load_run_config(run_dir)
+    tc = conf.train
+    ck = AtomicCheckpoints(tdir / "checkpoints", tc.checkpoint_every_n_steps)
     stop = StopOnSignal(ck)
     stop.install()  # from here on a signal is a request to stop, honoured at the next safe point
-    spec = EncodingSpec.from_config(cfg)
-    seed = int(cfg.seed)
+    spec = EncodingSpec.from_config(conf)
+    seed = conf.seed
     L.seed_everything(seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision("high")
 
-    data = load_training_data(run_dir, cfg)
+    data = load_training_data(run_dir, conf)
     if data.val is not None:
-        ck.val_every = int(tc.val_every_n_steps)
+        ck.val_every = tc.val_every_n_steps
     show = not quiet  # (and rank 0: TrainProgress and the estimate check the rank themselves)
     bar = TrainProgress()
     callbacks: list = [ck, stop, *([bar] if show else [])]
-    if data.val is not None and int(tc.early_stopping_patience) > 0:
-        callbacks.append(EarlyStopping("val_ndcg@10", mode="max", patience=int(tc.early_stopping_patience),
+    if data.val is not None and tc.early_stopping_patience > 0:
+        callbacks.append(EarlyStopping("val_ndcg@10", mode="max", patience=tc.early_stopping_patience,
                                        check_on_train_epoch_end=False))
-    trainer = build_trainer(cfg, callbacks, data.val is not None, tdir)
-    world, accum = trainer.world_size, int(tc.grad_accum)
-    plan = fit_plan(data.examples, len(data.texts), int(tc.batch_size), world, int(tc.num_negatives), seed,
+    trainer = build_trainer(tc, callbacks, data.val is not None, tdir)
+    world, accum = trainer.world_size, tc.grad_accum
+    plan = fit_plan(data.examples, len(data.texts), tc.batch_size, world, tc.num_negatives, seed,
                     log=lambda m: print(m, file=sys.stderr))
-    total_steps = int(tc.max_steps) if int(tc.max_steps) > 0 else max(1, plan.batches_in(int(tc.epochs)) // accum)
+    total_steps = tc.max_steps if tc.max_steps > 0 else max(1, plan.batches_in(tc.epochs) // accum)
     trainer.fit_loop.epoch_loop.max_steps = total_steps  # known only once the world size is
     bar.total_steps = total_steps
     show = show and trainer.is_global_zero
 
     tokenizer = AutoTokenizer.from_pretrained(spec.model_path)
     collate = make_collate(tokenizer, spec, train_passage_length(tc, spec))
-    resume, start_step = prepare_resume(tdir, ck, resume_fingerprint(run_dir, cfg, world), trainer.is_global_zero)
+    resume, start_step = prepare_resume(tdir, ck, resume_fingerprint(run_dir, conf, world), trainer.is_global_zero)
     log = AppendLog(tdir / "metrics.jsonl") if trainer.is_global_zero else None
     module = BiEncoder(spec, tc, tokenizer, total_steps, val=data.val, metrics_log=log)
     module.stop_check = lambda: stop.check(int(trainer.global_step))
@@ -310,7 +322,7 @@ def main(run_dir: Path) -> int:
             trainer.validate(module, dataloaders=val_dl, verbose=False)
         trainer.strategy.barrier()
         if trainer.is_global_zero:
-            write_outputs(run_dir, cfg, module, tokenizer, spec, ck, trainer, data, total_steps, resume)
+            write_outputs(run_dir, conf, module, tokenizer, spec, ck, trainer, data, total_steps, resume)
         trainer.strategy.barrier()
     finally:
         if log is not None:
@@ -318,10 +330,10 @@ def main(run_dir: Path) -> int:
     return 0
 
 
-def train_passage_length(tc: DictConfig, spec) -> int:
+def train_passage_length(tc: TrainConfig, spec) -> int:
     """Passage token limit while training: ``train.max_passage_length`` if set and shorter, else the
     spec's (serving and evaluation always use the spec's)."""
-    v = int(tc.get("max_passage_length") or 0)
+    v = tc.max_passage_length or 0
     return min(v, spec.max_passage_length) if v > 0 else spec.max_passage_length
 
 
@@ -352,7 +364,7 @@ def budget_minutes(value, on_cpu: bool) -> float:
                         f"set e.g. train.budget_minutes=30, 0 (off) or auto") from None
 
 
-def fit_budget(tdir: Path, tc: DictConfig, module, plan, data: TrainingData, collate, total_steps: int, accum: int,
+def fit_budget(tdir: Path, tc: TrainConfig, module, plan, data: TrainingData, collate, total_steps: int, accum: int,
                world: int, resume: bool, start_step: int, is_global_zero: bool,
                on_cpu: bool = True) -> tuple[int, dict[str, Any]]:
     """``train.budget_minutes``: when the planned steps would take longer here than the budget (a timed
@@ -364,9 +376,9 @@ def fit_budget(tdir: Path, tc: DictConfig, module, plan, data: TrainingData, col
     from ..rundir import atomic_write_json
     from .progress import format_duration, steps_within
 
-    budget_min = budget_minutes(tc.get("budget_minutes"), on_cpu)
+    budget_min = budget_minutes(tc.budget_minutes, on_cpu)
     path = tdir / "checkpoints" / "budget.json"
-    if budget_min <= 0 or int(tc.max_steps) > 0 or world > 1:
+    if budget_min <= 0 or tc.max_steps > 0 or world > 1:
         return total_steps, {}
     if resume and path.is_file():
         kept = json.loads(path.read_text())
@@ -374,7 +386,7 @@ def fit_budget(tdir: Path, tc: DictConfig, module, plan, data: TrainingData, col
             return int(kept["steps"]), kept
     timing, per_text = probe(module, plan, data, collate, world)
     val_texts = len(data.val.corpus_texts) + len(data.val.query_ids) if data.val is not None else 0
-    every = int(tc.val_every_n_steps) if data.val is not None else 0
+    every = tc.val_every_n_steps if data.val is not None else 0
     steps = steps_within(budget_min * 60, total_steps, accum, timing, every, val_texts, per_text, world)
     if resume and steps < start_step:  # a checkpoint from before the budget existed: never go backwards
         steps = total_steps
@@ -402,7 +414,7 @@ def print_estimate(module, plan, data: TrainingData, collate, total_steps: int, 
         timing, per_text = probe(module, plan, data, collate, world)
     validations, val_texts = 0, 0
     if data.val is not None:
-        every = int(module.tcfg.val_every_n_steps)
+        every = module.tcfg.val_every_n_steps
         validations = (0 if resume else 1) + (total_steps // every - start_step // every)
         val_texts = len(data.val.corpus_texts) + len(data.val.query_ids)
     per_device = plan.global_batch // world
