@@ -249,26 +249,33 @@ def test_budget_auto_is_a_cpu_cap_and_bad_values_are_named():
 
 
 def test_base_mix_ships_the_interpolated_weights_without_training_again(trained, minilm_path, tmp_path):
-    """train.base_mix=0.5 on a finished run resumes it (no step trained again) and ships, tensor by
-    tensor, the mean of the tuned weights and the base model's."""
+    """On a finished run, train.base_mix=1 and then 0.5 each resume it (no step trained again): the
+    first ships the weights as trained, the second, tensor by tensor, their mean with the base
+    model's -- which is what the default (0.5) run shipped."""
     from safetensors.numpy import load_file
 
     run = _copy(trained, tmp_path / "run")
-    p = _train(run, "train.base_mix=0.5")
-    assert p.returncode == 0, p.stderr[-3000:]
-    summary = json.loads((run / "train" / "summary.json").read_text())
-    assert summary["resumed"] and summary["steps"] == 6
-    steps = [r["step"] for r in read_jsonl(run / "train" / "metrics.jsonl") if "loss" in r]
-    assert steps == [1, 2, 3, 4, 5, 6], "mixing must not train again"
-    tuned, mixed = _weights(trained / "train" / "model"), _weights(run / "train" / "model")
+    shipped = {}
+    for alpha in ("1", "0.5"):
+        p = _train(run, f"train.base_mix={alpha}")
+        assert p.returncode == 0, p.stderr[-3000:]
+        summary = json.loads((run / "train" / "summary.json").read_text())
+        assert summary["resumed"] and summary["steps"] == 6
+        steps = [r["step"] for r in read_jsonl(run / "train" / "metrics.jsonl") if "loss" in r]
+        assert steps == [1, 2, 3, 4, 5, 6], "mixing must not train again"
+        assert summary["base_mix"]["alpha"] == float(alpha)
+        shipped[alpha] = _weights(run / "train" / "model")
+    tuned, mixed = shipped["1"], shipped["0.5"]
     base = {k.split(".", 1)[1] if k.startswith(("bert.", "model.")) else k: v
             for k, v in load_file(str(Path(minilm_path) / "model.safetensors")).items()}
     floats = [k for k in tuned if np.issubdtype(tuned[k].dtype, np.floating) and k in base]
-    assert summary["base_mix"]["alpha"] == 0.5 and summary["base_mix"]["mixed"] >= len(floats) > 50
+    assert summary["base_mix"]["mixed"] >= len(floats) > 50
     worst = max(float(np.abs(mixed[k] - (0.5 * tuned[k] + 0.5 * base[k])).max()) for k in floats)
     assert worst < 1e-6, f"shipped weights are not the mean of tuned and base (off by {worst})"
     moved = max(float(np.abs(mixed[k] - tuned[k]).max()) for k in floats)
     assert moved > 1e-5, "the tuned weights did not move toward the base"
+    default = _weights(trained / "train" / "model")
+    assert max(float(np.abs(default[k] - mixed[k]).max()) for k in floats) < 1e-6
 
 
 def test_base_mix_out_of_range_is_refused_before_training(mined_run, tmp_path):
