@@ -68,5 +68,18 @@ class AtomicCheckpoints(L.Callback):
         return {"best_score": self.best_score, "best_step": self.best_step}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.best_score = state_dict.get("best_score")
-        self.best_step = state_dict.get("best_step")
+        # last.ckpt at a validation step is written just before that validation, so its best may lag
+        # what seed_best() read from the log; keep the better of the two
+        score = state_dict.get("best_score")
+        if score is not None and (self.best_score is None or score > self.best_score):
+            self.best_score, self.best_step = score, state_dict.get("best_step")
+
+    def seed_best(self, rows: list[dict[str, Any]]) -> None:
+        """On resume: the best validation the stopped run logged (the one best.ckpt holds), so that a
+        later, worse validation does not overwrite best.ckpt and the summary names it."""
+        if not self.best.is_file():
+            return
+        for r in rows:
+            score = r.get(self.monitor)
+            if score is not None and r["step"] > 0 and (self.best_score is None or score > self.best_score):
+                self.best_score, self.best_step = float(score), int(r["step"])

@@ -177,9 +177,10 @@ def prepare_resume(tdir: Path, ck, fingerprint: str, is_global_zero: bool) -> tu
             atomic_write_json(fp_file, {"fingerprint": fingerprint})
         return False, 0
     step = int(torch.load(ck.last, map_location="cpu", weights_only=False)["global_step"])
+    keep = [r for r in read_jsonl(metrics_path) if r["step"] <= step] if metrics_path.is_file() else []
+    ck.seed_best(keep)  # on every rank: they must agree on whether a validation writes best.ckpt
     if not is_global_zero:  # every rank must know the step (they decide the same things from it)
         return True, step
-    keep = [r for r in read_jsonl(metrics_path) if r["step"] <= step] if metrics_path.is_file() else []
     atomic_write_jsonl(metrics_path, keep)
     _say(f"resuming from {ck.last} at step {step}")
     return True, step
