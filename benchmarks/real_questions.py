@@ -367,30 +367,29 @@ def run_pipeline(name: str, run_dir: Path, overrides: list[str]) -> dict[str, fl
 
 
 def interpolated(base_dir: Path, tuned_dir: Path, alpha: float, out_root: Path) -> Path:
-    """``alpha * tuned + (1 - alpha) * base`` weights (WiSE-FT style), written beside the tuned model's files."""
+    """``alpha * tuned + (1 - alpha) * base`` weights (WiSE-FT, what ``train.base_mix`` ships), beside the
+    tuned model's other files."""
     import shutil
 
-    from safetensors.torch import load_file, save_file
+    from transformers import AutoModel
+
+    sys.path.insert(0, str(REPO / "services"))
+    from domain_embed.train.merge import mix_with_base
 
     out = out_root / f"interp-{alpha:g}"
     if (out / "model.safetensors").is_file():
         return out
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(tuned_dir, out)
-    base, tuned = load_file(str(Path(base_dir) / "model.safetensors")), load_file(str(Path(tuned_dir) / "model.safetensors"))
-    strip = lambda k: k.split(".", 1)[1] if k.split(".", 1)[0] in ("bert", "model") and "." in k else k  # noqa: E731
-    base_by = {strip(k): v for k, v in base.items()}
-    mixed = {}
-    for k, v in tuned.items():
-        b = base_by.get(strip(k))
-        mixed[k] = (alpha * v.float() + (1 - alpha) * b.float()).to(v.dtype) if b is not None and b.shape == v.shape else v
-    save_file(mixed, str(out / "model.safetensors"))
+    model = AutoModel.from_pretrained(str(tuned_dir))
+    mix_with_base(model, str(base_dir), alpha)
+    model.save_pretrained(str(out), safe_serialization=True)
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["build", "run", "score"])
+    p.add_argument("command", choices=["build", "run", "score", "table"])
     p.add_argument("--corpus", action="append", choices=list(CORPORA), help="default: all")
     p.add_argument("--split", choices=["dev", "test"], default="test")
     p.add_argument("--run-root", type=Path, default=REPO / "runs", help="run directories: <root>/realq-<corpus>")
@@ -400,11 +399,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interpolate", default="", metavar="A,B,...",
                    help="score: also score the tuned weights interpolated with the base at these mixing weights")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--from", dest="from_json", action="append", type=Path, default=[], metavar="JSON",
+                   help="table: the tables (and the pooled row) of results saved with --json, one file a corpus")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="run: pipeline overrides (dev tuning only)")
     a = p.parse_intermixed_args(argv)  # overrides may follow the options
     names = a.corpus or list(CORPORA)
     if a.command == "build":
         build(names)
+        return 0
+    if a.command == "table":
+        if not a.from_json:
+            p.error("table needs --from JSON (one or more results files written by run/score --json)")
+        print(table([r for f in a.from_json for r in json.loads(f.read_text())["results"]]))
         return 0
     results, timings = [], {}
     for name in names:

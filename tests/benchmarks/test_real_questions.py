@@ -71,3 +71,33 @@ def test_metrics_and_paired_bootstrap(rq):
     mean, lo, hi = rq.bootstrap(vals)
     assert mean == 0.5 and lo < 0.5 < hi and hi - lo < 0.3
     assert rq.bootstrap(np.zeros(40)) == (0.0, 0.0, 0.0)  # identical models: a paired interval of exactly 0
+
+
+def test_table_pools_saved_results_question_by_question(rq, tmp_path, capsys):
+    """`table --from a.json --from b.json`: each corpus's table, then one paired interval over all
+    their questions together (what the issue's pooled criterion reads)."""
+    import json
+
+    def result(corpus, base, tuned):
+        ids = [f"{corpus}-{i}" for i in range(len(base))]
+        ci = lambda v: [float(np.mean(v)), float(np.min(v)), float(np.max(v))]  # noqa: E731
+        m = lambda v: {"ndcg@10": ci(v), "recall@10": ci(v), "mrr@10": ci(v)}  # noqa: E731
+        pair = {k: {"diff": [0.0, 0.0, 0.0], "wins": 0, "losses": 0} for k in ("ndcg@10", "recall@10", "mrr@10")}
+        return {"results": [{"corpus": corpus, "split": "test", "n_queries": len(ids), "n_passages": 9,
+                             "n_answer_passages": 3, "models": {"base": m(base), "tuned": m(tuned)},
+                             "paired": {"tuned": pair},
+                             "per_query": {"base": dict(zip(ids, base)), "tuned": dict(zip(ids, tuned))}}]}
+
+    files = []
+    for corpus, base, tuned in (("a", [0.2, 0.4, 0.6], [0.3, 0.4, 0.5]), ("b", [0.5, 0.5], [0.9, 0.7])):
+        f = tmp_path / f"{corpus}.json"
+        f.write_text(json.dumps(result(corpus, base, tuned)))
+        files += ["--from", str(f)]
+    assert rq.main(["table", *files]) == 0
+    out = capsys.readouterr().out
+    assert "### a — test split: 3 questions" in out and "### b — test split: 2 questions" in out
+    pooled = next(line for line in out.splitlines() if line.startswith("**pooled"))
+    # 5 questions; differences +0.1, 0, -0.1, +0.4, +0.2: mean +0.12, 3 wins and 1 loss
+    assert "pooled (5 questions)" in pooled and "paired difference 0.120" in pooled and "wins/losses 3/1" in pooled
+    with pytest.raises(SystemExit):
+        rq.main(["table"])
