@@ -56,7 +56,7 @@ class QAPair:
     FILES: ClassVar[tuple[str, ...]] = ("synth/qa.jsonl", "split/train_qa.jsonl")
     id: str = _doc("q_ and 16 hex digits of sha256 of the lower-cased question and its positives' ids")
     question: str = _doc("the query as a user would type it")
-    query_type: str = _doc("factual, keyword, procedural, structural, multi_hop, heading or title")
+    query_type: str = _doc("factual, keyword, procedural, structural, multi_hop, heading, title or question (a heading rewritten)")
     segment_ids: list = _doc("the positive chunks' ids (Chunk.id)")
     doc_ids: list = _doc("their documents' ids (Chunk.doc_id)")
     source: dict = _doc("who wrote it: {kind: llm or structure, model: ...}")

@@ -38,3 +38,26 @@ def test_runner_counts_what_each_named_filter_drops_and_skips_empty_or_disabled(
     # a filter that needs rows is skipped when nothing reaches it; the format filter still reports
     empty = FilterRunner([FormatFilter(3, 40, 10), _DropLong()])
     assert empty.run([]) == [] and list(empty.counts) == ["format"]
+
+
+def test_heading_question_plan_spreads_over_documents_and_interleaves_with_passages():
+    from domain_embed.synth.candidates import interleave, plan_heading_tasks
+    from domain_embed.synth.prompts import HEADING_EXAMPLES
+
+    rows = [{"question": f"h{d}{i}", "query_type": "heading", "segment_ids": [f"c{d}{i}", f"c{d}{i}b"],
+             "doc_ids": [f"d{d}"]} for d in range(3) for i in range(2 + d)]
+    rows.append({"question": "a title", "query_type": "title", "segment_ids": ["t"], "doc_ids": ["d0"]})
+    tasks = plan_heading_tasks(rows, 1, seed=0)
+    assert len(tasks) == 9 and all(t["query_type"] == "question" for t in tasks)   # headings only, titles not
+    assert len({t["doc_id"] for t in tasks[:3]}) == 3                               # the first round: every document
+    assert len({t["key"] for t in tasks}) == 9 and plan_heading_tasks(rows, 1, seed=0) == tasks
+    assert all(t["segment_ids"] == [t["chunk_id"], t["chunk_id"] + "b"] for t in tasks)
+    assert len(plan_heading_tasks(rows, 2, seed=0)) == 18 and plan_heading_tasks(rows, 0, seed=0) == []
+    mixed = interleave(tasks[:2], [{"key": "p0"}, {"key": "p1"}, {"key": "p2"}])
+    assert [t["key"] for t in mixed] == [tasks[0]["key"], "p0", tasks[1]["key"], "p1", "p2"]
+    # the prompt's own examples come back as a format drop, never as a pair
+    copied = _row(HEADING_EXAMPLES[0][1], qtype="question")
+    runner = FilterRunner([FormatFilter(3, 40, 10)])
+    assert runner.run([copied, _row("How do I rotate the WAL files?", qtype="question")])[0]["question"] \
+        .startswith("How do I rotate")
+    assert runner.counts["format"]["dropped"] == {"copied_example": 1}

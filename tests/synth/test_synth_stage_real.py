@@ -190,3 +190,33 @@ def test_budget_caps_the_plan_and_a_rerun_keeps_it(tmp_path):
     man2 = run_stage(STAGES["synth"], rd, cfg, STAGES, force=True, quiet=True)
     assert man2["counts"]["generations_planned"] == 2          # the kept plan: no new probe, no new tasks
     assert_rerun_asks_only_what_failed(c, man2["counts"])
+
+
+def test_heading_questions_real_server(tmp_path):
+    """synth.structure.questions=1: each heading gets one short request that rewrites it as a question, interleaved
+    with the passage generations; the surviving questions train on the heading's positives, and a rerun sends
+    nothing new."""
+    rd = tmp_path / "run"
+    make_run(rd, ["synth.max_chunks=2", "synth.structure.questions=1", "synth.judge.enabled=false",
+                  "synth.round_trip_top_k=0", "synth.max_failed_fraction=1"])
+    cfg = load_config(rd, [])
+    man = run_stage(STAGES["synth"], rd, cfg, STAGES, quiet=True)
+    c = man["counts"]
+    recs = [r for r in read_jsonl(rd / "synth" / "generations.jsonl")]
+    heading_recs = [r for r in recs if r["query_type"] == "question"]
+    structure = [r for r in read_jsonl(rd / "synth" / "qa.jsonl") if r["query_type"] == "heading"]
+    assert heading_recs and len(heading_recs) + 2 == c["generations_planned"]  # 2 passage tasks + one per heading
+    assert [r["query_type"] for r in recs[:2]].count("question") == 1           # the probe times both kinds
+    by_key = {r["key"]: r for r in heading_recs}
+    assert all(k.split("|")[1] == "question1" for k in by_key)
+    qa = list(read_jsonl(rd / "synth" / "qa.jsonl"))
+    questions = [r for r in qa if r["query_type"] == "question"]
+    assert questions, c["filters"]
+    ok = {r["question"]: r for r in heading_recs if r.get("ok")}
+    heading_positives = [r["segment_ids"] for r in structure] + [r["segment_ids"] for r in heading_recs]
+    for q in questions:
+        assert q["source"]["kind"] == "llm" and q["reasoning_type"] == "lookup"
+        assert q["question"] in ok and q["segment_ids"] == ok[q["question"]]["segment_ids"]
+        assert q["segment_ids"] in heading_positives
+    man2 = run_stage(STAGES["synth"], rd, cfg, STAGES, force=True, quiet=True)
+    assert_rerun_asks_only_what_failed(c, man2["counts"])

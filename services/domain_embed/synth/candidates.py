@@ -11,7 +11,7 @@ from typing import Any
 from . import prompts as P
 
 REASONING = {"factual": "factual", "keyword": "lookup", "procedural": "procedural", "structural": "structural",
-             "multi_hop": "compositional", "heading": "lookup", "title": "lookup"}
+             "multi_hop": "compositional", "heading": "lookup", "title": "lookup", "question": "lookup"}
 QA_FIELDS = ("id", "question", "answer", "query_type", "reasoning_type", "hop_count", "segment_ids", "doc_ids",
              "source", "quality")
 
@@ -77,6 +77,42 @@ def plan_tasks(sampled: list[dict[str, Any]], chunks: list[dict[str, Any]], type
                 tasks.append({"key": f"{c['id']}|{qtype}|{attempt}", "chunk_id": c["id"], "query_type": qtype,
                               "attempt": attempt, "segment_ids": seg, "doc_id": c["doc_id"]})
     return tasks
+
+
+def plan_heading_tasks(struct_rows: list[dict[str, Any]], per_heading: int, seed: int) -> list[dict[str, Any]]:
+    """``per_heading`` tasks per heading pseudo-query that ask the LLM for the question a user would type to find
+    that section (type ``question``, positives those of the heading). Round-robin over seeded-shuffled documents,
+    so a budget that keeps a prefix still covers every document."""
+    if per_heading <= 0:
+        return []
+    by_doc: "OrderedDict[str, list[dict[str, Any]]]" = OrderedDict()
+    for r in struct_rows:
+        if r["query_type"] == "heading":
+            by_doc.setdefault(r["doc_ids"][0], []).append(r)
+    docs = sorted(by_doc)
+    random.Random(f"{seed}:headings").shuffle(docs)
+    queues = [list(by_doc[d]) for d in docs]
+    tasks = []
+    for i in range(max(map(len, queues), default=0)):
+        for q in queues:
+            if i >= len(q):
+                continue
+            r = q[i]
+            for attempt in range(per_heading):
+                tasks.append({"key": f"{r['segment_ids'][0]}|question{P.HEADING_PROMPT_VERSION}|{attempt}",
+                              "chunk_id": r["segment_ids"][0], "query_type": "question", "attempt": attempt,
+                              "segment_ids": list(r["segment_ids"]), "doc_id": r["doc_ids"][0],
+                              "heading": r["question"]})
+    return tasks
+
+
+def interleave(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """a[0], b[0], a[1], b[1], ..., then the rest of the longer: any prefix the budget keeps has both kinds,
+    and the timed probe times both."""
+    out = []
+    for i in range(max(len(a), len(b))):
+        out += [x[i] for x in (a, b) if i < len(x)]
+    return out
 
 
 def qa_id(question: str, segment_ids: list[str]) -> str:

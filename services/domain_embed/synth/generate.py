@@ -118,6 +118,14 @@ async def _generate(ctx: StageContext, base_url: str, todo: list[dict[str, Any]]
                     log.append(rec)
                     bar.update(rec)
                     return
+                if t["query_type"] == "question":  # a heading rewritten as a question: no passage
+                    comp = await client.chat(P.heading_question_messages(t["heading"]),
+                                             **{**params, "max_tokens": min(llm.max_tokens, sc.max_tokens)})
+                    rec.update(ok=True, question=F.clean_question(comp.text.strip().split("\n")[0]), answer="")
+                    rec["usage"] = {"prompt_tokens": comp.prompt_tokens, "completion_tokens": comp.completion_tokens}
+                    log.append(rec)
+                    bar.update(rec)
+                    return
                 examples = P.build_examples(struct_rows, by_id, t["query_type"], t["doc_id"], sc.few_shot,
                                             conf.seed, sc.few_shot_words)
                 if style == PromptStyle.completion:

@@ -13,6 +13,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import filters as F
+from .prompts import HEADING_EXAMPLES
+
+_EXAMPLE_QUESTIONS = {q.lower() for _, q in HEADING_EXAMPLES}
 
 Row = dict[str, Any]
 
@@ -74,6 +77,8 @@ class FormatFilter(Filter):
         self.args = (min_words, max_words, keyword_max_words)
 
     def reason(self, row: Row) -> str | None:
+        if row["query_type"] == "question" and F.clean_question(row["question"]).lower() in _EXAMPLE_QUESTIONS:
+            return "copied_example"  # the heading prompt's fixed example, not a question about this section
         return F.format_reason(row["question"], row["query_type"], *self.args)
 
 

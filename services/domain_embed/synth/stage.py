@@ -6,6 +6,7 @@ Flow::
                  -> one generation per (chunk id, query type, attempt), appended to generations.jsonl
                     the moment it completes (a rerun skips the keys already there)  generate.py
                  + heading/title pseudo-queries (no LLM)                          structure.py
+                 + each heading rewritten as a question (synth.structure.questions; one short LLM call each)
                  -> format -> copied span -> dedup (cosine) -> round trip (top k) -> LLM judge   pipeline.py
                  -> qa.jsonl (kept), dropped.jsonl (each dropped pair with its reason)
 
@@ -27,7 +28,8 @@ from ..llm.server import Endpoint
 from ..rundir import StageContext, atomic_write_jsonl, read_jsonl
 from ..schema import PromptStyle, SynthConfig
 from . import prompts as P
-from .candidates import build_candidates, count_by, plan_tasks, qa_rows, sample_chunks, source_of
+from .candidates import build_candidates, count_by, interleave, plan_heading_tasks, plan_tasks, qa_rows, \
+    sample_chunks, source_of
 from .generate import GenerationLog, budgeted_generate, fingerprint, judge, judge_enabled, load_judgements
 from .pipeline import CopyFilter, DedupFilter, Filter, FilterRunner, FormatFilter, JudgeFilter, QueryVectors, \
     RoundTripFilter
@@ -125,8 +127,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     struct_rows = structure_queries(chunks, max_per_doc=st.max_per_doc, max_positives=st.max_positives,
                                     extra_generic=list(st.generic_headings))
     sampled = sample_chunks(chunks, sc.max_chunks, conf.seed, sc.min_chunk_words)
-    tasks = plan_tasks(sampled, chunks, asdict(sc.types), sc.multi_hop_chunks,
-                       batch=sc.batch_types and conf.llm.local.prompt_style == PromptStyle.chat)
+    chat = conf.llm.local.prompt_style == PromptStyle.chat
+    tasks = plan_tasks(sampled, chunks, asdict(sc.types), sc.multi_hop_chunks, batch=sc.batch_types and chat)
+    if st.enabled and st.questions and chat:
+        tasks = interleave(plan_heading_tasks(struct_rows, st.questions, conf.seed), tasks)
     fp = fingerprint(conf)
     gens = GenerationLog(ctx.dir / "generations.jsonl", fp)
     todo = [t for t in tasks if t["key"] not in gens.done]

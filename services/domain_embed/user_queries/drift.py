@@ -38,6 +38,7 @@ TYPE_KNOB = {
     "multi_hop": "synth.types.multi_hop",
     "heading": "synth.structure.enabled",
     "title": "synth.structure.enabled",
+    "question": "synth.structure.questions",
 }
 
 # Thresholds for the flags. They are deliberately coarse: a flag should mean "change something".
