@@ -291,8 +291,8 @@ class SynthStructureConfig:
     max_positives: int = _f(3, "A heading's positives: the first chunks of its section.")
     generic_headings: List[str] = _f(
         [], "Extra headings to skip, besides Examples, Description, Notes, ...")
-    questions: int = _f(0, "LLM rewrites of each heading as the question a user would ask to find its section "
-                           "(one short chat request each, interleaved with the passage generations within "
+    questions: int = _f(0, "LLM rewrites of every heading (not only max_per_doc) as the question a user would ask "
+                           "to find its section (one short chat request each, interleaved with the passage generations within "
                            "synth.budget_minutes); 0 = off.")
 
 
