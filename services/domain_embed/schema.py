@@ -461,6 +461,11 @@ class TrainConfig:
         "real-question benchmark's DEV split (Debian, 35 human questions; base 0.526 nDCG@10), two runs: defaults: "
         "as trained 0.542, mixed 0.3 / 0.5 / 0.7 -> 0.534 / 0.553 / 0.544 (0.5 - base: +0.028 [+0.006, +0.053]); "
         "synth.budget_minutes=8: as trained 0.517 (below the base), 0.3 / 0.5 / 0.7 -> 0.542 / 0.541 / 0.519.")
+    distill_base: float = _f(
+        0.0, "Regulariser toward the base (learning without forgetting): adds this weight times the KL divergence "
+        "from the frozen base model's distribution over each query's candidates (its positive, mined and in-batch "
+        "negatives) to the tuned model's. It costs a forward pass of the base over each micro-batch (no backward) "
+        "and a second copy of the weights in memory. 0 = off.")
     lora: LoraConfig = _f(LoraConfig, "LoRA adapters.")
     matryoshka: bool = _f(False, "Sum the loss over model.matryoshka_dims.")
 

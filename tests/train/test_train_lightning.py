@@ -288,3 +288,11 @@ def test_base_mix_out_of_range_is_refused_before_training(mined_run, tmp_path):
     assert p.returncode != 0
     assert "train.base_mix=1.5 is outside (0, 1]" in p.stderr, p.stderr[-2000:]
     assert not (run / "train" / "checkpoints").exists()
+
+
+def test_negative_distill_base_is_refused_before_training(mined_run, tmp_path):
+    run = _copy(mined_run, tmp_path / "run")
+    p = _train(run, "train.distill_base=-0.5")
+    assert p.returncode != 0
+    assert "train.distill_base=-0.5 is negative" in p.stderr, p.stderr[-2000:]
+    assert not (run / "train" / "checkpoints").exists()

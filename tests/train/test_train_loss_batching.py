@@ -96,3 +96,20 @@ def test_fit_plan_shrinks_batch_and_negatives_for_tiny_data():
     for batch in plan.epoch(0):
         passages = [p for it in batch for p in (it.positive, *it.negatives)]
         assert len(passages) == len(set(passages))
+
+
+def test_base_kl_is_zero_for_the_base_itself_and_scores_the_same_columns_as_info_nce():
+    from domain_embed.train.info_nce import base_kl
+
+    torch.manual_seed(2)
+    q = F.normalize(torch.randn(3, 8), dim=-1)
+    p = F.normalize(torch.randn(9, 8), dim=-1)
+    assert base_kl(q, p, q, p, group=3).item() == pytest.approx(0.0, abs=1e-6)
+    qs = F.normalize(q + 0.3 * torch.randn(3, 8), dim=-1).requires_grad_(True)
+    kl = base_kl(qs, p, q, p, group=3, temperature=0.05, in_batch=False)
+    want = sum(F.kl_div(F.log_softmax(qs[i] @ p[3 * i : 3 * i + 3].T / 0.05, -1),
+                        F.log_softmax(q[i] @ p[3 * i : 3 * i + 3].T / 0.05, -1), reduction="sum", log_target=True)
+               for i in range(3)) / 3
+    assert kl.item() > 0 and kl.item() == pytest.approx(want.item(), rel=1e-5)
+    kl.backward()
+    assert qs.grad is not None and float(qs.grad.abs().sum()) > 0

@@ -101,3 +101,53 @@ def test_durations_read_as_a_person_would_say_them():
 
     assert format_duration(5) == "5.0 s" and format_duration(42) == "42 s"
     assert format_duration(372) == "6 min" and format_duration(4000) == "1 h 6 min"
+
+
+def test_distill_base_term_is_zero_at_the_base_grows_as_weights_move_and_stays_out_of_checkpoints(tmp_path,
+                                                                                                  base_cfg):
+    """The real MiniLM and the real regulariser: the frozen base is no submodule (so no checkpoint, optimiser
+    or shipped weight holds it), the term vanishes while the tuned weights equal the base's, and only the
+    tuned copy gets gradients."""
+    import torch
+    from omegaconf import OmegaConf
+    from transformers import AutoTokenizer
+
+    from domain_embed.config import EncodingSpec
+    from domain_embed.rundir import read_jsonl
+    from domain_embed.train.batching import BatchPlan, PlannedBatches, load_examples, make_collate
+    from domain_embed.train.bi_encoder import BiEncoder
+
+    run = write_split(tmp_path / "run")
+    corpus = list(read_jsonl(run / "split" / "train_corpus.jsonl"))
+    texts = [c["text"] for c in corpus]
+    qa = list(read_jsonl(run / "split" / "train_qa.jsonl"))
+    mined = [{"query": r["question"], "pos": [{"id": s} for s in r["segment_ids"]], "neg": []} for r in qa]
+    examples, _ = load_examples(mined, [c["id"] for c in corpus])
+    spec = EncodingSpec.from_config(base_cfg)
+    tok = AutoTokenizer.from_pretrained(spec.model_path)
+    tcfg = OmegaConf.merge(base_cfg.train, {"distill_base": 1.0})
+    plain = BiEncoder(spec, base_cfg.train, tok, 10)
+    module = BiEncoder(spec, tcfg, tok, 10)
+    assert set(module.state_dict()) == set(plain.state_dict())
+    assert len(list(module.parameters())) == len(list(plain.parameters()))
+    batch = next(iter(PlannedBatches(BatchPlan(examples, len(texts), 3, 2, 0), texts, make_collate(tok, spec, 32),
+                                     0, 1, 1, lambda: 0)))
+    module.model.eval()  # no dropout: the tuned copy computes exactly what the base does
+    group = batch["p_input_ids"].shape[0] // batch["q_input_ids"].shape[0]
+
+    def term():
+        q = module.embed(batch["q_input_ids"], batch["q_attention_mask"], normalize=False)
+        p = module.embed(batch["p_input_ids"], batch["p_attention_mask"], normalize=False)
+        return module.base_term(batch, q, p, group, 0, False)
+
+    at_base = term().item()
+    assert at_base == pytest.approx(0.0, abs=1e-6)
+    with torch.no_grad():
+        for name, param in module.model.named_parameters():
+            if "encoder.layer." in name and param.dim() == 2:
+                param.add_(0.05 * torch.randn_like(param))
+    moved = term()
+    assert moved.item() > 1e-3, moved.item()
+    moved.backward()
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in module.model.parameters())
+    assert all(p.grad is None for p in module._base[0].parameters())

@@ -18,7 +18,7 @@ from ..config import EncodingSpec
 from ..encoding import apply_prefix, pool
 from ..schema import TrainConfig, as_section
 from ..beir import evaluate as beir_evaluate
-from .info_nce import info_nce
+from .info_nce import base_kl, info_nce
 
 
 def load_encoder(spec: EncodingSpec, tcfg: TrainConfig) -> torch.nn.Module:
@@ -44,6 +44,17 @@ def load_encoder(spec: EncodingSpec, tcfg: TrainConfig) -> torch.nn.Module:
     return model
 
 
+def load_frozen_base(spec: EncodingSpec) -> torch.nn.Module:
+    """The base model, for ``train.distill_base``: eval mode (no dropout), no gradients."""
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(spec.model_path)
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model
+
+
 class BiEncoder(L.LightningModule):
     def __init__(self, spec: EncodingSpec, tcfg: TrainConfig, tokenizer, total_steps: int, val=None,
                  metrics_log=None):
@@ -62,6 +73,9 @@ class BiEncoder(L.LightningModule):
         self.owes_validation = False        # resumed at a validation step whose validation never ran
         dims = sorted({int(d) for d in spec.matryoshka_dims if int(d) <= spec.dim}, reverse=True)
         self.dims = dims if tcfg.matryoshka and dims else [spec.dim]
+        # train.distill_base: the frozen base, held in a list so that it is not a submodule: it stays out
+        # of state_dict (checkpoints, best.ckpt, the shipped weights), the optimiser and DDP's buckets
+        self._base = [load_frozen_base(spec)] if tcfg.distill_base > 0 else []
 
     # ------------------------------------------------------------------ encoding
     def tokenize(self, texts: list[str], input_type: str) -> dict[str, torch.Tensor]:
@@ -94,7 +108,27 @@ class BiEncoder(L.LightningModule):
                 qd, pd = F.normalize(qd, dim=-1), F.normalize(pd, dim=-1)
             loss = loss + info_nce(qd, pd, ids, pos_sets, group, offset, self.tcfg.temperature,
                                    self.tcfg.in_batch_negatives)
+        if self._base:
+            loss = loss + self.tcfg.distill_base * self.base_term(batch, q, p, group, offset, gather)
         return loss
+
+    def base_term(self, batch: dict[str, Any], q: torch.Tensor, p: torch.Tensor, group: int, offset: int,
+                  gather: bool) -> torch.Tensor:
+        """:func:`info_nce.base_kl` at the full dimension; ``p`` is already gathered when ``gather``."""
+        base = self._base[0]
+        if next(base.parameters()).device != q.device:
+            base.to(q.device)
+        with torch.no_grad():
+            qb = pool(base(input_ids=batch["q_input_ids"], attention_mask=batch["q_attention_mask"]).last_hidden_state,
+                      batch["q_attention_mask"], self.spec.pooling, normalize=False)
+            pb = pool(base(input_ids=batch["p_input_ids"], attention_mask=batch["p_attention_mask"]).last_hidden_state,
+                      batch["p_attention_mask"], self.spec.pooling, normalize=False)
+            if gather:
+                pb = self.all_gather(pb).reshape(-1, pb.shape[-1])
+        qs, ps, qb, pb = q.float(), p.float(), qb.float(), pb.float()
+        if self.spec.normalize:
+            qs, ps, qb, pb = (F.normalize(t, dim=-1) for t in (qs, ps, qb, pb))
+        return base_kl(qs, ps, qb, pb, group, offset, self.tcfg.temperature, self.tcfg.in_batch_negatives)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         gather = self.tcfg.in_batch_negatives and self.tcfg.gather_across_devices and self.trainer.world_size > 1

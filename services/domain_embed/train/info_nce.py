@@ -18,6 +18,11 @@ query's positives is masked (it is not a negative). Without in-batch negatives o
 own ``1 + K`` columns are scored.
 
 Temperature 0.02 (the recipe's) is the default; MultipleNegativesRankingLoss's scale 20 is 0.05.
+
+:func:`base_kl` is the regulariser toward the base model (``train.distill_base``, learning without
+forgetting, Li & Hoiem 2016): the KL divergence from the frozen base's distribution over each
+query's candidates (the same columns InfoNCE scores) to the tuned model's. InfoNCE moves the
+target up; this term keeps the order the base gave the rest, where the synthetic label says nothing.
 """
 
 from __future__ import annotations
@@ -42,3 +47,22 @@ def info_nce(q: torch.Tensor, p: torch.Tensor, passage_ids: torch.Tensor, pos_se
         mask |= ~own
     logits = logits.masked_fill(mask, float("-inf"))
     return F.cross_entropy(logits, target)
+
+
+def candidate_logits(q: torch.Tensor, p: torch.Tensor, group: int, offset: int, temperature: float,
+                     in_batch: bool) -> torch.Tensor:
+    """[B, N] scores over every passage, or [B, 1 + K] over the query's own group without in-batch negatives."""
+    logits = (q @ p.T).float() / temperature
+    if in_batch:
+        return logits
+    B = q.shape[0]
+    cols = ((offset + torch.arange(B, device=q.device)) * group)[:, None] + torch.arange(group, device=q.device)
+    return logits.gather(1, cols)
+
+
+def base_kl(q: torch.Tensor, p: torch.Tensor, q_base: torch.Tensor, p_base: torch.Tensor, group: int,
+            offset: int = 0, temperature: float = 0.02, in_batch: bool = True) -> torch.Tensor:
+    """KL(base || tuned) over each query's candidates, averaged over queries; ``*_base`` carry no gradient."""
+    student = F.log_softmax(candidate_logits(q, p, group, offset, temperature, in_batch), dim=-1)
+    teacher = F.log_softmax(candidate_logits(q_base, p_base, group, offset, temperature, in_batch), dim=-1)
+    return F.kl_div(student, teacher, reduction="batchmean", log_target=True)

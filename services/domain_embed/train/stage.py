@@ -52,6 +52,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from .merge import check_alpha
 
     check_alpha(ctx.conf.train.base_mix)  # before minutes of training, not after
+    if not float(ctx.conf.train.distill_base) >= 0.0:
+        raise UserError(f"train.distill_base={ctx.conf.train.distill_base} is negative; give the weight of the "
+                        f"regulariser toward the base, >= 0 (0 = off, 1 = as much as the contrastive loss)")
     tdir = ctx.dir
     if ctx.force:
         # --force means "train again", not "resume the finished run"
