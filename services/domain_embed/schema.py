@@ -465,7 +465,10 @@ class TrainConfig:
         0.0, "Regulariser toward the base (learning without forgetting): adds this weight times the KL divergence "
         "from the frozen base model's distribution over each query's candidates (its positive, mined and in-batch "
         "negatives) to the tuned model's. It costs a forward pass of the base over each micro-batch (no backward) "
-        "and a second copy of the weights in memory. 0 = off.")
+        "and a second copy of the weights in memory. 0 = off. Off on the real-question DEV split (Debian, 35 "
+        "questions, base 0.526; defaults' 154 generations): distill_base=1 as trained 0.532 (without it 0.542), mixed "
+        "0.3 / 0.5 / 0.7 -> 0.529 / 0.536 / 0.544, against 0.553 shipped at defaults; its synthetic held-out gain "
+        "rose (+0.095 against +0.073): the real questions decide.")
     lora: LoraConfig = _f(LoraConfig, "LoRA adapters.")
     matryoshka: bool = _f(False, "Sum the loss over model.matryoshka_dims.")
 
