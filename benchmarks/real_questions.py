@@ -30,6 +30,7 @@ paired interval (the same resample for both models).
     python benchmarks/real_questions.py build                 # (re)build the cached sets (needs the packages)
     python benchmarks/real_questions.py run                   # pipeline with defaults on each corpus, then score
     python benchmarks/real_questions.py run --corpus debian --split dev train.epochs=1
+    python benchmarks/real_questions.py run --corpus debian --split dev --seeds 42,43,44 --run-root runs/x
     python benchmarks/real_questions.py score --corpus debian --run-dir runs/realq-debian [--model DIR]
 
 The packages: ``apt-get install debian-faq debian-reference-en sqlite3-doc git-doc``
@@ -57,6 +58,7 @@ CACHE = Path(__file__).resolve().parent / "real_questions"
 DEV_FRACTION = 0.30
 K = 10
 BOOTSTRAP = 2000
+METRICS = ("ndcg@10", "recall@10", "mrr@10")
 
 
 @dataclass(frozen=True)
@@ -279,11 +281,13 @@ def score(name: str, run_dir: Path, split: str, model_dirs: dict[str, Path] | No
                 if spec_file.is_file() else EncodingSpec.from_config(cfg, model_path=mdir))
         runs[label] = dense_run(ds, encoder(spec, mdir))
     pq = {label: per_query(qrels, r) for label, r in runs.items()}
-    metrics = ("ndcg@10", "recall@10", "mrr@10")
+    metrics = METRICS
     out: dict[str, Any] = {"corpus": name, "split": split, "n_queries": len(qids), "n_passages": len(ids),
                            "n_answer_passages": sum(len(v) for v in qrels.values()), "run_dir": str(run_dir),
                            "score_wall_s": round(time.perf_counter() - t0, 1), "models": {}, "paired": {},
-                           "per_query": {label: {q: m["ndcg@10"] for q, m in v.items()} for label, v in pq.items()}}
+                           "per_query": {label: {q: m["ndcg@10"] for q, m in v.items()} for label, v in pq.items()},
+                           "per_query_metrics": {label: {q: {m: v[q][m] for m in METRICS} for q in qids}
+                                                 for label, v in pq.items()}}
     for label, v in pq.items():
         out["models"][label] = {m: bootstrap(np.array([v[q][m] for q in qids])) for m in metrics}
     for label in runs:
@@ -314,14 +318,51 @@ def pooled(results: list[dict[str, Any]], label: str) -> dict[str, Any]:
     return out
 
 
-def table(results: list[dict[str, Any]]) -> str:
+def seed_mean(per_seed: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """One corpus's results over several pipeline seeds, as one result: each question's score is its
+    mean over the seeds, then the bootstrap resamples questions as for one run.
+
+    A run's tuned model depends on its seed (which chunks are sampled, the split, the batches):
+    on the Debian dev split three seeds at defaults scored 0.553, 0.542 and 0.571. A change
+    decided on one seed is decided on that noise; the mean over seeds is what a user can expect.
+    BM25 and the base do not depend on the seed, so theirs are the first seed's."""
+    first = per_seed[0]
+    labels = [lb for lb in first["per_query_metrics"] if all(lb in r["per_query_metrics"] for r in per_seed)]
+    qids = list(first["per_query_metrics"]["base"])
+    pqm: dict[str, dict[str, dict[str, float]]] = {}
+    for label in labels:
+        if label in ("base", "bm25"):
+            pqm[label] = first["per_query_metrics"][label]
+            continue
+        pqm[label] = {q: {m: float(np.mean([r["per_query_metrics"][label][q][m] for r in per_seed])) for m in METRICS}
+                      for q in qids}
+    out = {k: first[k] for k in ("corpus", "split", "n_queries", "n_passages", "n_answer_passages")}
+    out.update({"run_dir": [r["run_dir"] for r in per_seed], "seeds": list(seeds), "models": {}, "paired": {},
+                "per_query": {lb: {q: v[q]["ndcg@10"] for q in qids} for lb, v in pqm.items()},
+                "per_query_metrics": pqm,
+                "per_seed_ndcg@10": {lb: [r["models"][lb]["ndcg@10"][0] for r in per_seed] for lb in labels}})
+    for label, v in pqm.items():
+        out["models"][label] = {m: bootstrap(np.array([v[q][m] for q in qids])) for m in METRICS}
+        if label in ("base", "bm25"):
+            continue
+        out["paired"][label] = {}
+        for m in METRICS:
+            d = np.array([v[q][m] - pqm["base"][q][m] for q in qids])
+            out["paired"][label][m] = {"diff": bootstrap(d), "wins": int((d > 0).sum()), "losses": int((d < 0).sum())}
+    return out
+
+
+def table(results: list[dict[str, Any]], pool: bool = True) -> str:
+    """Each result's table, then (``pool``, more than one result) the pooled row over their questions."""
     def ci(x: tuple[float, float, float]) -> str:
         return f"{x[0]:.3f} [{x[1]:.3f}, {x[2]:.3f}]"
 
     lines = []
     for r in results:
+        seeds = (f"; tuned = each question's mean over pipeline seeds {', '.join(map(str, r['seeds']))}"
+                 if r.get("seeds") else "")
         lines += [f"\n### {r['corpus']} — {r['split']} split: {r['n_queries']} questions, {r['n_passages']} passages "
-                  f"({r['n_answer_passages']} answer passages)", "",
+                  f"({r['n_answer_passages']} answer passages){seeds}", "",
                   "| model | nDCG@10 | Recall@10 | MRR@10 |", "|---|---|---|---|"]
         for label, m in r["models"].items():
             lines.append(f"| {label} | {ci(m['ndcg@10'])} | {ci(m['recall@10'])} | {ci(m['mrr@10'])} |")
@@ -331,10 +372,13 @@ def table(results: list[dict[str, Any]]) -> str:
             b, t = r["models"]["base"]["ndcg@10"][0], r["models"][label]["ndcg@10"][0]
             lines.append(f"\n{label}/base nDCG@10 = {t / b:.3f}; wins/losses on nDCG@10: "
                          f"{m['ndcg@10']['wins']}/{m['ndcg@10']['losses']}")
+            each = r.get("per_seed_ndcg@10", {}).get(label)
+            if each:
+                lines.append(f"{label} nDCG@10 by seed: " + ", ".join(f"{sd} {x:.3f}" for sd, x in zip(r["seeds"], each)))
     labels = [lb for lb in results[0]["models"] if lb not in ("base", "bm25")] if results else []
     for label in labels:
         p = pooled(results, label)
-        if p and len(results) > 1:
+        if p and pool and len(results) > 1:
             x = p["ndcg@10"]
             lines += [f"\n**pooled ({x['n']} questions)**: nDCG@10 base {ci(x['base'])}, {label} {ci(x[label])}, "
                       f"paired difference {ci(x['diff'])}; wins/losses {x['wins']}/{x['losses']}"]
@@ -387,6 +431,41 @@ def interpolated(base_dir: Path, tuned_dir: Path, alpha: float, out_root: Path) 
     return out
 
 
+def parse_seeds(text: str, overrides: list[str], run_dir, error) -> list[int]:
+    """``--seeds 42,43,44`` as integers; refused with a seed= override or --run-dir, which it replaces."""
+    if not text.strip():
+        return []
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        error(f"--seeds {text!r}: give whole numbers separated by commas, e.g. --seeds 42,43,44")
+    if len(set(seeds)) != len(seeds):
+        error(f"--seeds {text!r} repeats a seed; each seed is one pipeline run")
+    if any(o.split("=", 1)[0].lstrip("+") == "seed" for o in overrides):
+        error("--seeds sets each run's seed; drop the seed= override")
+    if run_dir is not None:
+        error("--seeds reads <run-root>/seed-<N>/realq-<corpus>; give --run-root instead of --run-dir")
+    return seeds
+
+
+def model_dirs(a, run_dir: Path) -> dict[str, Path]:
+    """The models to score in ``run_dir``: --model, else its train/model as 'tuned'; plus --interpolate."""
+    models = {}
+    for spec in a.model:
+        label, _, d = spec.rpartition("=")
+        models[label or Path(d).name] = Path(d)
+    if not models and (run_dir / "train" / "model").is_dir():
+        models["tuned"] = run_dir / "train" / "model"
+    if a.interpolate and "tuned" in models:
+        sys.path.insert(0, str(REPO / "services"))
+        from domain_embed.config import load_config, resolve_path
+
+        base_dir = resolve_path(load_config(run_dir, [], save=False).model.path)
+        for alpha in (float(x) for x in a.interpolate.split(",") if x.strip()):
+            models[f"interp-{alpha:g}"] = interpolated(base_dir, models["tuned"], alpha, run_dir / "realq-interp")
+    return models
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=["build", "run", "score", "table"])
@@ -401,6 +480,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--from", dest="from_json", action="append", type=Path, default=[], metavar="JSON",
                    help="table: the tables (and the pooled row) of results saved with --json, one file a corpus")
+    p.add_argument("--seeds", default="", metavar="N,M,...",
+                   help="run/score: one pipeline run a seed, in <run-root>/seed-<N>/realq-<corpus>; the table gives "
+                        "each question's mean over the seeds (decide dev changes on this: one seed is noisy)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="run: pipeline overrides (dev tuning only)")
     a = p.parse_intermixed_args(argv)  # overrides may follow the options
     names = a.corpus or list(CORPORA)
@@ -412,31 +494,34 @@ def main(argv: list[str] | None = None) -> int:
             p.error("table needs --from JSON (one or more results files written by run/score --json)")
         print(table([r for f in a.from_json for r in json.loads(f.read_text())["results"]]))
         return 0
-    results, timings = [], {}
+    seeds = parse_seeds(a.seeds, a.overrides, a.run_dir, p.error)
+    results, timings, seed_results = [], {}, []
     for name in names:
-        run_dir = a.run_dir if (a.run_dir and len(names) == 1) else a.run_root / f"realq-{name}"
-        if a.command == "run":
-            timings[name] = run_pipeline(name, run_dir, a.overrides)
-        models = {}
-        for spec in a.model:
-            label, _, d = spec.rpartition("=")
-            models[label or Path(d).name] = Path(d)
-        if not models and (run_dir / "train" / "model").is_dir():
-            models["tuned"] = run_dir / "train" / "model"
-        if a.interpolate and "tuned" in models:
-            sys.path.insert(0, str(REPO / "services"))
-            from domain_embed.config import load_config, resolve_path
-
-            base_dir = resolve_path(load_config(run_dir, [], save=False).model.path)
-            for alpha in (float(x) for x in a.interpolate.split(",") if x.strip()):
-                models[f"interp-{alpha:g}"] = interpolated(base_dir, models["tuned"], alpha, run_dir / "realq-interp")
-        results.append(score(name, run_dir, a.split, models))
+        per_seed = []
+        for seed in seeds or [None]:
+            if seed is None:
+                run_dir = a.run_dir if (a.run_dir and len(names) == 1) else a.run_root / f"realq-{name}"
+                key, over = name, a.overrides
+            else:
+                run_dir = a.run_root / f"seed-{seed}" / f"realq-{name}"
+                key, over = f"{name}/seed-{seed}", [*a.overrides, f"seed={seed}"]
+            if a.command == "run":
+                timings[key] = run_pipeline(name, run_dir, over)
+            per_seed.append(score(name, run_dir, a.split, model_dirs(a, run_dir)))
+        if seeds:
+            seed_results += per_seed
+            results.append(seed_mean(per_seed, seeds))
+        else:
+            results += per_seed
+    if seed_results:
+        print("## each seed\n" + table(seed_results, pool=False) + "\n\n## the mean over seeds")
     print(table(results))
     if timings:
         print("\nstage wall times (s):", json.dumps(timings))
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps({"results": results, "timings": timings}, indent=1))
+        a.json.write_text(json.dumps({"results": results, "timings": timings,
+                                      **({"seed_results": seed_results} if seed_results else {})}, indent=1))
     return 0
 
 

@@ -101,3 +101,43 @@ def test_table_pools_saved_results_question_by_question(rq, tmp_path, capsys):
     assert "pooled (5 questions)" in pooled and "paired difference 0.120" in pooled and "wins/losses 3/1" in pooled
     with pytest.raises(SystemExit):
         rq.main(["table"])
+
+
+def test_seed_mean_averages_each_question_over_seeds_before_the_bootstrap(rq, capsys):
+    """`--seeds`: the tuned model's score of a question is its mean over the pipeline seeds; base and BM25
+    (which no seed changes) are the first run's; the paired interval resamples questions of those means."""
+    qids = ["q1", "q2", "q3", "q4"]
+    base = [0.2, 0.4, 0.6, 0.8]
+
+    def result(seed, tuned):
+        pqm = {"base": {q: {m: b for m in rq.METRICS} for q, b in zip(qids, base)},
+               "bm25": {q: {m: 0.1 for m in rq.METRICS} for q in qids},
+               "tuned": {q: {m: t for m in rq.METRICS} for q, t in zip(qids, tuned)}}
+        models = {lb: {m: [float(np.mean([v[q][m] for q in qids])), 0.0, 1.0] for m in rq.METRICS}
+                  for lb, v in pqm.items()}
+        return {"corpus": "debian", "split": "dev", "n_queries": 4, "n_passages": 9, "n_answer_passages": 4,
+                "run_dir": f"seed-{seed}", "models": models, "paired": {}, "per_query_metrics": pqm}
+
+    runs = [result(1, [0.4, 0.4, 0.6, 0.6]), result(2, [0.2, 0.6, 0.6, 1.0])]
+    mean = rq.seed_mean(runs, [1, 2])
+    assert mean["per_query"]["tuned"] == pytest.approx({"q1": 0.3, "q2": 0.5, "q3": 0.6, "q4": 0.8})
+    assert mean["models"]["base"]["ndcg@10"][0] == pytest.approx(0.5)
+    assert mean["models"]["tuned"]["ndcg@10"][0] == pytest.approx(0.55)
+    diff = mean["paired"]["tuned"]["ndcg@10"]
+    assert diff["diff"][0] == pytest.approx(0.05) and (diff["wins"], diff["losses"]) == (2, 0)
+    assert diff["diff"][1] <= 0.05 <= diff["diff"][2]
+    assert mean["per_seed_ndcg@10"]["tuned"] == pytest.approx([0.5, 0.6])
+    out = rq.table([mean])
+    assert "mean over pipeline seeds 1, 2" in out and "tuned nDCG@10 by seed: 1 0.500, 2 0.600" in out
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--seeds", "42,x"], "give whole numbers"),
+    (["--seeds", "42,42"], "repeats a seed"),
+    (["--seeds", "42,43", "seed=7"], "drop the seed= override"),
+    (["--seeds", "42,43", "--run-dir", "somewhere"], "give --run-root instead of --run-dir"),
+])
+def test_bad_seeds_are_refused_with_what_to_do(rq, capsys, args, says):
+    with pytest.raises(SystemExit) as e:
+        rq.main(["score", "--corpus", "debian", *args])
+    assert e.value.code == 2 and says in capsys.readouterr().err
