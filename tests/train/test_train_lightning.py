@@ -282,17 +282,13 @@ def test_base_mix_ships_the_interpolated_weights_without_training_again(trained,
     assert max(float(np.abs(default[k] - mixed[k]).max()) for k in floats) < 1e-6
 
 
-def test_base_mix_out_of_range_is_refused_before_training(mined_run, tmp_path):
+@pytest.mark.parametrize("override, says", [
+    ("train.base_mix=1.5", "train.base_mix=1.5 is outside (0, 1]"),
+    ("train.distill_base=-0.5", "train.distill_base=-0.5 is negative"),
+])
+def test_bad_train_weights_are_refused_before_training(mined_run, tmp_path, override, says):
     run = _copy(mined_run, tmp_path / "run")
-    p = _train(run, "train.base_mix=1.5")
+    p = _train(run, override)
     assert p.returncode != 0
-    assert "train.base_mix=1.5 is outside (0, 1]" in p.stderr, p.stderr[-2000:]
-    assert not (run / "train" / "checkpoints").exists()
-
-
-def test_negative_distill_base_is_refused_before_training(mined_run, tmp_path):
-    run = _copy(mined_run, tmp_path / "run")
-    p = _train(run, "train.distill_base=-0.5")
-    assert p.returncode != 0
-    assert "train.distill_base=-0.5 is negative" in p.stderr, p.stderr[-2000:]
+    assert says in p.stderr, p.stderr[-2000:]
     assert not (run / "train" / "checkpoints").exists()

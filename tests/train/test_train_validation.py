@@ -63,22 +63,29 @@ def test_the_positives_documents_stay_whole_as_hard_distractors(val, val_run):
     assert len(kept) == len(positives) + 2 + 2 == counts["val_corpus"]
 
 
+def _split_examples(tmp_path):
+    """The fixture split's training passages and its queries as training examples (no negatives)."""
+    from domain_embed.rundir import read_jsonl
+    from domain_embed.train.batching import load_examples
+
+    run = write_split(tmp_path / "run")
+    corpus = list(read_jsonl(run / "split" / "train_corpus.jsonl"))
+    qa = list(read_jsonl(run / "split" / "train_qa.jsonl"))
+    mined = [{"query": r["question"], "pos": [{"id": s} for s in r["segment_ids"]], "neg": []} for r in qa]
+    examples, _ = load_examples(mined, [c["id"] for c in corpus])
+    return [c["text"] for c in corpus], examples
+
+
 def test_probe_times_a_real_step_without_changing_the_weights(tmp_path, base_cfg):
     import torch
     from transformers import AutoTokenizer
 
     from domain_embed.config import EncodingSpec
-    from domain_embed.rundir import read_jsonl
-    from domain_embed.train.batching import BatchPlan, PlannedBatches, load_examples, make_collate
+    from domain_embed.train.batching import BatchPlan, PlannedBatches, make_collate
     from domain_embed.train.bi_encoder import BiEncoder
     from domain_embed.train.progress import estimate_line, probe_step
 
-    run = write_split(tmp_path / "run")
-    corpus = list(read_jsonl(run / "split" / "train_corpus.jsonl"))
-    texts = [c["text"] for c in corpus]
-    qa = list(read_jsonl(run / "split" / "train_qa.jsonl"))
-    mined = [{"query": r["question"], "pos": [{"id": s} for s in r["segment_ids"]], "neg": []} for r in qa]
-    examples, _ = load_examples(mined, [c["id"] for c in corpus])
+    texts, examples = _split_examples(tmp_path)
     spec = EncodingSpec.from_config(base_cfg)
     tok = AutoTokenizer.from_pretrained(spec.model_path)
     module = BiEncoder(spec, base_cfg.train, tok, 10)
@@ -113,16 +120,10 @@ def test_distill_base_term_is_zero_at_the_base_grows_as_weights_move_and_stays_o
     from transformers import AutoTokenizer
 
     from domain_embed.config import EncodingSpec
-    from domain_embed.rundir import read_jsonl
-    from domain_embed.train.batching import BatchPlan, PlannedBatches, load_examples, make_collate
+    from domain_embed.train.batching import BatchPlan, PlannedBatches, make_collate
     from domain_embed.train.bi_encoder import BiEncoder
 
-    run = write_split(tmp_path / "run")
-    corpus = list(read_jsonl(run / "split" / "train_corpus.jsonl"))
-    texts = [c["text"] for c in corpus]
-    qa = list(read_jsonl(run / "split" / "train_qa.jsonl"))
-    mined = [{"query": r["question"], "pos": [{"id": s} for s in r["segment_ids"]], "neg": []} for r in qa]
-    examples, _ = load_examples(mined, [c["id"] for c in corpus])
+    texts, examples = _split_examples(tmp_path)
     spec = EncodingSpec.from_config(base_cfg)
     tok = AutoTokenizer.from_pretrained(spec.model_path)
     tcfg = OmegaConf.merge(base_cfg.train, {"distill_base": 1.0})
