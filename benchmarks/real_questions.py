@@ -281,21 +281,26 @@ def score(name: str, run_dir: Path, split: str, model_dirs: dict[str, Path] | No
                 if spec_file.is_file() else EncodingSpec.from_config(cfg, model_path=mdir))
         runs[label] = dense_run(ds, encoder(spec, mdir))
     pq = {label: per_query(qrels, r) for label, r in runs.items()}
-    metrics = METRICS
     out: dict[str, Any] = {"corpus": name, "split": split, "n_queries": len(qids), "n_passages": len(ids),
                            "n_answer_passages": sum(len(v) for v in qrels.values()), "run_dir": str(run_dir),
-                           "score_wall_s": round(time.perf_counter() - t0, 1), "models": {}, "paired": {},
-                           "per_query": {label: {q: m["ndcg@10"] for q, m in v.items()} for label, v in pq.items()},
+                           "score_wall_s": round(time.perf_counter() - t0, 1)}
+    return {**out, **summarize(pq, qids)}
+
+
+def summarize(pq: dict[str, dict[str, dict[str, float]]], qids: list[str]) -> dict[str, Any]:
+    """Per-question metrics of each model -> its bootstrap intervals, and each tuned model's paired
+    difference to the base (with wins and losses), plus the per-question scores kept for pooling."""
+    out: dict[str, Any] = {"models": {}, "paired": {},
+                           "per_query": {label: {q: v[q]["ndcg@10"] for q in qids} for label, v in pq.items()},
                            "per_query_metrics": {label: {q: {m: v[q][m] for m in METRICS} for q in qids}
                                                  for label, v in pq.items()}}
     for label, v in pq.items():
-        out["models"][label] = {m: bootstrap(np.array([v[q][m] for q in qids])) for m in metrics}
-    for label in runs:
+        out["models"][label] = {m: bootstrap(np.array([v[q][m] for q in qids])) for m in METRICS}
         if label in ("base", "bm25"):
             continue
         out["paired"][label] = {}
-        for m in metrics:
-            d = np.array([pq[label][q][m] - pq["base"][q][m] for q in qids])
+        for m in METRICS:
+            d = np.array([v[q][m] - pq["base"][q][m] for q in qids])
             out["paired"][label][m] = {"diff": bootstrap(d), "wins": int((d > 0).sum()), "losses": int((d < 0).sum())}
     return out
 
@@ -337,19 +342,9 @@ def seed_mean(per_seed: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any
         pqm[label] = {q: {m: float(np.mean([r["per_query_metrics"][label][q][m] for r in per_seed])) for m in METRICS}
                       for q in qids}
     out = {k: first[k] for k in ("corpus", "split", "n_queries", "n_passages", "n_answer_passages")}
-    out.update({"run_dir": [r["run_dir"] for r in per_seed], "seeds": list(seeds), "models": {}, "paired": {},
-                "per_query": {lb: {q: v[q]["ndcg@10"] for q in qids} for lb, v in pqm.items()},
-                "per_query_metrics": pqm,
+    out.update({"run_dir": [r["run_dir"] for r in per_seed], "seeds": list(seeds),
                 "per_seed_ndcg@10": {lb: [r["models"][lb]["ndcg@10"][0] for r in per_seed] for lb in labels}})
-    for label, v in pqm.items():
-        out["models"][label] = {m: bootstrap(np.array([v[q][m] for q in qids])) for m in METRICS}
-        if label in ("base", "bm25"):
-            continue
-        out["paired"][label] = {}
-        for m in METRICS:
-            d = np.array([v[q][m] - pqm["base"][q][m] for q in qids])
-            out["paired"][label][m] = {"diff": bootstrap(d), "wins": int((d > 0).sum()), "losses": int((d < 0).sum())}
-    return out
+    return {**out, **summarize(pqm, qids)}
 
 
 def table(results: list[dict[str, Any]], pool: bool = True) -> str:

@@ -82,8 +82,9 @@ class BiEncoder(L.LightningModule):
         return self.tokenizer(apply_prefix(texts, self.spec, input_type), max_length=self.spec.max_length(input_type),
                               truncation=True, padding=True, return_tensors="pt")
 
-    def embed(self, input_ids, attention_mask, normalize: bool | None = None) -> torch.Tensor:
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def embed(self, input_ids, attention_mask, normalize: bool | None = None, model=None) -> torch.Tensor:
+        """Pooled embeddings from ``model`` (default: the model being tuned)."""
+        hidden = (model or self.model)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         norm = self.spec.normalize if normalize is None else normalize
         return pool(hidden, attention_mask, self.spec.pooling, norm)
 
@@ -119,10 +120,8 @@ class BiEncoder(L.LightningModule):
         if next(base.parameters()).device != q.device:
             base.to(q.device)
         with torch.no_grad():
-            qb = pool(base(input_ids=batch["q_input_ids"], attention_mask=batch["q_attention_mask"]).last_hidden_state,
-                      batch["q_attention_mask"], self.spec.pooling, normalize=False)
-            pb = pool(base(input_ids=batch["p_input_ids"], attention_mask=batch["p_attention_mask"]).last_hidden_state,
-                      batch["p_attention_mask"], self.spec.pooling, normalize=False)
+            qb = self.embed(batch["q_input_ids"], batch["q_attention_mask"], normalize=False, model=base)
+            pb = self.embed(batch["p_input_ids"], batch["p_attention_mask"], normalize=False, model=base)
             if gather:
                 pb = self.all_gather(pb).reshape(-1, pb.shape[-1])
         qs, ps, qb, pb = q.float(), p.float(), qb.float(), pb.float()
