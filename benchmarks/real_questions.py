@@ -416,14 +416,26 @@ def interpolated(base_dir: Path, tuned_dir: Path, alpha: float, out_root: Path) 
     from domain_embed.train.merge import mix_with_base
 
     out = out_root / f"interp-{alpha:g}"
-    if (out / "model.safetensors").is_file():
+    # a mix is reused only while it was made from these very weights: `--model X --interpolate a` on
+    # another X (or a retrained train/model) must not score a stale mix under the same name
+    source = mix_source(base_dir, tuned_dir, alpha)
+    made_from = out / "mix_source.json"
+    if (out / "model.safetensors").is_file() and made_from.is_file() and json.loads(made_from.read_text()) == source:
         return out
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(tuned_dir, out)
     model = AutoModel.from_pretrained(str(tuned_dir))
     mix_with_base(model, str(base_dir), alpha)
     model.save_pretrained(str(out), safe_serialization=True)
+    made_from.write_text(json.dumps(source, indent=1))
     return out
+
+
+def mix_source(base_dir: Path, tuned_dir: Path, alpha: float) -> dict[str, Any]:
+    """What a mix was made from: both models' paths and the tuned weights' size and modification time."""
+    weights = sorted(Path(tuned_dir).glob("*.safetensors")) or sorted(Path(tuned_dir).glob("*.bin"))
+    return {"alpha": alpha, "base": str(Path(base_dir).resolve()), "tuned": str(Path(tuned_dir).resolve()),
+            "weights": [[w.name, w.stat().st_size, w.stat().st_mtime_ns] for w in weights]}
 
 
 def parse_seeds(text: str, overrides: list[str], run_dir, error) -> list[int]:

@@ -141,3 +141,40 @@ def test_bad_seeds_are_refused_with_what_to_do(rq, capsys, args, says):
     with pytest.raises(SystemExit) as e:
         rq.main(["score", "--corpus", "debian", *args])
     assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_an_interpolated_mix_is_remade_when_the_tuned_weights_are_not_the_ones_it_was_made_from(rq, minilm_path,
+                                                                                                tmp_path):
+    import json
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    def tuned(name: str, shift: float) -> Path:
+        d = tmp_path / name
+        model = AutoModel.from_pretrained(str(minilm_path))
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(shift)
+        model.save_pretrained(str(d), safe_serialization=True)
+        for f in minilm_path.glob("*"):          # tokenizer files beside the weights, as a tuned model has
+            if f.is_file() and not (d / f.name).exists():
+                shutil.copy(f, d / f.name)
+        return d
+
+    def word_embeddings(d: Path) -> torch.Tensor:
+        return load_file(str(d / "model.safetensors"))["embeddings.word_embeddings.weight"]
+
+    base = word_embeddings(minilm_path) if (minilm_path / "model.safetensors").is_file() else None
+    a, b = tuned("a", 0.5), tuned("b", -0.5)
+    out = tmp_path / "realq-interp"
+    mix_a = word_embeddings(rq.interpolated(minilm_path, a, 0.5, out))
+    again = rq.interpolated(minilm_path, a, 0.5, out)          # the same weights: the mix is reused
+    assert json.loads((again / "mix_source.json").read_text())["tuned"] == str(a.resolve())
+    mix_b = word_embeddings(rq.interpolated(minilm_path, b, 0.5, out))
+    # halfway between the base and +0.5 / -0.5 everywhere: the two mixes differ by 0.5, not 0
+    assert torch.allclose(mix_a - mix_b, torch.full_like(mix_a, 0.5), atol=1e-5)
+    if base is not None:
+        assert torch.allclose(mix_b, base - 0.25, atol=1e-5)
