@@ -32,6 +32,7 @@ paired interval (the same resample for both models).
     python benchmarks/real_questions.py run --corpus debian --split dev train.epochs=1
     python benchmarks/real_questions.py run --corpus debian --split dev --seeds 42,43,44 --run-root runs/x
     python benchmarks/real_questions.py score --corpus debian --run-dir runs/realq-debian [--model DIR]
+    python benchmarks/real_questions.py ceiling --corpus debian   # the base tuned on the dev questions themselves
 
 The packages: ``apt-get install debian-faq debian-reference-en sqlite3-doc git-doc``
 (``make real-questions-data`` does it).
@@ -438,6 +439,64 @@ def mix_source(base_dir: Path, tuned_dir: Path, alpha: float) -> dict[str, Any]:
             "weights": [[w.name, w.stat().st_size, w.stat().st_mtime_ns] for w in weights]}
 
 
+def ceiling(name: str, run_dir: Path, epochs: int, overrides: list[str] = (), seed: int = 0) -> Path:
+    """A reference, not a product: the base tuned on the DEV questions' own (question, answer passage)
+    pairs -- human-written, from the very FAQ the test answers come from -- with the run's encoding
+    spec, temperature, learning rate, schedule and batch size, in-batch negatives only. Scored on test,
+    it says how far a few dozen perfect in-domain pairs move this base, against which the pipeline's
+    synthetic pairs (and a target) can be judged. ``overrides`` (``train.temperature=0.05``) change the
+    training settings for it alone. Written to ``<run_dir>/realq-ceiling/model``."""
+    import random
+    import shutil
+
+    import torch
+
+    sys.path.insert(0, str(REPO / "services"))
+    from transformers import AutoTokenizer
+
+    from domain_embed.config import EncodingSpec, load_config
+    from domain_embed.train.bi_encoder import BiEncoder
+    from domain_embed.train.info_nce import info_nce
+
+    cfg = load_config(run_dir, list(overrides), save=False)
+    spec = EncodingSpec.from_config(cfg)
+    rows = load_set(name)
+    passages, qrels = answer_passages(rows, CORPORA[name], spec, cfg.curate)
+    dev = [r for r in rows if r["split"] == "dev" and r["id"] in qrels]
+    tc = cfg.train
+    bs = int(tc.batch_size)
+    torch.manual_seed(seed)
+    module = BiEncoder(spec, tc, AutoTokenizer.from_pretrained(spec.model_path), epochs * -(-len(dev) // bs))
+    opt = module.configure_optimizers()
+    optimizer, sched = opt["optimizer"], opt["lr_scheduler"]["scheduler"]
+    rng = random.Random(seed)
+    for epoch in range(epochs):
+        order = rng.sample(dev, len(dev))
+        for i in range(0, len(order), bs):
+            batch = order[i:i + bs]
+            pos = [sorted(qrels[r["id"]])[epoch % len(qrels[r["id"]])] for r in batch]  # cycle the positives
+            qt = module.tokenize([r["question"] for r in batch], "query")
+            pt = module.tokenize([passages[x] for x in pos], "passage")
+            q = module.embed(qt["input_ids"], qt["attention_mask"])
+            p = module.embed(pt["input_ids"], pt["attention_mask"])
+            ids = torch.arange(len(batch))
+            loss = info_nce(q, p, ids, ids[:, None], 1, 0, float(tc.temperature), True)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(module.parameters(), float(tc.gradient_clip))
+            optimizer.step()
+            sched.step()
+        print(f"[ceiling] epoch {epoch + 1}/{epochs}: loss {loss.item():.4f}", file=sys.stderr, flush=True)
+    out = run_dir / "realq-ceiling" / "model"
+    tmp = out.with_name("model.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    module.model.save_pretrained(str(tmp), safe_serialization=True)
+    module.tokenizer.save_pretrained(str(tmp))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
 def parse_seeds(text: str, overrides: list[str], run_dir, error) -> list[int]:
     """``--seeds 42,43,44`` as integers; refused with a seed= override or --run-dir, which it replaces."""
     if not text.strip():
@@ -475,7 +534,7 @@ def model_dirs(a, run_dir: Path) -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["build", "run", "score", "table"])
+    p.add_argument("command", choices=["build", "run", "score", "table", "ceiling"])
     p.add_argument("--corpus", action="append", choices=list(CORPORA), help="default: all")
     p.add_argument("--split", choices=["dev", "test"], default="test")
     p.add_argument("--run-root", type=Path, default=REPO / "runs", help="run directories: <root>/realq-<corpus>")
@@ -490,7 +549,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="", metavar="N,M,...",
                    help="run/score: one pipeline run a seed, in <run-root>/seed-<N>/realq-<corpus>; the table gives "
                         "each question's mean over the seeds (decide dev changes on this: one seed is noisy)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="run: pipeline overrides (dev tuning only)")
+    p.add_argument("--epochs", type=int, default=10,
+                   help="ceiling: epochs over the dev questions (10: about the steps a default Debian run trains)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="run: pipeline overrides (dev tuning only); ceiling: its training settings")
     a = p.parse_intermixed_args(argv)  # overrides may follow the options
     names = a.corpus or list(CORPORA)
     if a.command == "build":
@@ -500,6 +562,32 @@ def main(argv: list[str] | None = None) -> int:
         if not a.from_json:
             p.error("table needs --from JSON (one or more results files written by run/score --json)")
         print(table([r for f in a.from_json for r in json.loads(f.read_text())["results"]]))
+        return 0
+    if a.command == "ceiling":
+        sys.path.insert(0, str(REPO / "services"))
+        from domain_embed.config import load_config, resolve_path
+
+        if a.split != "test":
+            p.error("ceiling trains on the dev questions; score it on --split test")
+        results = []
+        for name in names:
+            run_dir = a.run_dir if (a.run_dir and len(names) == 1) else a.run_root / f"realq-{name}"
+            if not (run_dir / "curate" / "chunks.jsonl").is_file():
+                p.error(f"{run_dir} has no curate/chunks.jsonl: run the pipeline first "
+                        f"(python benchmarks/real_questions.py run --corpus {name})")
+            models = {"ceiling": ceiling(name, run_dir, a.epochs, a.overrides)}
+            cfg = load_config(run_dir, a.overrides, save=False)
+            mix = float(cfg.train.base_mix)
+            if mix < 1:  # shipped as the pipeline ships: averaged with the base at train.base_mix
+                base_dir = resolve_path(cfg.model.path)
+                models[f"ceiling-mix-{mix:g}"] = interpolated(base_dir, models["ceiling"], mix,
+                                                               run_dir / "realq-ceiling")
+            models.update(model_dirs(a, run_dir))
+            results.append(score(name, run_dir, a.split, models))
+        print(table(results))
+        if a.json:
+            a.json.parent.mkdir(parents=True, exist_ok=True)
+            a.json.write_text(json.dumps({"results": results}, indent=1))
         return 0
     seeds = parse_seeds(a.seeds, a.overrides, a.run_dir, p.error)
     results, timings, seed_results = [], {}, []
