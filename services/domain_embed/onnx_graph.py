@@ -147,7 +147,10 @@ def quantize_int8(src: Path, dst: Path) -> dict:
     of 3): quantising every weight MatMul gave min/mean cosine 0.986/0.994 against fp32 at 1.7x
     fp32's speed; keeping the 6 down-projections in fp32 gave 0.994/0.997 at 1.4x (per-tensor
     weights: 0.888/0.952). Quality first: the 0.99 parity threshold rejects the former. Attention's
-    activation-by-activation MatMuls are never quantised. Returns what was quantised.
+    activation-by-activation MatMuls are never quantised. Weights are unsigned (U8U8): on an x86 CPU
+    without VNNI (AVX2 only) the U8S8 kernel's pairwise 16-bit sums saturate, and signed weights fell
+    to min/mean cosine 0.987/0.993 on the tests' 24 texts against 0.995/0.997 unsigned, at the same
+    speed (1.04x fp32 there, 32 x 128 tokens). Returns what was quantised.
     Written to a temporary name and renamed, so a crash never leaves a torn model behind.
     """
     import onnx
@@ -161,7 +164,7 @@ def quantize_int8(src: Path, dst: Path) -> dict:
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.tmp")
     try:
-        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
+        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QUInt8, per_channel=True,
                          op_types_to_quantize=["MatMul"], nodes_to_exclude=keep_fp32)
         tmp.replace(dst)
     finally:
