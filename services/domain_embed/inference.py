@@ -23,7 +23,7 @@ Config (``configs/model/*.yaml``)::
 
 Built graphs are cached by the model's content fingerprint under :func:`onnx_cache_root`
 (``model.onnx_cache_dir``, default the user cache dir), so each base model is exported once per
-machine, with the parity figures beside it (``build.json``, ``int8-parity-*.json``); a run's own
+machine, with the parity figures beside it (``build.json``, ``model.int8-*-parity-*.json``); a run's own
 trained model gets its graph in ``runs/<name>/embeddings/onnx/``.
 """
 
@@ -178,9 +178,9 @@ def build_graph(model_path: str | Path, spec: EncodingSpec, root: Path, log: Cal
 
 
 def build_int8(fp32_path: Path, log: Callable[[str], None] = print) -> Path:
-    from .onnx_graph import quantize_int8
+    from .onnx_graph import INT8_RECIPE, quantize_int8
 
-    path = fp32_path.with_name("model.int8.onnx")
+    path = fp32_path.with_name(f"model.int8-{INT8_RECIPE}.onnx")
     if not path.is_file():
         log(f"quantising {fp32_path.name} to int8 (dynamic, per-channel MatMul weights)")
         with _quiet_tools():
@@ -191,7 +191,7 @@ def build_int8(fp32_path: Path, log: Callable[[str], None] = print) -> Path:
 def int8_parity(fp32: OnnxEncoder, int8: OnnxEncoder, texts: Sequence[str]) -> dict[str, Any]:
     """int8 vs fp32 on ``texts`` as queries and passages; cached beside the graph, keyed by the texts."""
     th = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12]
-    f = int8.onnx_path.with_name(f"int8-parity-{th}-q{fp32.spec.max_query_length}-p{fp32.spec.max_passage_length}.json")
+    f = int8.onnx_path.with_name(f"{int8.onnx_path.stem}-parity-{th}-q{fp32.spec.max_query_length}-p{fp32.spec.max_passage_length}.json")
     if f.is_file():
         try:
             return json.loads(f.read_text())

@@ -138,6 +138,11 @@ def ort_session(path: Path, threads: int = 0, providers: Sequence[str] | None = 
 
 
 
+# Names the quantisation below; the cached int8 graph and its parity figures carry it, so a change of
+# recipe (u8: unsigned weights, from signed) rebuilds them instead of reusing a graph made the old way.
+INT8_RECIPE = "u8"
+
+
 def quantize_int8(src: Path, dst: Path) -> dict:
     """Dynamic int8 quantisation of the weight MatMuls (activations quantised at run time).
 

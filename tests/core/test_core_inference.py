@@ -81,6 +81,11 @@ def test_int8_is_used_only_where_allowed_and_when_parity_passes(spec, onnx_cache
     # the quantised graph keeps its down-projections in fp32
     import onnx
 
-    (int8_path,) = list((onnx_cache / "onnx").glob("*/model.int8.onnx"))
+    (int8_path,) = list((onnx_cache / "onnx").glob("*/model.int8-*.onnx"))
+    from domain_embed.onnx_graph import INT8_RECIPE
+
+    # named by its recipe: a graph quantised another way (a cache from before a change) is never reused
+    assert int8_path.name == f"model.int8-{INT8_RECIPE}.onnx"
+    assert list(int8_path.parent.glob(f"{int8_path.stem}-parity-*.json"))
     ops = [n.op_type for n in onnx.load(str(int8_path)).graph.node]
     assert ops.count("MatMulInteger") == 30 and ops.count("MatMul") == 12 + 6
