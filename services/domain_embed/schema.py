@@ -438,7 +438,7 @@ class TrainConfig:
     num_nodes: int = _f(1, "Nodes for multi-node training; launch with torchrun, Lightning reads its environment.")
     checkpoint_every_n_steps: int = _f(
         25, "Checkpoint cadence: train/checkpoints/last.ckpt, for resuming (training resumes from the last one).")
-    val_every_n_steps: int = _f(25, "Validation nDCG@10 cadence on split/val_beir (0 = off).")
+    val_every_n_steps: int = _f(25, "Validation nDCG@10 cadence on split/val_beir, plus the base and the last step (0 = off).")
     val_corpus_size: int = _f(
         2000, "Validation searches the validation queries' positives, every other passage of their documents (the "
         "hard competitors), mined negatives if any, plus this many seeded random distractors from split/val_beir -- "

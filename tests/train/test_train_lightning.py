@@ -22,7 +22,7 @@ from split_fixture import write_split
 CLI = str(Path(sys.executable).parent / "domain-embed")
 TINY = ["model.max_query_length=32", "model.max_passage_length=64", "mine.num_negatives=3", "mine.top_k=10",
         "train.batch_size=2", "train.num_negatives=2", "train.max_steps=6", "train.checkpoint_every_n_steps=2",
-        "train.val_every_n_steps=3", "train.learning_rate=5e-5", "train.accelerator=cpu", "train.devices=1"]
+        "train.val_every_n_steps=4", "train.learning_rate=5e-5", "train.accelerator=cpu", "train.devices=1"]
 
 
 def _env(**kw):
@@ -96,10 +96,16 @@ def test_metrics_log_has_every_step_and_validations(trained):
     steps = [r["step"] for r in rows if "loss" in r]
     assert steps == [1, 2, 3, 4, 5, 6]
     assert all(np.isfinite(r["loss"]) and r["lr"] >= 0 for r in rows if "loss" in r)
+    # the base (step 0), the cadence (every 4), and the last step, which the cadence misses
     vals = [r["step"] for r in rows if "val_ndcg@10" in r]
-    assert vals == [0, 3, 6]
+    assert vals == [0, 4, 6]
     m = json.loads((trained / "train" / "manifest.json").read_text())
-    assert m["counts"]["steps"] == 6 and m["counts"]["best_step"] in (3, 6)
+    assert m["counts"]["steps"] == 6 and m["counts"]["best_step"] in (4, 6)
+    summary = json.loads((trained / "train" / "summary.json").read_text())
+    scores = {r["step"]: r["val_ndcg@10"] for r in rows if "val_ndcg@10" in r}
+    # the shipped weights are the better of step 4 and step 6, by the validation that scored both
+    assert summary["best_val_ndcg@10"] == pytest.approx(max(scores[4], scores[6]), abs=1e-6)
+    assert summary["best_step"] == (6 if scores[6] > scores[4] else 4)
 
 
 def test_ddp_two_gloo_processes_end_with_identical_weights(mined_run, tmp_path):
@@ -109,13 +115,16 @@ def test_ddp_two_gloo_processes_end_with_identical_weights(mined_run, tmp_path):
     hook = str(Path(__file__).parent / "weight_hash_hook")
     env = _env(DOMAIN_EMBED_TEST_WEIGHT_HASH_DIR=str(hashes),
                PYTHONPATH=os.pathsep.join([hook, *filter(None, [os.environ.get("PYTHONPATH")])]))
-    p = _train(run, "train.strategy=ddp", "train.devices=2", "train.max_steps=3", "train.val_every_n_steps=3", env=env)
+    p = _train(run, "train.strategy=ddp", "train.devices=2", "train.max_steps=3", "train.val_every_n_steps=2", env=env)
     assert p.returncode == 0, p.stderr[-3000:]
     h0 = json.loads((hashes / "rank0.json").read_text())["sha256"]
     h1 = json.loads((hashes / "rank1.json").read_text())["sha256"]
     assert h0 == h1, "DDP ranks diverged"
     summary = json.loads((run / "train" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 3
+    # both ranks ran the last step's validation (off the cadence of 2) together
+    assert [r["step"] for r in read_jsonl(run / "train" / "metrics.jsonl") if "val_ndcg@10" in r] == [0, 2, 3]
+    assert summary["best_step"] in (2, 3) and summary["best_val_ndcg@10"] is not None
 
 
 def test_killed_training_resumes_and_matches_the_uninterrupted_run(mined_run, trained, tmp_path):
@@ -201,7 +210,7 @@ def test_sigterm_stops_training_saves_a_checkpoint_and_the_rerun_resumes(mined_r
     assert summary["resumed"] and summary["steps"] == 6
     rows = list(read_jsonl(metrics))
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6], f"target {target}, stopped at {ckpt_step}"
-    assert [r["step"] for r in rows if "val_ndcg@10" in r] == [0, 3, 6], f"target {target}, stopped at {ckpt_step}"
+    assert [r["step"] for r in rows if "val_ndcg@10" in r] == [0, 4, 6], f"target {target}, stopped at {ckpt_step}"
     a, b = _weights(trained / "train" / "model"), _weights(run / "train" / "model")
     diff = max(float(np.abs(a[k] - b[k]).max()) for k in a)
     assert diff < 1e-6, f"resumed weights differ from the uninterrupted run by {diff} (stopped at {ckpt_step})"
@@ -231,10 +240,22 @@ def test_steps_within_the_budget_count_the_validations():
     assert steps_within(10 * one + 0.5, 100, 1, t, 0, 0, 0.0, 1) == 10
     assert steps_within(10 * one, 4, 1, t, 0, 0, 0.0, 1) == 4
     assert steps_within(0.001, 100, 1, t, 0, 0, 0.0, 1) == 1
-    # validation of 100 texts at 0.1 s: one at the start (10 s) and one every 5 steps (2 s a step)
-    assert steps_within(10 + 10 * (one + 2) + 0.5, 100, 1, t, 5, 100, 0.1, 1) == 10
+    # validation of 100 texts at 0.1 s: one at the start and one at the last step (10 s each) and one
+    # every 5 steps (2 s a step)
+    assert steps_within(20 + 10 * (one + 2) + 0.5, 100, 1, t, 5, 100, 0.1, 1) == 10
+    assert steps_within(20 + 10 * (one + 2) - 0.5, 100, 1, t, 5, 100, 0.1, 1) == 9
     # gradient accumulation makes an optimizer step that many micro-batches long
     assert steps_within(10 * 2 * one + 0.5, 100, 2, t, 0, 0, 0.0, 1) == 10
+
+
+def test_validations_planned_count_the_last_step_when_the_cadence_misses_it():
+    from domain_embed.train.worker import validations_planned
+
+    assert validations_planned(20, 25, False, 0) == 2    # the base and the last step (Debian at defaults)
+    assert validations_planned(50, 25, False, 0) == 3    # the base, 25 and 50 (the cadence ends on it)
+    assert validations_planned(31, 25, False, 0) == 3    # the base, 25 and 31
+    assert validations_planned(31, 25, True, 25) == 1    # resumed at 25: only 31 is left
+    assert validations_planned(31, 0, False, 0) == 0     # validation off
 
 
 def test_budget_auto_is_a_cpu_cap_and_bad_values_are_named():
@@ -256,7 +277,7 @@ def test_base_mix_ships_the_interpolated_weights_without_training_again(trained,
 
     run = _copy(trained, tmp_path / "run")
     first = json.loads((trained / "train" / "summary.json").read_text())
-    assert first["best_step"] in (3, 6) and first["best_val_ndcg@10"] is not None
+    assert first["best_step"] in (4, 6) and first["best_val_ndcg@10"] is not None
     shipped = {}
     for alpha in ("1", "0.5"):
         p = _train(run, f"train.base_mix={alpha}")
@@ -266,7 +287,9 @@ def test_base_mix_ships_the_interpolated_weights_without_training_again(trained,
         steps = [r["step"] for r in read_jsonl(run / "train" / "metrics.jsonl") if "loss" in r]
         assert steps == [1, 2, 3, 4, 5, 6], "mixing must not train again"
         assert summary["base_mix"]["alpha"] == float(alpha)
-        # last.ckpt at step 6 was written just before step 6's validation: the best must come from the log
+        # last.ckpt at step 6 was written before step 6's validation: the best must come from the log,
+        # and that validation, logged by the first run, is not run again
+        assert [r["step"] for r in read_jsonl(run / "train" / "metrics.jsonl") if "val_ndcg@10" in r] == [0, 4, 6]
         assert (summary["best_val_ndcg@10"], summary["best_step"]) == (first["best_val_ndcg@10"], first["best_step"])
         shipped[alpha] = _weights(run / "train" / "model")
     tuned, mixed = shipped["1"], shipped["0.5"]

@@ -199,6 +199,31 @@ def owes_validation(tdir: Path, tc: TrainConfig, resume: bool, start_step: int, 
     return start_step not in logged
 
 
+def needs_final_validation(tdir: Path, tc: TrainConfig, step: int, has_val: bool) -> bool:
+    """Training ended on a step that Lightning's cadence does not validate (``train.val_every_n_steps``
+    does not divide it), and no earlier run of this one logged that step's validation (a finished run
+    resumed to change ``train.base_mix``). Without this pass the steps after the last validation were
+    never scored: best.ckpt from an earlier validation was shipped over them, and a run shorter than
+    one cadence (20 steps at defaults on the Debian Reference) reported no best at all. Every rank reads
+    the same log, written before this process started for the step in question, so they agree."""
+    from ..rundir import read_jsonl
+
+    every = tc.val_every_n_steps
+    if not (has_val and every > 0 and step > 0 and step % every != 0):
+        return False
+    path = tdir / "metrics.jsonl"
+    return not (path.is_file() and any(r.get("step") == step and "val_ndcg@10" in r for r in read_jsonl(path)))
+
+
+def validations_planned(total_steps: int, every: int, resume: bool, start_step: int) -> int:
+    """Validation passes still to run: the base's (step 0, unless resumed), one every ``every`` steps,
+    and one at the last step when ``every`` does not divide it."""
+    if every <= 0:
+        return 0
+    return ((0 if resume else 1) + (total_steps // every - start_step // every)
+            + (1 if total_steps % every and total_steps > start_step else 0))
+
+
 # ---------------------------------------------------------------- outputs
 def write_outputs(run_dir: Path, conf: RunConfig, module, tokenizer, spec, ck, trainer, data: TrainingData,
                   total_steps: int, resumed: bool) -> dict[str, Any]:
@@ -318,8 +343,9 @@ def main(run_dir: Path) -> int:
     try:
         trainer.fit(module, train_dataloaders=train_dl, val_dataloaders=val_dl,
                     ckpt_path=str(ck.last) if resume else None)
-        if module.owes_validation:
-            # resumed at the last step: fit had nothing left to run, not even the validation it owed
+        if module.owes_validation or needs_final_validation(tdir, tc, int(trainer.global_step), data.val is not None):
+            # resumed at the last step: fit had nothing left to run, not even the validation it owed;
+            # or the last step is not a multiple of train.val_every_n_steps, so Lightning never scored it
             trainer.validate(module, dataloaders=val_dl, verbose=False)
         trainer.strategy.barrier()
         if trainer.is_global_zero:
@@ -415,8 +441,7 @@ def print_estimate(module, plan, data: TrainingData, collate, total_steps: int, 
         timing, per_text = probe(module, plan, data, collate, world)
     validations, val_texts = 0, 0
     if data.val is not None:
-        every = module.tcfg.val_every_n_steps
-        validations = (0 if resume else 1) + (total_steps // every - start_step // every)
+        validations = validations_planned(total_steps, module.tcfg.val_every_n_steps, resume, start_step)
         val_texts = len(data.val.corpus_texts) + len(data.val.query_ids)
     per_device = plan.global_batch // world
     _say(f"plan: {len(data.examples)} queries, {per_device} a micro-batch with {plan.k} negatives each, "
