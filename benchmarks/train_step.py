@@ -26,8 +26,8 @@ VARIANTS = [  # (name, batch_size, num_negatives, train passage length or None =
     ("pad to max length (no dynamic padding)", None, None, None, True),
     ("configured (dynamic padding)", None, None, None, False),
     ("passages cut to 128 tokens", None, None, 128, False),
-    ("2 negatives", None, 2, None, False),
-    ("2 negatives, passages 128", None, 2, 128, False),
+    ("4 negatives", None, 4, None, False),
+    ("4 negatives, passages 128", None, 4, 128, False),
 ]
 
 

@@ -420,11 +420,11 @@ class TrainConfig:
     batch_size: int = _f(16, "Queries per device per micro-batch.")
     grad_accum: int = _f(1, "Steps accumulated per optimiser step.")
     num_negatives: int = _f(
-        4, "Mined hard negatives per query (topped up with random passages if short). On CPU a step is forward + "
-        "backward over (1 + num_negatives) passages a query, so this is the main cost: 2 instead of 4 made a "
-        "micro-batch 0.62x as long (benchmarks/train_step.py). Kept at 4 on VALIDATION nDCG@10 (sample corpus, "
-        "heading queries, 126 train / 20 val queries, batch 8, 8 steps, lr 5e-5; base 0.747): 4 negatives -> 0.761, "
-        "2 -> 0.733 (worse than the base). Only 20 queries: a hint, not a verdict.")
+        2, "Mined hard negatives per query (topped up with random passages if short). On CPU a step is forward + "
+        "backward over (1 + num_negatives) passages a query, so this is the main cost: 2 instead of 4 made a step "
+        "0.47x as long on Debian. Chosen on the real-question dev split (Debian, 35 questions, 3 pipeline seeds, "
+        "same generations): 4 -> 0.556 nDCG@10 (12 wins / 7 losses), 2 -> 0.556 (15 / 3); on test (85 questions) "
+        "4 -> 0.529, 2 -> 0.533 (base 0.515).")
     in_batch_negatives: bool = _f(True, "Also use other queries' passages in the batch as negatives.")
     gather_across_devices: bool = _f(
         True, "In-batch negatives from every rank (all_gather with gradients; DDP/FSDP).")
