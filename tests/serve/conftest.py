@@ -83,12 +83,22 @@ class GatewayThread:
         self.thread.join(timeout=30)
 
 
+_GIVEN_PORTS: set[int] = set()
+
+
 def free_port() -> int:
+    """A free port on 127.0.0.1 that this process has not handed out before: the kernel may give the
+    same port to two binds in a row once the first socket is closed, and two of Triton's three ports
+    alike make it exit ('cannot listen to HTTP requests and GRPC requests at the same address')."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
 
 
 @pytest.fixture(scope="session")

@@ -72,10 +72,20 @@ class _Server:
         self.httpd.server_close()
 
 
+_GIVEN_PORTS: set[int] = set()
+
+
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port on 127.0.0.1 that this process has not handed out before: the kernel may give the
+    same port to two binds in a row once the first socket is closed, and two of Triton's three ports
+    alike make it exit ('cannot listen to HTTP requests and GRPC requests at the same address')."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
 
 
 @pytest.mark.parametrize("status,hint", [(401, "DE_TEST_LLM_KEY"), (404, "llm.base_url")])
