@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,26 +32,12 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "services"))
+from domain_embed.netutil import free_port  # noqa: E402  (after the path to services/)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 PEER_VENV = REPO / ".venv" / "peers" / "infinity"
 MODEL = "domain-embed-minilm"
-
-
-_GIVEN_PORTS: set[int] = set()
-
-
-def free_port() -> int:
-    """A free port on 127.0.0.1 that this process has not handed out before: the kernel may give the
-    same port to two binds in a row once the first socket is closed, and two of Triton's three ports
-    alike make it exit ('cannot listen to HTTP requests and GRPC requests at the same address')."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _GIVEN_PORTS:
-            _GIVEN_PORTS.add(port)
-            return port
 
 
 def sample_texts(n: int) -> list[str]:

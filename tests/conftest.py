@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from pathlib import Path
 
 import pytest
+
+from domain_embed.netutil import free_port
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -57,22 +58,6 @@ def spec(base_cfg):
     from domain_embed.config import EncodingSpec
 
     return EncodingSpec.from_config(base_cfg)
-
-
-_GIVEN_PORTS: set[int] = set()
-
-
-def free_port() -> int:
-    """A free port on 127.0.0.1 that this process has not handed out before: the kernel may give the
-    same port to two binds in a row once the first socket is closed, and two of Triton's three ports
-    alike make it exit ('cannot listen to HTTP requests and GRPC requests at the same address')."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _GIVEN_PORTS:
-            _GIVEN_PORTS.add(port)
-            return port
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ NOTEBOOK = REPO / "notebooks" / "walkthrough.ipynb"
 NEEDED = ["curate", "synth", "split", "mine", "train", "evaluate"]
 TINY = [
     "synth.max_chunks=6",
+    "synth.budget_minutes=0",        # max_chunks alone decides: the pairs must not depend on the load of the day
     "train.max_steps=4",
     "train.batch_size=4",
     "train.val_every_n_steps=2",

@@ -17,6 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
+from domain_embed.netutil import free_port
 from domain_embed.stages import STAGES
 
 # The run fixture trains for real on enough data to beat the base: the module took 7.6 min on a
@@ -43,24 +44,6 @@ TINY = [
     "train.checkpoint_every_n_steps=10",
     "llm.max_tokens=96",
 ]
-
-
-_GIVEN_PORTS: set[int] = set()
-
-
-def _free_port() -> int:
-    """A free port on 127.0.0.1 that this process has not handed out before: the kernel may give the
-    same port to two binds in a row once the first socket is closed, and two of Triton's three ports
-    alike make it exit ('cannot listen to HTTP requests and GRPC requests at the same address')."""
-    import socket
-
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _GIVEN_PORTS:
-            _GIVEN_PORTS.add(port)
-            return port
 
 
 @pytest.fixture(scope="module")
@@ -142,11 +125,11 @@ def test_rerun_is_a_noop(run_dir, tiny_corpus):
 
 
 def test_served_endpoint_returns_unit_norm_embeddings(run_dir):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([str(BIN), "serve", str(run_dir), "--host", "127.0.0.1", "--port", str(port),
-                             f"serve.triton_grpc_port={_free_port()}", f"serve.triton_http_port={_free_port()}",
-                             f"serve.triton_metrics_port={_free_port()}"],
+                             f"serve.triton_grpc_port={free_port()}", f"serve.triton_http_port={free_port()}",
+                             f"serve.triton_metrics_port={free_port()}"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
     base = f"http://127.0.0.1:{port}"

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from domain_embed.netutil import free_port
+
 
 def make_exported_run(base: Path, minilm: Path) -> Path:
     """A run directory with train/model (the base MiniLM), a passing gate, and the real export stage run.
@@ -81,24 +83,6 @@ class GatewayThread:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
-
-
-_GIVEN_PORTS: set[int] = set()
-
-
-def free_port() -> int:
-    """A free port on 127.0.0.1 that this process has not handed out before: the kernel may give the
-    same port to two binds in a row once the first socket is closed, and two of Triton's three ports
-    alike make it exit ('cannot listen to HTTP requests and GRPC requests at the same address')."""
-    import socket
-
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _GIVEN_PORTS:
-            _GIVEN_PORTS.add(port)
-            return port
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ import dataclasses
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ import pytest
 from domain_embed.config import load_config
 from domain_embed.errors import UserError
 from domain_embed.llm.server import local_llm
+from domain_embed.netutil import free_port
 from domain_embed.rundir import read_jsonl, run_stage
 from domain_embed.stages import STAGES
 
@@ -72,22 +72,6 @@ class _Server:
         self.httpd.server_close()
 
 
-_GIVEN_PORTS: set[int] = set()
-
-
-def _free_port() -> int:
-    """A free port on 127.0.0.1 that this process has not handed out before: the kernel may give the
-    same port to two binds in a row once the first socket is closed, and two of Triton's three ports
-    alike make it exit ('cannot listen to HTTP requests and GRPC requests at the same address')."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _GIVEN_PORTS:
-            _GIVEN_PORTS.add(port)
-            return port
-
-
 @pytest.mark.parametrize("status,hint", [(401, "DE_TEST_LLM_KEY"), (404, "llm.base_url")])
 def test_bad_endpoint_fails_at_once_with_url_status_and_what_to_set(tmp_path, status, hint):
     srv = _Server(lambda path, body, n: (status, json.dumps({"error": "nope"}).encode()))
@@ -108,7 +92,7 @@ def test_bad_endpoint_fails_at_once_with_url_status_and_what_to_set(tmp_path, st
 def test_unreachable_endpoint_names_the_setting(tmp_path):
     rd = tmp_path / "run"
     make_run(rd, ["synth.max_chunks=2"])
-    cfg = load_config(rd, [f"llm.base_url=http://127.0.0.1:{_free_port()}/v1"])
+    cfg = load_config(rd, [f"llm.base_url=http://127.0.0.1:{free_port()}/v1"])
     with pytest.raises(UserError, match=r"could not reach the LLM endpoint .*set llm.base_url"):
         run_stage(STAGES["synth"], rd, cfg, STAGES, quiet=True)
 

@@ -113,3 +113,59 @@ def test_base_kl_is_zero_for_the_base_itself_and_scores_the_same_columns_as_info
     assert kl.item() > 0 and kl.item() == pytest.approx(want.item(), rel=1e-5)
     kl.backward()
     assert qs.grad is not None and float(qs.grad.abs().sum()) > 0
+
+
+def _check_batch(batch, ex):
+    passages = [p for it in batch for p in (it.positive, *it.negatives)]
+    assert len(passages) == len(set(passages)), "a passage appears twice in one batch"
+    for it in batch:
+        assert it.positive in ex[it.example].positives
+        others = set(passages) - {it.positive, *it.negatives}
+        assert not others & set(ex[it.example].positives), "another query's positive is in the batch"
+
+
+def _few_documents():
+    # the notebook's tiny run: 11 queries over 7 chunks of 12, each chunk the others' hard negative, 2 pairs of
+    # queries sharing a positive. Before negatives were re-drawn, epoch 2 raised at a batch of 4 and killed the run.
+    pos = [0, 1, 2, 3, 4, 5, 5, 6, 6, 1, 1]
+    ex = [Example(f"q{i}", (p,), tuple(n for n in ((p + 1) % 7, (p + 3) % 7, (p + 5) % 7, 7 + i % 5) if n != p))
+          for i, p in enumerate(pos)]
+    return ex, 12
+
+
+def test_overlapping_negatives_are_redrawn_so_every_epoch_packs():
+    ex, n = _few_documents()
+    plan = BatchPlan(ex, n, global_batch=4, num_negatives=2, seed=42)
+    for e in range(12):
+        assert plan.epoch(e), f"epoch {e} packed no batch"
+        for batch in plan.epoch(e):
+            assert len(batch) == 4
+            _check_batch(batch, ex)
+    assert plan.redrawn > 0 and plan.repeated_epochs == []
+    assert BatchPlan(ex, n, 4, 2, seed=42).epoch(5) == plan.epoch(5)  # still a pure function of (seed, epoch)
+
+
+def test_redrawing_only_adds_batches_the_first_pass_could_not_fill():
+    class FirstPassOnly(BatchPlan):   # the planner before negatives were re-drawn
+        def _redraw(self, batch, rng):
+            return None
+
+    ex, n = _examples(24, 36)
+    for seed in range(3):
+        old, new = FirstPassOnly(ex, n, 4, 3, seed=seed), BatchPlan(ex, n, 4, 3, seed=seed)
+        for e in range(3):
+            assert new.epoch(e)[: len(old.epoch(e))] == old.epoch(e)   # a run's batches stay as they were
+        assert new.batches_in(3) > old.batches_in(3) and new.redrawn > 0
+
+
+def test_an_epoch_that_cannot_pack_repeats_the_previous_one_with_a_warning():
+    class NothingPacksAfterEpoch0(BatchPlan):   # fault injection: the real packing is tested above
+        def _pack(self, items, rng):
+            return super()._pack(items, rng) if not self._epochs else []
+
+    ex, n = _examples()
+    msgs = []
+    plan = NothingPacksAfterEpoch0(ex, n, 4, 3, seed=0, log=msgs.append)
+    assert plan.epoch(1) == plan.epoch(0) and plan.repeated_epochs == [1]
+    assert plan.batches_in(3) == 3 * len(plan.epoch(0))
+    assert len(msgs) == 2 and "repeats epoch 0" in msgs[0]

@@ -48,9 +48,19 @@ class PlannedItem:
 
 
 class BatchPlan:
-    """Epoch-by-epoch plan of global batches; ``batch(b)`` is the b-th global micro-batch of the run."""
+    """Epoch-by-epoch plan of global batches; ``batch(b)`` is the b-th global micro-batch of the run.
 
-    def __init__(self, examples: list[Example], n_passages: int, global_batch: int, num_negatives: int, seed: int):
+    Packing degrades rather than fails on small or overlapping data (a few documents whose chunks are
+    each other's hard negatives): a query whose *negatives* collide with the batch gets those
+    negatives re-drawn (its next mined ones, then random passages) before it is deferred; an epoch
+    whose order packs no batch is re-shuffled; and an epoch that still packs none repeats the
+    previous epoch, with a warning. Only epoch 0 can fail, and ``fit_plan`` then shrinks the batch.
+    """
+
+    RESHUFFLES = 8
+
+    def __init__(self, examples: list[Example], n_passages: int, global_batch: int, num_negatives: int, seed: int,
+                 log: Callable[[str], Any] | None = None):
         if len(examples) < global_batch:
             raise UserError(f"{len(examples)} training queries cannot fill one batch of {global_batch} "
                             f"(train.batch_size x devices); lower train.batch_size or synthesize more queries")
@@ -59,60 +69,122 @@ class BatchPlan:
         self.global_batch = global_batch
         self.k = num_negatives
         self.seed = seed
+        self.log = log
+        self.redrawn = 0                  # items whose colliding negatives were re-drawn
+        self.repeated_epochs: list[int] = []
         self._epochs: list[list[list[PlannedItem]]] = []
 
-    def _plan_epoch(self, epoch: int) -> list[list[PlannedItem]]:
-        rng = np.random.default_rng([self.seed, epoch])
+    def _free_passages(self, want: int, banned: set[int], rng: np.random.Generator,
+                       preferred: tuple[int, ...] = ()) -> list[int]:
+        """Up to ``want`` passages not in ``banned``: ``preferred`` first (in order), then random ones."""
+        out: list[int] = []
+        for c in preferred:
+            if len(out) == want:
+                return out
+            if c not in banned:
+                out.append(c)
+                banned.add(c)
+        tries = 0
+        while len(out) < want and tries < 100 * self.k:  # guessing is cheap on a real corpus
+            c = int(rng.integers(self.n_passages))
+            tries += 1
+            if c not in banned:
+                out.append(c)
+                banned.add(c)
+        if len(out) < want:  # tiny corpus: walk a permutation instead of guessing
+            for c in rng.permutation(self.n_passages):
+                if len(out) == want:
+                    break
+                if int(c) not in banned:
+                    out.append(int(c))
+                    banned.add(int(c))
+        return out
+
+    def _items(self, epoch: int, rng: np.random.Generator) -> list[PlannedItem]:
         items: list[PlannedItem] = []
         for i in rng.permutation(len(self.examples)):
             ex = self.examples[int(i)]
             pos = ex.positives[epoch % len(ex.positives)]   # cycle through a query's positives
             negs = list(ex.negatives[: self.k])
-            banned = set(ex.positives) | set(negs)
-            tries = 0
-            while len(negs) < self.k and tries < 100 * self.k:  # top up short queries with random passages
-                c = int(rng.integers(self.n_passages))
-                tries += 1
-                if c not in banned:
-                    negs.append(c)
-                    banned.add(c)
-            if len(negs) < self.k:  # tiny corpus: walk a permutation instead of guessing
-                for c in rng.permutation(self.n_passages):
-                    if len(negs) == self.k:
-                        break
-                    if int(c) not in banned:
-                        negs.append(int(c))
-                        banned.add(int(c))
+            negs += self._free_passages(self.k - len(negs), set(ex.positives) | set(negs), rng)  # top up short ones
             if len(negs) < self.k:
                 raise UserError(f"the training corpus has too few passages for train.num_negatives={self.k}")
             items.append(PlannedItem(int(i), pos, tuple(negs)))
+        return items
+
+    def _redraw(self, batch: list[PlannedItem], rng: np.random.Generator) -> list[PlannedItem] | None:
+        """``batch`` (queries with disjoint positives) with every negative that is another item's passage or any
+        query's positive replaced: by the query's next mined negatives, then random passages. None if too few
+        passages are free."""
+        used = {p for it in batch for p in self.examples[it.example].positives}
+        out: list[PlannedItem] = []
+        changed = 0
+        for it in batch:
+            ex = self.examples[it.example]
+            keep = [n for n in it.negatives if n not in used]
+            used.update(keep)
+            fresh = self._free_passages(self.k - len(keep), used | set(it.negatives), rng,
+                                        preferred=ex.negatives[self.k:])
+            if len(keep) + len(fresh) < self.k:
+                return None
+            used.update(fresh)
+            out.append(it if not fresh else PlannedItem(it.example, it.positive, tuple(keep + fresh)))
+            changed += bool(fresh)
+        self.redrawn += changed
+        return out
+
+    def _pack(self, items: list[PlannedItem], rng: np.random.Generator) -> list[list[PlannedItem]]:
         batches: list[list[PlannedItem]] = []
         pool = items
         while len(pool) >= self.global_batch:
             batch: list[PlannedItem] = []
             seen: set[int] = set()        # passages in the batch
             batch_pos: set[int] = set()   # every positive of every query in the batch
+
             rest: list[PlannedItem] = []
-            for it in pool:
-                if len(batch) == self.global_batch:
-                    rest.append(it)
-                    continue
+            for it in pool:               # first pass: items as planned, in order
                 ex = self.examples[it.example]
                 passages = {it.positive, *it.negatives}
-                if passages & seen or set(ex.positives) & seen or passages & batch_pos:
+                if (len(batch) == self.global_batch or passages & seen or set(ex.positives) & seen
+                        or passages & batch_pos):
                     rest.append(it)
-                    continue
-                batch.append(it)
-                seen |= passages
-                batch_pos |= set(ex.positives)
+                else:
+                    batch.append(it)
+                    seen |= passages
+                    batch_pos |= set(ex.positives)
+            if len(batch) < self.global_batch:
+                # second pass: only positives must not clash; clashing negatives are re-drawn
+                extra, deferred = [], []
+                for it in rest:
+                    ps = set(self.examples[it.example].positives)
+                    if len(batch) + len(extra) < self.global_batch and not ps & batch_pos:
+                        extra.append(it)
+                        batch_pos |= ps
+                    else:
+                        deferred.append(it)
+                fixed = self._redraw(batch + extra, rng) if len(batch) + len(extra) == self.global_batch else None
+                if fixed is not None:
+                    batch, rest = fixed, deferred
             if len(batch) < self.global_batch:
                 break  # what is left cannot form a duplicate-free batch; it comes back next epoch
             batches.append(batch)
             pool = rest
-        if not batches:
+        return batches
+
+    def _plan_epoch(self, epoch: int) -> list[list[PlannedItem]]:
+        for attempt in range(self.RESHUFFLES):
+            rng = np.random.default_rng([self.seed, epoch] + ([attempt] if attempt else []))
+            batches = self._pack(self._items(epoch, rng), rng)
+            if batches:
+                return batches
+        if epoch == 0:
             raise UserError("no duplicate-free batch could be formed (queries share too many passages); "
                             "lower train.batch_size or train.num_negatives")
-        return batches
+        self.repeated_epochs.append(epoch)
+        if self.log:
+            self.log(f"[train] epoch {epoch} packs no duplicate-free batch of {self.global_batch}; "
+                     f"it repeats epoch {epoch - 1} (more queries or a smaller train.batch_size avoid this)")
+        return self._epochs[epoch - 1]
 
     def epoch(self, e: int) -> list[list[PlannedItem]]:
         while len(self._epochs) <= e:
@@ -162,7 +234,7 @@ def fit_plan(examples: list[Example], n_passages: int, per_device: int, world: i
     b = per_device
     while True:
         try:
-            plan = BatchPlan(examples, n_passages, b * world, k, seed)
+            plan = BatchPlan(examples, n_passages, b * world, k, seed, log=log)
             plan.epoch(0)
         except UserError:
             if b == 1:
