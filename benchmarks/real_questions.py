@@ -34,6 +34,11 @@ paired interval (the same resample for both models).
     python benchmarks/real_questions.py score --corpus debian --run-dir runs/realq-debian [--model DIR]
     python benchmarks/real_questions.py ceiling --corpus debian   # the base tuned on the dev questions themselves
 
+With ``--seeds``, each seed after the first starts from the first seed's curate output and embedding store,
+which do not depend on the seed (curate's config hash leaves it out; the store is content-addressed): on
+SQLite's 18,080 chunks that saves 17 minutes of embedding a seed on 2 cores. A stage whose inputs differ
+still reruns.
+
 The packages: ``apt-get install debian-faq debian-reference-en sqlite3-doc git-doc``
 (``make real-questions-data`` does it).
 """
@@ -45,6 +50,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -382,8 +388,23 @@ def table(results: list[dict[str, Any]], pool: bool = True) -> str:
 
 
 # ---------------------------------------------------------------- pipeline
-def run_pipeline(name: str, run_dir: Path, overrides: list[str]) -> dict[str, float]:
+def share_seed_independent(first: Path, run_dir: Path) -> bool:
+    """Give a later seed's new run directory the first seed's curate output and embedding store."""
+    if (run_dir / "curate").exists() or not (first / "curate" / "manifest.json").is_file():
+        return False
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for part in ("curate", "embeddings"):
+        if (first / part).is_dir():
+            tmp = run_dir / f".{part}.partial"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(first / part, tmp)
+            tmp.rename(run_dir / part)   # atomic: a crash mid-copy leaves no half store behind
+    return True
+
+
+def run_pipeline(name: str, run_dir: Path, overrides: list[str], shared_from: Path | None = None) -> dict[str, float]:
     c = CORPORA[name]
+    shared = shared_from is not None and share_seed_independent(shared_from, run_dir)
     if not Path(c.docs_path).is_dir():
         raise SystemExit(f"{c.docs_path} is missing; apt-get install {c.package} (or `make real-questions-data`)")
     args = [sys.executable, "-m", "domain_embed.cli", "run", "--run-dir", str(run_dir), f"name=realq-{name}",
@@ -403,6 +424,8 @@ def run_pipeline(name: str, run_dir: Path, overrides: list[str]) -> dict[str, fl
             times[m.parent.name] = json.loads(m.read_text()).get("wall_time_s")
         except ValueError:
             pass
+    if shared:
+        times["curate"] = f"shared from {shared_from}"
     return times
 
 
@@ -601,7 +624,8 @@ def main(argv: list[str] | None = None) -> int:
                 run_dir = a.run_root / f"seed-{seed}" / f"realq-{name}"
                 key, over = f"{name}/seed-{seed}", [*a.overrides, f"seed={seed}"]
             if a.command == "run":
-                timings[key] = run_pipeline(name, run_dir, over)
+                first = a.run_root / f"seed-{seeds[0]}" / f"realq-{name}" if seed not in (None, seeds[0]) else None
+                timings[key] = run_pipeline(name, run_dir, over, shared_from=first)
             per_seed.append(score(name, run_dir, a.split, model_dirs(a, run_dir)))
         if seeds:
             seed_results += per_seed

@@ -215,3 +215,24 @@ def test_ceiling_tunes_the_base_on_the_dev_questions_own_answers(rq, tmp_path, c
         with pytest.raises(SystemExit):
             rq.main(argv)
         assert says in capsys.readouterr().err
+
+
+def test_a_later_seed_starts_from_the_first_seeds_curate_and_embeddings(rq, tmp_path):
+    import shutil
+
+    from domain_embed.config import load_config
+    from domain_embed.rundir import run_stage
+    from domain_embed.stages import STAGES
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for page in sorted((REPO / "data" / "sample").glob("*.html"))[:2]:
+        shutil.copy(page, docs)
+    first, later = tmp_path / "seed-42" / "realq-x", tmp_path / "seed-43" / "realq-x"
+    run_stage(STAGES["curate"], first, load_config(first, [f"corpus.path={docs}", "seed=42"]), STAGES, quiet=True)
+    (first / "embeddings" / "passage-abc").mkdir(parents=True)   # a store the first seed embedded
+    assert rq.share_seed_independent(first, later)
+    assert (later / "embeddings" / "passage-abc").is_dir() and not list(later.glob(".*partial"))
+    m = run_stage(STAGES["curate"], later, load_config(later, [f"corpus.path={docs}", "seed=43"]), STAGES, quiet=True)
+    assert m.get("skipped"), "the seed changed curate's inputs: the shared output was redone"
+    assert not rq.share_seed_independent(first, later)   # never over a run directory's own output
