@@ -627,6 +627,8 @@ def main(argv: list[str] | None = None) -> int:
                 first = a.run_root / f"seed-{seeds[0]}" / f"realq-{name}" if seed not in (None, seeds[0]) else None
                 timings[key] = run_pipeline(name, run_dir, over, shared_from=first)
             per_seed.append(score(name, run_dir, a.split, model_dirs(a, run_dir)))
+            if seed is not None and len(seeds) > 1:   # a run stopped at a later seed keeps this one's table
+                print(f"[{name}] seed {seed} scored:\n" + table(per_seed[-1:], pool=False), file=sys.stderr, flush=True)
         if seeds:
             seed_results += per_seed
             results.append(seed_mean(per_seed, seeds))
