@@ -140,7 +140,6 @@ class BatchPlan:
             batch: list[PlannedItem] = []
             seen: set[int] = set()        # passages in the batch
             batch_pos: set[int] = set()   # every positive of every query in the batch
-
             rest: list[PlannedItem] = []
             for it in pool:               # first pass: items as planned, in order
                 ex = self.examples[it.example]
