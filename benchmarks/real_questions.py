@@ -402,12 +402,14 @@ def share_seed_independent(first: Path, run_dir: Path) -> bool:
     return True
 
 
-def run_pipeline(name: str, run_dir: Path, overrides: list[str], shared_from: Path | None = None) -> dict[str, float]:
+def run_pipeline(name: str, run_dir: Path, overrides: list[str], shared_from: Path | None = None,
+                 until: str | None = None) -> dict[str, float]:
     c = CORPORA[name]
     shared = shared_from is not None and share_seed_independent(shared_from, run_dir)
     if not Path(c.docs_path).is_dir():
         raise SystemExit(f"{c.docs_path} is missing; apt-get install {c.package} (or `make real-questions-data`)")
-    args = [sys.executable, "-m", "domain_embed.cli", "run", "--run-dir", str(run_dir), f"name=realq-{name}",
+    args = [sys.executable, "-m", "domain_embed.cli", "run", "--run-dir", str(run_dir), *(["--until", until] if until else []),
+            f"name=realq-{name}",
             f"corpus.path={c.docs_path}", f"corpus.include=[{','.join(repr(i) for i in c.include)}]",
             f"corpus.exclude=[{','.join(repr(e) for e in c.exclude)}]", *overrides]
     env = {**os.environ, "PYTHONPATH": str(REPO / "services") + os.pathsep + os.environ.get("PYTHONPATH", ""),
@@ -574,6 +576,9 @@ def main(argv: list[str] | None = None) -> int:
                         "each question's mean over the seeds (decide dev changes on this: one seed is noisy)")
     p.add_argument("--epochs", type=int, default=10,
                    help="ceiling: epochs over the dev questions (10: about the steps a default Debian run trains)")
+    p.add_argument("--until", choices=["train"], default=None,
+                   help="run: stop each pipeline after training (scoring needs only train/model; skips "
+                        "evaluate and export, about 75 s a Debian seed, for dev tuning)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="run: pipeline overrides (dev tuning only); ceiling: its training settings")
     a = p.parse_intermixed_args(argv)  # overrides may follow the options
@@ -625,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
                 key, over = f"{name}/seed-{seed}", [*a.overrides, f"seed={seed}"]
             if a.command == "run":
                 first = a.run_root / f"seed-{seeds[0]}" / f"realq-{name}" if seed not in (None, seeds[0]) else None
-                timings[key] = run_pipeline(name, run_dir, over, shared_from=first)
+                timings[key] = run_pipeline(name, run_dir, over, shared_from=first, until=a.until)
             per_seed.append(score(name, run_dir, a.split, model_dirs(a, run_dir)))
             if seed is not None and len(seeds) > 1:   # a run stopped at a later seed keeps this one's table
                 print(f"[{name}] seed {seed} scored:\n" + table(per_seed[-1:], pool=False), file=sys.stderr, flush=True)
