@@ -36,8 +36,9 @@ $(TOOLS_STAMP):
 demo: setup
 	$(BIN)/domain-embed run --run-dir runs/demo $(ARGS)
 
+# --durations: the slowest tests, printed at the end, to keep the suite within about 15 minutes
 test: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=20 $(PYTEST_ARGS)
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
