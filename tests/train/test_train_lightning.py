@@ -270,16 +270,18 @@ def test_budget_auto_is_a_cpu_cap_and_bad_values_are_named():
 
 
 def test_base_mix_ships_the_interpolated_weights_without_training_again(trained, minilm_path, tmp_path):
-    """On a finished run, train.base_mix=1 and then 0.5 each resume it (no step trained again): the
-    first ships the weights as trained, the second, tensor by tensor, their mean with the base
-    model's -- which is what the default (0.5) run shipped."""
+    """On a finished run, train.base_mix=1 and then the default each resume it (no step trained again):
+    the first ships the weights as trained, the second, tensor by tensor, a*tuned + (1-a)*base with
+    the default share a -- which is what the default run shipped."""
     from safetensors.numpy import load_file
 
     run = _copy(trained, tmp_path / "run")
     first = json.loads((trained / "train" / "summary.json").read_text())
     assert first["best_step"] in (4, 6) and first["best_val_ndcg@10"] is not None
+    default_alpha = float(first["base_mix"]["alpha"])   # the config's default, whatever it is today
+    assert 0 < default_alpha < 1
     shipped = {}
-    for alpha in ("1", "0.5"):
+    for alpha in ("1", str(default_alpha)):
         p = _train(run, f"train.base_mix={alpha}")
         assert p.returncode == 0, p.stderr[-3000:]
         summary = json.loads((run / "train" / "summary.json").read_text())
@@ -292,17 +294,36 @@ def test_base_mix_ships_the_interpolated_weights_without_training_again(trained,
         assert [r["step"] for r in read_jsonl(run / "train" / "metrics.jsonl") if "val_ndcg@10" in r] == [0, 4, 6]
         assert (summary["best_val_ndcg@10"], summary["best_step"]) == (first["best_val_ndcg@10"], first["best_step"])
         shipped[alpha] = _weights(run / "train" / "model")
-    tuned, mixed = shipped["1"], shipped["0.5"]
+    tuned, mixed, a = shipped["1"], shipped[str(default_alpha)], default_alpha
     base = {k.split(".", 1)[1] if k.startswith(("bert.", "model.")) else k: v
             for k, v in load_file(str(Path(minilm_path) / "model.safetensors")).items()}
     floats = [k for k in tuned if np.issubdtype(tuned[k].dtype, np.floating) and k in base]
     assert summary["base_mix"]["mixed"] >= len(floats) > 50
-    worst = max(float(np.abs(mixed[k] - (0.5 * tuned[k] + 0.5 * base[k])).max()) for k in floats)
-    assert worst < 1e-6, f"shipped weights are not the mean of tuned and base (off by {worst})"
+    worst = max(float(np.abs(mixed[k] - (a * tuned[k] + (1 - a) * base[k])).max()) for k in floats)
+    assert worst < 1e-6, f"shipped weights are not {a}*tuned + {1 - a:g}*base (off by {worst})"
     moved = max(float(np.abs(mixed[k] - tuned[k]).max()) for k in floats)
     assert moved > 1e-5, "the tuned weights did not move toward the base"
     default = _weights(trained / "train" / "model")
     assert max(float(np.abs(default[k] - mixed[k]).max()) for k in floats) < 1e-6
+
+
+def test_a_finished_run_checkpoints_its_last_step_off_the_cadence(mined_run, tmp_path):
+    """5 steps with a checkpoint every 2: the finished run still saves step 5, so changing only what is
+    shipped (train.base_mix) resumes at 5 and trains and validates nothing again."""
+    import torch
+
+    run = _copy(mined_run, tmp_path / "run")
+    p = _train(run, "train.max_steps=5")
+    assert p.returncode == 0, p.stderr[-3000:]
+    ckpt = torch.load(run / "train" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert int(ckpt["global_step"]) == 5
+    p = _train(run, "train.max_steps=5", "train.base_mix=1")
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.loads((run / "train" / "summary.json").read_text())
+    assert summary["resumed"] and summary["steps"] == 5 and summary["base_mix"]["alpha"] == 1.0
+    rows = list(read_jsonl(run / "train" / "metrics.jsonl"))
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5], "the rerun trained again"
+    assert [r["step"] for r in rows if "val_ndcg@10" in r] == [0, 4, 5], "the rerun validated again"
 
 
 @pytest.mark.parametrize("override, says", [

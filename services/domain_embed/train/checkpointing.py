@@ -1,7 +1,7 @@
 """Checkpoints that survive a kill: write to a temporary file, then rename.
 
-``last.ckpt`` (full state: weights, optimizer, scheduler, loops, RNG) every N optimizer steps, for
-resuming; ``best.ckpt`` (weights only) whenever validation nDCG@10 improves, for the exported model.
+``last.ckpt`` (full state: weights, optimizer, scheduler, loops, RNG) every N optimizer steps and at
+the last one, for resuming; ``best.ckpt`` (weights only) whenever validation nDCG@10 improves, for the exported model.
 """
 
 from __future__ import annotations
@@ -52,6 +52,16 @@ class AtomicCheckpoints(L.Callback):
         # resumes from this very step instead of from the last periodic checkpoint.
         if step % self.every == 0 or (self.val_every > 0 and step % self.val_every == 0):
             self.save_last(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        # A run that trained all its steps keeps its last one, even off the checkpoint cadence: a rerun
+        # that only changes what is shipped (train.base_mix) then resumes there and trains nothing
+        # again. Git's 81-step run had last.ckpt at 75, so such a rerun trained 6 steps and validated
+        # again (265 s). An early-stopped run ends before max_steps and is left as it was.
+        step = int(trainer.global_step)
+        if trainer.interrupted or not (0 < trainer.max_steps <= step) or self.saved_step == step:
+            return
+        self.save_last(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
