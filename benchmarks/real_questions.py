@@ -33,6 +33,8 @@ paired interval (the same resample for both models).
     python benchmarks/real_questions.py run --corpus debian --split dev --seeds 42,43,44 --run-root runs/x
     python benchmarks/real_questions.py score --corpus debian --run-dir runs/realq-debian [--model DIR]
     python benchmarks/real_questions.py ceiling --corpus debian   # the base tuned on the dev questions themselves
+    python benchmarks/real_questions.py ceiling --corpus debian --oracle-folds 2   # ... plus half the test questions,
+                                                              # scored on the other half, both ways: an upper bound
 
 With ``--seeds``, each seed after the first starts from the first seed's curate output and embedding store,
 which do not depend on the seed (curate's config hash leaves it out; the store is content-addressed): on
@@ -249,8 +251,10 @@ def bootstrap(values: np.ndarray, n: int = BOOTSTRAP, seed: int = 0) -> tuple[fl
     return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def score(name: str, run_dir: Path, split: str, model_dirs: dict[str, Path] | None = None) -> dict[str, Any]:
-    """Score base, BM25 and each tuned model on ``split`` over the run's chunks plus the answers."""
+def score(name: str, run_dir: Path, split: str, model_dirs: dict[str, Path] | None = None,
+          only: set[str] | None = None) -> dict[str, Any]:
+    """Score base, BM25 and each tuned model on ``split`` (``only`` these question ids, if given) over the
+    run's chunks plus the answers."""
     sys.path.insert(0, str(REPO / "services"))
     from domain_embed.beir import BeirDataset, bm25_run, dense_run
     from domain_embed.config import EncodingSpec, load_config
@@ -266,7 +270,7 @@ def score(name: str, run_dir: Path, split: str, model_dirs: dict[str, Path] | No
     chunks = list(read_jsonl(run_dir / "curate" / "chunks.jsonl"))
     ids = [c["id"] for c in chunks] + list(passages)
     texts = [c["text"] for c in chunks] + list(passages.values())
-    qs = [r for r in rows if r["split"] == split and r["id"] in qrels_all]
+    qs = [r for r in rows if r["split"] == split and r["id"] in qrels_all and (only is None or r["id"] in only)]
     qids, qtexts = [r["id"] for r in qs], [r["question"] for r in qs]
     qrels = {q: qrels_all[q] for q in qids}
     ds = BeirDataset(name, ids, texts, qids, qtexts, qrels)
@@ -290,8 +294,21 @@ def score(name: str, run_dir: Path, split: str, model_dirs: dict[str, Path] | No
     pq = {label: per_query(qrels, r) for label, r in runs.items()}
     out: dict[str, Any] = {"corpus": name, "split": split, "n_queries": len(qids), "n_passages": len(ids),
                            "n_answer_passages": sum(len(v) for v in qrels.values()), "run_dir": str(run_dir),
-                           "score_wall_s": round(time.perf_counter() - t0, 1)}
+                           "score_wall_s": round(time.perf_counter() - t0, 1),
+                           "hubs": {label: hub(r, set(passages), len(qids)) for label, r in runs.items()}}
     return {**out, **summarize(pq, qids)}
+
+
+def hub(run: dict[str, dict[str, float]], answers: set[str], n_queries: int) -> dict[str, Any]:
+    """The documentation passage in the most questions' top 10, and in how many: a model tuned on a generic
+    query ("Debian") can pull one passage into everyone's results, which nDCG barely shows and a user does."""
+    from collections import Counter
+
+    from domain_embed.beir import _ranked
+
+    seen = Counter(d for r in run.values() for d in _ranked(r)[:K] if d not in answers)
+    top, n = seen.most_common(1)[0] if seen else (None, 0)
+    return {"passage": top, "questions": n, "share": round(n / max(1, n_queries), 3)}
 
 
 def summarize(pq: dict[str, dict[str, dict[str, float]]], qids: list[str]) -> dict[str, Any]:
@@ -368,12 +385,17 @@ def table(results: list[dict[str, Any]], pool: bool = True) -> str:
                   "| model | nDCG@10 | Recall@10 | MRR@10 |", "|---|---|---|---|"]
         for label, m in r["models"].items():
             lines.append(f"| {label} | {ci(m['ndcg@10'])} | {ci(m['recall@10'])} | {ci(m['mrr@10'])} |")
+        hubs = r.get("hubs") or {}
         for label, m in r["paired"].items():
             lines.append(f"| {label} − base (paired) | {ci(m['ndcg@10']['diff'])} | {ci(m['recall@10']['diff'])} | "
                          f"{ci(m['mrr@10']['diff'])} |")
             b, t = r["models"]["base"]["ndcg@10"][0], r["models"][label]["ndcg@10"][0]
             lines.append(f"\n{label}/base nDCG@10 = {t / b:.3f}; wins/losses on nDCG@10: "
                          f"{m['ndcg@10']['wins']}/{m['ndcg@10']['losses']}")
+            if label in hubs and "base" in hubs:
+                lines.append(f"top hub (one documentation passage in many top 10s): {label} "
+                             f"{hubs[label]['questions']} of {r['n_queries']} questions, base "
+                             f"{hubs['base']['questions']}")
             each = r.get("per_seed_ndcg@10", {}).get(label)
             if each:
                 lines.append(f"{label} nDCG@10 by seed: " + ", ".join(f"{sd} {x:.3f}" for sd, x in zip(r["seeds"], each)))
@@ -464,13 +486,16 @@ def mix_source(base_dir: Path, tuned_dir: Path, alpha: float) -> dict[str, Any]:
             "weights": [[w.name, w.stat().st_size, w.stat().st_mtime_ns] for w in weights]}
 
 
-def ceiling(name: str, run_dir: Path, epochs: int, overrides: list[str] = (), seed: int = 0) -> Path:
+def ceiling(name: str, run_dir: Path, epochs: int, overrides: list[str] = (), seed: int = 0,
+            train_ids: set[str] | None = None, out_name: str = "model") -> Path:
     """A reference, not a product: the base tuned on the DEV questions' own (question, answer passage)
     pairs -- human-written, from the very FAQ the test answers come from -- with the run's encoding
     spec, temperature, learning rate, schedule and batch size, in-batch negatives only. Scored on test,
     it says how far a few dozen perfect in-domain pairs move this base, against which the pipeline's
     synthetic pairs (and a target) can be judged. ``overrides`` (``train.temperature=0.05``) change the
-    training settings for it alone. Written to ``<run_dir>/realq-ceiling/model``."""
+    training settings for it alone. Written to ``<run_dir>/realq-ceiling/<out_name>``.
+
+    ``train_ids`` replaces the dev questions with these questions (the oracle folds of :func:`oracle`)."""
     import random
     import shutil
 
@@ -487,7 +512,8 @@ def ceiling(name: str, run_dir: Path, epochs: int, overrides: list[str] = (), se
     spec = EncodingSpec.from_config(cfg)
     rows = load_set(name)
     passages, qrels = answer_passages(rows, CORPORA[name], spec, cfg.curate)
-    dev = [r for r in rows if r["split"] == "dev" and r["id"] in qrels]
+    dev = [r for r in rows if (r["id"] in train_ids if train_ids is not None else r["split"] == "dev")
+           and r["id"] in qrels]
     tc = cfg.train
     bs = int(tc.batch_size)
     torch.manual_seed(seed)
@@ -512,14 +538,48 @@ def ceiling(name: str, run_dir: Path, epochs: int, overrides: list[str] = (), se
             optimizer.step()
             sched.step()
         print(f"[ceiling] epoch {epoch + 1}/{epochs}: loss {loss.item():.4f}", file=sys.stderr, flush=True)
-    out = run_dir / "realq-ceiling" / "model"
-    tmp = out.with_name("model.tmp")
+    out = run_dir / "realq-ceiling" / out_name
+    tmp = out.with_name(f"{out_name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     module.model.save_pretrained(str(tmp), safe_serialization=True)
     module.tokenizer.save_pretrained(str(tmp))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
+
+
+def oracle_folds(rows: list[dict[str, Any]], k: int) -> list[set[str]]:
+    """The test questions in ``k`` folds, by a hash of the id (fixed, whatever order the set is in)."""
+    test = sorted((r["id"] for r in rows if r["split"] == "test"),
+                  key=lambda q: hashlib.sha256(f"realq-oracle-v1|{q}".encode()).hexdigest())
+    return [set(test[i::k]) for i in range(k)]
+
+
+def oracle(name: str, run_dir: Path, k: int, epochs: int, overrides: list[str] = ()) -> dict[str, Any]:
+    """An upper reference for a target, never a product number: the base tuned on human questions with their
+    true answers from the very FAQ the test answers come from -- the dev questions plus the test questions of
+    the other ``k - 1`` folds -- and scored on the held-out fold, for every fold (cross-fitting: no question is
+    scored by a model that trained on it). A pipeline that tunes on the documentation alone, with synthetic
+    questions, is not expected to beat it; a target above it is out of reach for this base at these settings.
+    Each question's scores come from the fold that held it out; the table is over all test questions."""
+    rows = load_set(name)
+    dev = {r["id"] for r in rows if r["split"] == "dev"}
+    folds = oracle_folds(rows, k)
+    merged: dict[str, dict[str, dict[str, float]]] = {}
+    n_answer = 0
+    for i, held in enumerate(folds):
+        train_ids = dev | set().union(*(f for j, f in enumerate(folds) if j != i))
+        model = ceiling(name, run_dir, epochs, overrides, train_ids=train_ids, out_name=f"oracle-{k}-{i}")
+        part = score(name, run_dir, "test", {"oracle": model}, only=held)
+        n_answer += part["n_answer_passages"]
+        for label, pq in part["per_query_metrics"].items():
+            merged.setdefault(label, {}).update(pq)
+        print(f"[oracle] fold {i + 1}/{k}: trained on {len(train_ids)} questions, scored {len(held)}",
+              file=sys.stderr, flush=True)
+    qids = sorted(merged["base"])
+    out = {"corpus": name, "split": "test", "n_queries": len(qids), "run_dir": str(run_dir), "oracle_folds": k,
+           "n_passages": part["n_passages"], "n_answer_passages": n_answer}
+    return {**out, **summarize(merged, qids)}
 
 
 def parse_seeds(text: str, overrides: list[str], run_dir, error) -> list[int]:
@@ -576,6 +636,10 @@ def main(argv: list[str] | None = None) -> int:
                         "each question's mean over the seeds (decide dev changes on this: one seed is noisy)")
     p.add_argument("--epochs", type=int, default=10,
                    help="ceiling: epochs over the dev questions (10: about the steps a default Debian run trains)")
+    p.add_argument("--oracle-folds", type=int, default=0, metavar="K",
+                   help="ceiling: instead, the oracle reference: tune on the dev questions plus K-1 folds of the test "
+                        "questions' own answers, score the held-out fold, for each of K folds (an upper bound for "
+                        "a target, never a product number)")
     p.add_argument("--until", choices=["train"], default=None,
                    help="run: stop each pipeline after training (scoring needs only train/model; skips "
                         "evaluate and export, about 75 s a Debian seed, for dev tuning)")
@@ -603,6 +667,11 @@ def main(argv: list[str] | None = None) -> int:
             if not (run_dir / "curate" / "chunks.jsonl").is_file():
                 p.error(f"{run_dir} has no curate/chunks.jsonl: run the pipeline first "
                         f"(python benchmarks/real_questions.py run --corpus {name})")
+            if a.oracle_folds:
+                if a.oracle_folds < 2:
+                    p.error("--oracle-folds K needs K >= 2 (each fold is scored by a model that never saw it)")
+                results.append(oracle(name, run_dir, a.oracle_folds, a.epochs, a.overrides))
+                continue
             models = {"ceiling": ceiling(name, run_dir, a.epochs, a.overrides)}
             cfg = load_config(run_dir, a.overrides, save=False)
             mix = float(cfg.train.base_mix)

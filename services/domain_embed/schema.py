@@ -477,6 +477,10 @@ class TrainConfig:
         "questions, base 0.526; defaults' 154 generations): distill_base=1 as trained 0.532 (without it 0.542), mixed "
         "0.3 / 0.5 / 0.7 -> 0.529 / 0.536 / 0.544, against 0.553 shipped at defaults; its synthetic held-out gain "
         "rose (+0.095 against +0.073): the real questions decide.")
+    symmetric: float = _f(
+        0.0, "Weight of the reverse InfoNCE term: each query's target passage must pick its own query out of the "
+        "micro-batch's queries. It keeps a passage trained on a generic query from drifting toward every query of "
+        "the domain (a hub in everyone's top 10). 0 = off.")
     lora: LoraConfig = _f(LoraConfig, "LoRA adapters.")
     matryoshka: bool = _f(False, "Sum the loss over model.matryoshka_dims.")
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from domain_embed.errors import UserError
 from domain_embed.train.batching import BatchPlan, Example
-from domain_embed.train.info_nce import info_nce
+from domain_embed.train.info_nce import info_nce, passage_to_query
 
 
 def test_info_nce_scores_own_group_only_without_in_batch_negatives():
@@ -45,6 +45,32 @@ def test_info_nce_never_treats_another_positive_as_a_negative():
 def _examples(n=24, n_passages=30):
     # each query: positive i, negatives from a small shared pool so collisions are common
     return [Example(f"q{i}", (i,), ((i + 1) % n, (i + 2) % n, 25 + i % 5)) for i in range(n)], n_passages
+
+
+def test_passage_to_query_punishes_a_hub_and_skips_queries_that_share_the_passage():
+    """train.symmetric: each target passage must pick its own query out of the batch's queries. A passage
+    as close to every query as to its own (a hub) costs log(B); one nearest its own query costs little."""
+    B, group = 4, 2
+    q = torch.eye(8)[:B]
+    own = torch.zeros(B * group, 8)
+    own[::group] = q                                       # each target passage is its own query
+    ids = torch.arange(B * group)
+    pos_sets = ids[::group][:, None]
+    assert passage_to_query(q, own, ids, pos_sets, group, temperature=0.05).item() < 1e-3
+    hub = own.clone()
+    hub[::group] = F.normalize(torch.ones(B, 8) * (torch.arange(8) < B), dim=-1)  # equally close to all four
+    assert passage_to_query(q, hub, ids, pos_sets, group, temperature=0.05).item() == pytest.approx(math.log(B), rel=1e-4)
+    # query 1 also holds query 0's target among its positives: it is not a negative for that passage
+    shared = torch.tensor([[0, -1], [2, 0], [4, -1], [6, -1]])
+    logits = (hub[::group] @ q.T) / 0.05
+    want0 = F.cross_entropy(logits[0, [0, 2, 3]][None], torch.tensor([0]))
+    want = (want0 + sum(F.cross_entropy(logits[i][None], torch.tensor([i])) for i in range(1, B))) / B
+    got = passage_to_query(q, hub, ids, shared, group, temperature=0.05)
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    # with an offset (this rank's block in gathered passages), the targets are this rank's
+    two = torch.cat([torch.zeros_like(own), own])
+    assert passage_to_query(q, two, torch.arange(2 * B * group), pos_sets + B * group, group, offset=B,
+                            temperature=0.05).item() < 1e-3
 
 
 def test_batches_hold_no_duplicate_passage_and_no_other_positive():

@@ -18,7 +18,7 @@ from ..config import EncodingSpec
 from ..encoding import apply_prefix, pool
 from ..schema import TrainConfig, as_section
 from ..beir import evaluate as beir_evaluate
-from .info_nce import base_kl, info_nce
+from .info_nce import base_kl, info_nce, passage_to_query
 
 
 def load_encoder(spec: EncodingSpec, tcfg: TrainConfig) -> torch.nn.Module:
@@ -109,6 +109,9 @@ class BiEncoder(L.LightningModule):
                 qd, pd = F.normalize(qd, dim=-1), F.normalize(pd, dim=-1)
             loss = loss + info_nce(qd, pd, ids, pos_sets, group, offset, self.tcfg.temperature,
                                    self.tcfg.in_batch_negatives)
+            if self.tcfg.symmetric > 0:
+                loss = loss + self.tcfg.symmetric * passage_to_query(qd, pd, ids, pos_sets, group, offset,
+                                                                     self.tcfg.temperature)
         if self._base:
             loss = loss + self.tcfg.distill_base * self.base_term(batch, q, p, group, offset, gather)
         return loss

@@ -55,6 +55,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if not float(ctx.conf.train.distill_base) >= 0.0:
         raise UserError(f"train.distill_base={ctx.conf.train.distill_base} is negative; give the weight of the "
                         f"regulariser toward the base, >= 0 (0 = off, 1 = as much as the contrastive loss)")
+    if not float(ctx.conf.train.symmetric) >= 0.0:
+        raise UserError(f"train.symmetric={ctx.conf.train.symmetric} is negative; give the weight of the reverse "
+                        f"(passage -> query) term, >= 0 (0 = off, 1 = as much as the query -> passage term)")
     tdir = ctx.dir
     if ctx.force:
         # --force means "train again", not "resume the finished run"
