@@ -236,3 +236,47 @@ def test_a_later_seed_starts_from_the_first_seeds_curate_and_embeddings(rq, tmp_
     m = run_stage(STAGES["curate"], later, load_config(later, [f"corpus.path={docs}", "seed=43"]), STAGES, quiet=True)
     assert m.get("skipped"), "the seed changed curate's inputs: the shared output was redone"
     assert not rq.share_seed_independent(first, later)   # never over a run directory's own output
+
+
+def test_oracle_scores_every_test_question_once_by_a_model_that_never_trained_on_it(rq, tmp_path, monkeypatch):
+    """`ceiling --oracle-folds K`: each fold's model trains on the dev questions plus the other folds and
+    scores only its own fold, so the table covers every test question and none is scored by a model that
+    saw its answer. Each result says which documentation passage turns up in the most top 10s (the hub)."""
+    import json
+
+    from domain_embed.config import load_config
+
+    run_dir = tmp_path / "realq-git"
+    (run_dir / "curate").mkdir(parents=True)
+    load_config(run_dir, ["train.batch_size=4"], save=True)
+    docs = ["git stash saves local modifications away and reverts the working directory to match HEAD.",
+            "git rebase reapplies commits on top of another base tip.",
+            "git config sets repository or global options, such as user.name and user.email."]
+    (run_dir / "curate" / "chunks.jsonl").write_text("".join(
+        json.dumps({"id": f"c_{i}", "doc_id": "d", "text": t, "title": "Git", "source": "x.html", "n_tokens": 20}) + "\n"
+        for i, t in enumerate(docs)))
+    rows = rq.load_set("git")
+    test = {r["id"] for r in rows if r["split"] == "test"}
+    dev = {r["id"] for r in rows if r["split"] == "dev"}
+    folds = rq.oracle_folds(rows, 2)
+    assert set().union(*folds) == test and not folds[0] & folds[1] and rq.oracle_folds(rows[::-1], 2) == folds
+
+    trained, real = [], rq.ceiling
+
+    def recording(*args, **kw):   # the real training, with what it trained on noted
+        trained.append(set(kw["train_ids"]))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(rq, "ceiling", recording)
+    res = rq.oracle("git", run_dir, 2, epochs=1)
+    assert trained == [dev | folds[1], dev | folds[0]]
+    assert res["n_queries"] == len(test) and set(res["per_query"]["oracle"]) == test
+    assert set(res["per_query"]["base"]) == test and res["paired"]["oracle"]["ndcg@10"]["diff"]
+    assert "oracle − base (paired)" in rq.table([res])
+    for i in range(2):
+        assert (run_dir / "realq-ceiling" / f"oracle-2-{i}" / "model.safetensors").is_file()
+
+    # the hub line: one documentation passage in several questions' top 10
+    run = {"q1": {"c_0": 0.9, "a": 0.5}, "q2": {"c_0": 0.8, "c_1": 0.7}, "q3": {"b": 0.9}}
+    assert rq.hub(run, {"a", "b"}, 3) == {"passage": "c_0", "questions": 2, "share": 0.667}
+    assert rq.hub({}, set(), 0)["questions"] == 0
