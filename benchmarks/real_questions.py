@@ -34,7 +34,7 @@ paired interval (the same resample for both models).
     python benchmarks/real_questions.py score --corpus debian --run-dir runs/realq-debian [--model DIR]
     python benchmarks/real_questions.py ceiling --corpus debian   # the base tuned on the dev questions themselves
     python benchmarks/real_questions.py ceiling --corpus debian --oracle-folds 2   # ... plus half the test questions,
-                                                              # scored on the other half, both ways: an upper bound
+                                                              # scored on the other half, both ways
 
 With ``--seeds``, each seed after the first starts from the first seed's curate output and embedding store,
 which do not depend on the seed (curate's config hash leaves it out; the store is content-addressed): on
@@ -252,9 +252,9 @@ def bootstrap(values: np.ndarray, n: int = BOOTSTRAP, seed: int = 0) -> tuple[fl
 
 
 def score(name: str, run_dir: Path, split: str, model_dirs: dict[str, Path] | None = None,
-          only: set[str] | None = None) -> dict[str, Any]:
+          only: set[str] | None = None, drop_answers_of: set[str] = frozenset()) -> dict[str, Any]:
     """Score base, BM25 and each tuned model on ``split`` (``only`` these question ids, if given) over the
-    run's chunks plus the answers."""
+    run's chunks plus the answers (less the answers of ``drop_answers_of``)."""
     sys.path.insert(0, str(REPO / "services"))
     from domain_embed.beir import BeirDataset, bm25_run, dense_run
     from domain_embed.config import EncodingSpec, load_config
@@ -267,6 +267,7 @@ def score(name: str, run_dir: Path, split: str, model_dirs: dict[str, Path] | No
     base_spec = EncodingSpec.from_config(cfg)
     rows = load_set(name)
     passages, qrels_all = answer_passages(rows, corpus, base_spec, cfg.curate)
+    passages = {pid: t for pid, t in passages.items() if pid.rsplit("-a", 1)[0] not in drop_answers_of}
     chunks = list(read_jsonl(run_dir / "curate" / "chunks.jsonl"))
     ids = [c["id"] for c in chunks] + list(passages)
     texts = [c["text"] for c in chunks] + list(passages.values())
@@ -556,12 +557,15 @@ def oracle_folds(rows: list[dict[str, Any]], k: int) -> list[set[str]]:
 
 
 def oracle(name: str, run_dir: Path, k: int, epochs: int, overrides: list[str] = ()) -> dict[str, Any]:
-    """An upper reference for a target, never a product number: the base tuned on human questions with their
+    """A reference for judging a target, never a product number: the base tuned on human questions with their
     true answers from the very FAQ the test answers come from -- the dev questions plus the test questions of
     the other ``k - 1`` folds -- and scored on the held-out fold, for every fold (cross-fitting: no question is
-    scored by a model that trained on it). A pipeline that tunes on the documentation alone, with synthetic
-    questions, is not expected to beat it; a target above it is out of reach for this base at these settings.
-    Each question's scores come from the fold that held it out; the table is over all test questions."""
+    scored by a model that trained on it). It says what twice the ceiling's human pairs do for questions they
+    never saw, at the run's training settings (``overrides`` change them for it alone). On Debian at the defaults
+    (lr 1e-4, temperature 0.02, 10 epochs, as trained) it scored BELOW the base: 0.599 against 0.611.
+    Each question's scores come from the fold that held it out; the table is over all test questions. A fold
+    searches the documentation and the answers of the questions it did not train on, for the base and BM25 alike
+    (fewer competitors than the main table: compare its gain, not its levels)."""
     rows = load_set(name)
     dev = {r["id"] for r in rows if r["split"] == "dev"}
     folds = oracle_folds(rows, k)
@@ -570,7 +574,10 @@ def oracle(name: str, run_dir: Path, k: int, epochs: int, overrides: list[str] =
     for i, held in enumerate(folds):
         train_ids = dev | set().union(*(f for j, f in enumerate(folds) if j != i))
         model = ceiling(name, run_dir, epochs, overrides, train_ids=train_ids, out_name=f"oracle-{k}-{i}")
-        part = score(name, run_dir, "test", {"oracle": model}, only=held)
+        # the questions it trained on stay out of the search: their answers, pulled toward question space by
+        # training, outrank the held-out answers (Debian, with them in: 0.498 against the base's 0.515, which
+        # measures that pull, not what the pairs teach)
+        part = score(name, run_dir, "test", {"oracle": model}, only=held, drop_answers_of=train_ids)
         n_answer += part["n_answer_passages"]
         for label, pq in part["per_query_metrics"].items():
             merged.setdefault(label, {}).update(pq)
@@ -638,8 +645,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="ceiling: epochs over the dev questions (10: about the steps a default Debian run trains)")
     p.add_argument("--oracle-folds", type=int, default=0, metavar="K",
                    help="ceiling: instead, the oracle reference: tune on the dev questions plus K-1 folds of the test "
-                        "questions' own answers, score the held-out fold, for each of K folds (an upper bound for "
-                        "a target, never a product number)")
+                        "questions' own answers, score the held-out fold, for each of K folds (a reference for a "
+                        "target, never a product number)")
     p.add_argument("--until", choices=["train"], default=None,
                    help="run: stop each pipeline after training (scoring needs only train/model; skips "
                         "evaluate and export, about 75 s a Debian seed, for dev tuning)")
