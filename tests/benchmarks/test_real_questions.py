@@ -273,6 +273,7 @@ def test_oracle_scores_every_test_question_once_by_a_model_that_never_trained_on
     assert res["n_queries"] == len(test) and set(res["per_query"]["oracle"]) == test
     assert set(res["per_query"]["base"]) == test and res["paired"]["oracle"]["ndcg@10"]["diff"]
     assert "oracle − base (paired)" in rq.table([res])
+    assert set(res["per_query"]["oracle-mix-0.7"]) == test   # and as the pipeline ships it (train.base_mix)
     for i in range(2):
         assert (run_dir / "realq-ceiling" / f"oracle-2-{i}" / "model.safetensors").is_file()
 
