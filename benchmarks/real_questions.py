@@ -301,14 +301,10 @@ def score(name: str, run_dir: Path, split: str, model_dirs: dict[str, Path] | No
 
 
 def hub(run: dict[str, dict[str, float]], answers: set[str], n_queries: int) -> dict[str, Any]:
-    """The documentation passage in the most questions' top 10, and in how many: a model tuned on a generic
-    query ("Debian") can pull one passage into everyone's results, which nDCG barely shows and a user does."""
-    from collections import Counter
+    """The documentation passage (no FAQ answer) in the most questions' top 10, and in how many."""
+    from domain_embed.beir import top_hub
 
-    from domain_embed.beir import _ranked
-
-    seen = Counter(d for r in run.values() for d in _ranked(r)[:K] if d not in answers)
-    top, n = seen.most_common(1)[0] if seen else (None, 0)
+    top, n = top_hub(run, K, lambda q, d: d in answers)
     return {"passage": top, "questions": n, "share": round(n / max(1, n_queries), 3)}
 
 

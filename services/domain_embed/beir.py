@@ -63,6 +63,16 @@ def evaluate(qrels: Qrels, run: Run, k_values: Iterable[int] = (1, 5, 10, 100)) 
     return {key: sum(m[key] for m in pq.values()) / len(pq) for key in keys}
 
 
+def top_hub(run: Run, k: int = 10, relevant: Callable[[str, str], bool] | None = None) -> tuple[str | None, int]:
+    """The passage in the most queries' top k where it is not relevant (``relevant(query_id, passage_id)``),
+    and in how many. A model tuned on generic queries (one domain word, a title) can pull one passage into
+    everyone's results: nDCG barely shows it when the passage sits below the answer, a user does."""
+    from collections import Counter
+
+    seen = Counter(d for q, docs in run.items() for d in _ranked(docs)[:k] if not (relevant and relevant(q, d)))
+    return seen.most_common(1)[0] if seen else (None, 0)
+
+
 # ---------------------------------------------------------------- BEIR datasets
 @dataclass
 class BeirDataset:

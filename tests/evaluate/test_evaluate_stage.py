@@ -119,6 +119,14 @@ def test_report_base_tuned_bm25_and_extra_dataset(run_same_as_base):
     mean = sum(g["base"]["ndcg@10"] * g["queries"] for g in groups.values()) / n
     assert mean == pytest.approx(held["base"]["ndcg@10"]), "groups partition the held-out set"
     assert "| llm:factual |" in (run / "evaluate" / "report.md").read_text()
+    # the most frequent passage that answers none of its queries, per model: the same weights, the same hub
+    hubs = held["hubs"]
+    assert set(hubs) == {"base", "tuned", "bm25"}
+    corpus = {json.loads(line)["_id"] for line in (run / "split" / "eval_beir" / "corpus.jsonl").read_text().splitlines()}
+    assert hubs["base"]["passage"] in corpus and 1 <= hubs["base"]["queries"] <= n
+    assert {k: v for k, v in hubs["tuned"].items() if k != "train_queries"} == hubs["base"]
+    assert "Most frequent passage in the top 10" in (run / "evaluate" / "report.md").read_text()
+    assert "**Hub:**" not in (run / "evaluate" / "report.md").read_text()
     # base and tuned each embedded the held-out corpus once (val_beir's passages are among them)
     e = json.loads((run / "evaluate" / "manifest.json").read_text())["counts"]["embeddings"]
     n_corpus = len((run / "split" / "eval_beir" / "corpus.jsonl").read_text().splitlines())
@@ -133,6 +141,30 @@ def test_report_base_tuned_bm25_and_extra_dataset(run_same_as_base):
     e2 = json.loads((run / "evaluate" / "manifest.json").read_text())["counts"]["embeddings"]
     assert e2["passage"]["misses"] == 0 and e2["query"]["misses"] == 0 and e2["passage"]["hits"] > 0
     assert json.loads((run / "evaluate" / "report.json").read_text())["datasets"] == rep["datasets"]
+
+
+def test_a_hub_counts_only_where_it_answers_nothing_and_the_report_warns_when_tuning_made_it():
+    from domain_embed.beir import top_hub
+    from domain_embed.evaluate.report import _hub_lines
+
+    run = {"q1": {"a": 0.9, "h": 0.8, "x": 0.1}, "q2": {"b": 0.9, "h": 0.7}, "q3": {"h": 0.9, "c": 0.5},
+           "q4": {"d": 0.9, "x": 0.2}}
+    qrels = {"q1": {"a": 1}, "q2": {"b": 1}, "q3": {"h": 1}, "q4": {"d": 1}}
+    # h is in three top 10s but answers q3, so it counts twice; x is in two (a tie)
+    assert top_hub(run, 10, lambda q, d: qrels[q].get(d, 0) > 0) in {("h", 2), ("x", 2)}
+    assert top_hub(run, 2, lambda q, d: qrels[q].get(d, 0) > 0) == ("h", 2), "x is below the top 2 of q1"
+    assert top_hub(run, 1)[1] == 1, "without judgments every query's top 1 is a different passage"
+    assert top_hub({}, 10) == (None, 0)
+
+    base = {"passage": "b7", "queries": 2, "share": 0.1, "text": "x"}
+    hub = {"passage": "h", "queries": 5, "share": 0.25, "text": "What is Debian\n the universal OS",
+           "train_queries": ["debian", "what is debian"]}
+    warned = "\n".join(_hub_lines({"base": base, "tuned": hub}, 20))
+    assert "**Hub:**" in warned and '"debian"; "what is debian"' in warned and "What is Debian the universal" in warned
+    assert "**Hub:**" not in "\n".join(_hub_lines({"base": base, "tuned": {**hub, "queries": 3}}, 20)), "not 2x the base"
+    assert "**Hub:**" not in "\n".join(_hub_lines({"base": {**base, "queries": 0}, "tuned": {**hub, "queries": 3}}, 40)), \
+        "under a tenth of the queries"
+    assert _hub_lines({"base": base}, 20) == []
 
 
 class _EmbeddingServer:

@@ -42,6 +42,25 @@ def _query_groups(folder: Path, query_ids: list[str]) -> dict[str, list[str]]:
     return groups
 
 
+def _hubs(ds: BeirDataset, runs: dict[str, dict], train_pairs: Path) -> dict[str, dict[str, Any]]:
+    """Per model, the passage in the most queries' top 10 that answers none of them (``beir.top_hub``), with
+    its text, and for the tuned model the training queries whose positive it was: where a hub comes from."""
+    from ..beir import top_hub
+
+    text = dict(zip(ds.corpus_ids, ds.corpus_texts))
+    n = max(1, len(ds.query_ids))
+    out: dict[str, dict[str, Any]] = {}
+    for label, r in runs.items():
+        pid, count = top_hub(r, 10, lambda q, d: ds.qrels.get(q, {}).get(d, 0) > 0)
+        out[label] = {"passage": pid, "queries": count, "share": round(count / n, 4),
+                      "text": (text.get(pid) or "")[:200]}
+    hub = out.get("tuned", {}).get("passage")
+    if hub and train_pairs.is_file():
+        out["tuned"]["train_queries"] = [p["query"] for p in read_jsonl(train_pairs)
+                                         if any(x.get("id") == hub for x in p.get("pos") or [])]
+    return out
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
     from ..inference import stage_encoder
 
@@ -73,6 +92,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     stored = {"base": ctx.embeddings.bind(base), "tuned": ctx.embeddings.bind(tuned)}
     report: dict[str, Any] = {"datasets": {}, "k_values": ks, "spec": spec.to_dict(),
                               "tuned_model": str(tuned_dir), "base_model": spec.model_path}
+    train_pairs = ctx.path("mine/train.jsonl")
     for ds, path in datasets:
         ctx.log(f"{ds.name}: {len(ds.query_ids)} queries over {len(ds.corpus_ids)} passages")
         entry: dict[str, Any] = {"info": {"queries": len(ds.query_ids), "corpus": len(ds.corpus_ids), "path": path}}
@@ -83,6 +103,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         if ec.bm25:
             runs["bm25"] = bm25_run(ds, top)
             entry["bm25"] = beir_evaluate(ds.qrels, runs["bm25"], ks)
+        entry["hubs"] = _hubs(ds, runs, train_pairs)
         groups = _query_groups(Path(path), ds.query_ids) if ds.name == "heldout" else {}
         if groups:
             entry["by_group"] = {g: {"queries": len(qids), **{label: beir_evaluate(
