@@ -61,3 +61,34 @@ def test_heading_question_plan_spreads_over_documents_and_interleaves_with_passa
     assert runner.run([copied, _row("How do I rotate the WAL files?", qtype="question")])[0]["question"] \
         .startswith("How do I rotate")
     assert runner.counts["format"]["dropped"] == {"copied_example": 1}
+
+
+def test_structure_share_caps_headings_spread_over_documents_and_leaves_llm_pairs():
+    from domain_embed.synth.pipeline import StructureShareFilter
+
+    def head(doc, i):
+        r = _row(f"heading {doc} {i}", "structure", "title" if i == 0 else "heading")
+        r["doc_ids"] = [doc]
+        return r
+
+    rows = [head(d, i) for d in ("a", "b", "c") for i in range(4)] + [_row(f"llm question {i}") for i in range(3)]
+    runner = FilterRunner([StructureShareFilter(0.5, seed=1)])
+    kept = runner.run(list(rows))
+    heads = [r for r in kept if r["source"]["kind"] == "structure"]
+    assert len(heads) == 3 and len(kept) == 6                                    # 3 headings beside 3 LLM pairs
+    assert sorted(r["doc_ids"][0] for r in heads) == ["a", "b", "c"]              # one a document, not one document's
+    assert all(r["query_type"] == "title" for r in heads)                         # each document's first: its title
+    assert runner.counts["structure_share"]["dropped"] == {"structure_share": 9}
+    assert [r["question"] for r in FilterRunner([StructureShareFilter(0.5, seed=1)]).run(list(rows))] == \
+        [r["question"] for r in kept]                                             # seeded: the same rerun, the same pairs
+    # 0.75: 3 headings a pair -> 9; then the second round reaches every document before any third
+    k75 = FilterRunner([StructureShareFilter(0.75, seed=1)]).run(list(rows))
+    from collections import Counter
+    assert Counter(r["doc_ids"][0] for r in k75 if r["source"]["kind"] == "structure") == {"a": 3, "b": 3, "c": 3}
+    # 1 is off (no count entry); under the cap nothing goes; without LLM pairs every heading stays
+    off = FilterRunner([StructureShareFilter(1.0, seed=1)])
+    assert off.run(list(rows)) == rows and "structure_share" not in off.counts
+    few = rows[:2] + rows[-3:]
+    assert FilterRunner([StructureShareFilter(0.5, seed=1)]).run(list(few)) == few
+    assert FilterRunner([StructureShareFilter(0.5, seed=1)]).run(rows[:12]) == rows[:12]
+    assert FilterRunner([StructureShareFilter(0.0, seed=1)]).run(list(rows)) == rows[-3:]

@@ -204,3 +204,48 @@ class JudgeFilter(Filter):
             r["quality"]["judge"] = {**s, "score": score}
             out.append(None if same else ("judge_below_threshold" if score < self.threshold else None))
         return out
+
+
+class StructureShareFilter(Filter):
+    """Structure pseudo-queries (headings, titles) at most ``max_share`` of the kept pairs, the last step.
+
+    A corpus of many short documents (man pages, one page an API) gives up to ``structure.max_per_doc``
+    headings each and drowns the LLM's questions: on Git's documentation 571 of 629 kept pairs were
+    headings. Past the cap, the headings kept are spread over the documents (round robin in a seeded
+    order, each document's title and first headings first), so every document keeps its share. A run
+    without LLM pairs has nothing to balance, and keeps every heading."""
+
+    name = "structure_share"
+
+    def __init__(self, max_share: float, seed: int):
+        self.max_share, self.seed = float(max_share), seed
+
+    def enabled(self) -> bool:
+        return self.max_share < 1.0
+
+    def limit(self, n_other: int) -> int:
+        """The most structure rows beside ``n_other`` others: s / (s + n_other) <= max_share."""
+        return int(self.max_share * n_other / (1.0 - self.max_share) + 1e-9)
+
+    def reasons(self, rows: list[Row]) -> list[str | None]:
+        import random
+
+        struct = [i for i, r in enumerate(rows) if r["source"]["kind"] == "structure"]
+        n_other = len(rows) - len(struct)
+        limit = self.limit(n_other)
+        if not n_other or len(struct) <= limit:
+            return [None] * len(rows)
+        by_doc: "OrderedDict[str, list[int]]" = OrderedDict()
+        for i in struct:
+            by_doc.setdefault(rows[i]["doc_ids"][0], []).append(i)
+        docs = sorted(by_doc)
+        random.Random(f"{self.seed}:structure_share").shuffle(docs)
+        keep: set[int] = set()
+        depth = 0
+        while len(keep) < limit:
+            for d in docs:
+                if depth < len(by_doc[d]) and len(keep) < limit:
+                    keep.add(by_doc[d][depth])
+            depth += 1
+        dropped = set(struct) - keep
+        return ["structure_share" if i in dropped else None for i in range(len(rows))]

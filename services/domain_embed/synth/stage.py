@@ -7,7 +7,8 @@ Flow::
                     the moment it completes (a rerun skips the keys already there)  generate.py
                  + heading/title pseudo-queries (no LLM)                          structure.py
                  + each heading rewritten as a question (synth.structure.questions; one short LLM call each)
-                 -> format -> copied span -> dedup (cosine) -> round trip (top k) -> LLM judge   pipeline.py
+                 -> format -> copied span -> dedup (cosine) -> round trip (top k) -> LLM judge
+                 -> heading share (synth.structure.max_share)                     pipeline.py
                  -> qa.jsonl (kept), dropped.jsonl (each dropped pair with its reason)
 
 This module only orchestrates; every embedding of the stage goes through :func:`_corpus_vectors` and
@@ -32,7 +33,7 @@ from .candidates import build_candidates, count_by, interleave, plan_heading_tas
     sample_chunks, source_of
 from .generate import GenerationLog, budgeted_generate, fingerprint, judge, judge_enabled, load_judgements
 from .pipeline import CopyFilter, DedupFilter, Filter, FilterRunner, FormatFilter, JudgeFilter, QueryVectors, \
-    RoundTripFilter
+    RoundTripFilter, StructureShareFilter
 from .structure import structure_queries
 
 
@@ -66,6 +67,10 @@ def _check(ctx: StageContext) -> list[dict[str, Any]]:
     if not chunks:
         raise UserError("curate/chunks.jsonl is empty; point corpus.path at documents with text and rerun curate")
     # synth.types and llm.local.prompt_style were checked by the schema; the prompts must know every type it has
+    share = ctx.conf.synth.structure.max_share
+    if not 0.0 <= float(share) <= 1.0:
+        raise UserError(f"synth.structure.max_share={share} is not a share; use a number from 0 (no heading "
+                        f"queries) to 1 (no cap)")
     unknown = set(asdict(ctx.conf.synth.types)) - set(P.QUERY_TYPES)
     if unknown:
         raise UserError(f"synth.types has unknown query types {sorted(unknown)}; use {list(P.QUERY_TYPES)}")
@@ -115,6 +120,7 @@ def _filters(ctx: StageContext, chunks: list[dict], by_id: dict[str, dict], llm:
                         {c["id"]: i for i, c in enumerate(chunks)}),
         JudgeFilter(judge_enabled(ctx.conf), jfp, float(jc.threshold), jc.on_failure.value, jc.structure,
                     jc.max_same_fraction, grade, on_degenerate),
+        StructureShareFilter(sc.structure.max_share, ctx.conf.seed),
     ]
 
 
