@@ -220,3 +220,31 @@ def test_heading_questions_real_server(tmp_path):
         assert q["segment_ids"] in heading_positives
     man2 = run_stage(STAGES["synth"], rd, cfg, STAGES, force=True, quiet=True)
     assert_rerun_asks_only_what_failed(c, man2["counts"])
+
+
+def test_heading_share_caps_structure_pairs_and_a_rerun_without_it_sends_nothing(tmp_path):
+    """synth.structure.max_share=0.5: at most as many heading/title pairs as LLM pairs reach qa.jsonl, the rest are
+    in dropped.jsonl with their reason; lifting the cap reruns the filters only (the generations are reused)."""
+    from domain_embed.errors import UserError
+
+    rd = tmp_path / "run"
+    base = ["synth.max_chunks=3", "synth.judge.enabled=false", "synth.round_trip_top_k=0",
+            "synth.max_failed_fraction=1"]
+    make_run(rd, base + ["synth.structure.max_share=1.5"])
+    with pytest.raises(UserError, match=r"max_share=1.5 is not a share"):
+        run_stage(STAGES["synth"], rd, load_config(rd, []), STAGES, quiet=True)
+    cfg = load_config(rd, ["synth.structure.max_share=0.5"])
+    c = run_stage(STAGES["synth"], rd, cfg, STAGES, quiet=True)["counts"]
+    qa = list(read_jsonl(rd / "synth" / "qa.jsonl"))
+    n_struct = sum(r["source"]["kind"] == "structure" for r in qa)
+    n_llm = len(qa) - n_struct
+    assert n_llm > 0 and 0 < n_struct <= n_llm, c["filters"]
+    share = c["filters"]["structure_share"]
+    dropped = [r for r in read_jsonl(rd / "synth" / "dropped.jsonl") if r["dropped_at"] == "structure_share"]
+    assert share["dropped"] == {"structure_share": len(dropped)} and share["in"] == len(qa) + len(dropped) > len(qa)
+    assert all(r["source"]["kind"] == "structure" for r in dropped)
+    c2 = run_stage(STAGES["synth"], rd, load_config(rd, ["synth.structure.max_share=1"]), STAGES, quiet=True)["counts"]
+    assert "structure_share" not in c2["filters"]
+    # every capped heading is back (a generation that failed the first time may add pairs on the rerun)
+    assert {r["id"] for r in qa} | {r["id"] for r in dropped} <= {r["id"] for r in read_jsonl(rd / "synth" / "qa.jsonl")}
+    assert_rerun_asks_only_what_failed(c, c2)
