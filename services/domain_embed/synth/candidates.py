@@ -85,25 +85,26 @@ def plan_heading_tasks(struct_rows: list[dict[str, Any]], per_heading: int, seed
     so a budget that keeps a prefix still covers every document."""
     if per_heading <= 0:
         return []
-    by_doc: "OrderedDict[str, list[dict[str, Any]]]" = OrderedDict()
-    for r in struct_rows:
-        if r["query_type"] == "heading":
-            by_doc.setdefault(r["doc_ids"][0], []).append(r)
-    docs = sorted(by_doc)
-    random.Random(f"{seed}:headings").shuffle(docs)
-    queues = [list(by_doc[d]) for d in docs]
     tasks = []
-    for i in range(max(map(len, queues), default=0)):
-        for q in queues:
-            if i >= len(q):
-                continue
-            r = q[i]
-            for attempt in range(per_heading):
-                tasks.append({"key": f"{r['segment_ids'][0]}|question{P.HEADING_PROMPT_VERSION}|{attempt}",
-                              "chunk_id": r["segment_ids"][0], "query_type": "question", "attempt": attempt,
-                              "segment_ids": list(r["segment_ids"]), "doc_id": r["doc_ids"][0],
-                              "heading": r["question"]})
+    for r in spread_over_documents([r for r in struct_rows if r["query_type"] == "heading"], f"{seed}:headings"):
+        for attempt in range(per_heading):
+            tasks.append({"key": f"{r['segment_ids'][0]}|question{P.HEADING_PROMPT_VERSION}|{attempt}",
+                          "chunk_id": r["segment_ids"][0], "query_type": "question", "attempt": attempt,
+                          "segment_ids": list(r["segment_ids"]), "doc_id": r["doc_ids"][0],
+                          "heading": r["question"]})
     return tasks
+
+
+def spread_over_documents(rows: list[Any], seed_tag: str, doc_of=lambda r: r["doc_ids"][0]) -> list[Any]:
+    """``rows`` reordered round robin over their documents, in a seeded order of documents and each document's
+    own order within it: any prefix covers as many documents as it can."""
+    by_doc: "OrderedDict[str, list[Any]]" = OrderedDict()
+    for r in rows:
+        by_doc.setdefault(doc_of(r), []).append(r)
+    docs = sorted(by_doc)
+    random.Random(seed_tag).shuffle(docs)
+    queues = [by_doc[d] for d in docs]
+    return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
 
 
 def interleave(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> list[dict[str, Any]]:

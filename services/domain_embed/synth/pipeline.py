@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import filters as F
+from .candidates import spread_over_documents
 from .prompts import HEADING_EXAMPLES
 
 _EXAMPLE_QUESTIONS = {q.lower() for _, q in HEADING_EXAMPLES}
@@ -228,24 +229,12 @@ class StructureShareFilter(Filter):
         return int(self.max_share * n_other / (1.0 - self.max_share) + 1e-9)
 
     def reasons(self, rows: list[Row]) -> list[str | None]:
-        import random
-
         struct = [i for i, r in enumerate(rows) if r["source"]["kind"] == "structure"]
         n_other = len(rows) - len(struct)
         limit = self.limit(n_other)
         if not n_other or len(struct) <= limit:
             return [None] * len(rows)
-        by_doc: "OrderedDict[str, list[int]]" = OrderedDict()
-        for i in struct:
-            by_doc.setdefault(rows[i]["doc_ids"][0], []).append(i)
-        docs = sorted(by_doc)
-        random.Random(f"{self.seed}:structure_share").shuffle(docs)
-        keep: set[int] = set()
-        depth = 0
-        while len(keep) < limit:
-            for d in docs:
-                if depth < len(by_doc[d]) and len(keep) < limit:
-                    keep.add(by_doc[d][depth])
-            depth += 1
+        keep = set(spread_over_documents(struct, f"{self.seed}:structure_share",
+                                         lambda i: rows[i]["doc_ids"][0])[:limit])
         dropped = set(struct) - keep
         return ["structure_share" if i in dropped else None for i in range(len(rows))]

@@ -66,11 +66,11 @@ def _check(ctx: StageContext) -> list[dict[str, Any]]:
     chunks = list(read_jsonl(ctx.path("curate/chunks.jsonl")))
     if not chunks:
         raise UserError("curate/chunks.jsonl is empty; point corpus.path at documents with text and rerun curate")
-    # synth.types and llm.local.prompt_style were checked by the schema; the prompts must know every type it has
     share = ctx.conf.synth.structure.max_share
     if not 0.0 <= float(share) <= 1.0:
         raise UserError(f"synth.structure.max_share={share} is not a share; use a number from 0 (no heading "
                         f"queries) to 1 (no cap)")
+    # synth.types and llm.local.prompt_style were checked by the schema; the prompts must know every type it has
     unknown = set(asdict(ctx.conf.synth.types)) - set(P.QUERY_TYPES)
     if unknown:
         raise UserError(f"synth.types has unknown query types {sorted(unknown)}; use {list(P.QUERY_TYPES)}")
