@@ -1,7 +1,8 @@
 """The run's embedding store: each distinct text is embedded once per model, spec and precision.
 
 Synthesis's round trip, mining and evaluation all embed the same chunks (and mining the same
-questions) with the same base model; the store makes the second and third time free. It lives in
+questions) with the same base model; the store makes the second and third time free. Training's
+base validation (step 0) reads its passages from it too, when every one is there (``lookup``). It lives in
 ``runs/<name>/embeddings/<input type>-<set key>/shard_*.npz``, on the lower floor: no stage owns
 it and every stage may read it.
 
@@ -167,33 +168,11 @@ class EmbeddingStore:
         """Vectors for ``texts`` in order; missing ones are encoded, stored, and counted as misses."""
         spec: EncodingSpec = encoder.spec
         precision = str(getattr(encoder, "precision", "fp32"))
-        fields = set_fields(spec, input_type, _encoder_model_path(encoder, spec), precision)
-        key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
-        folder = self.root / f"{input_type}-{key}"
-        folder.mkdir(parents=True, exist_ok=True)
-        if not (folder / "set.json").is_file():
-            atomic_write_json(folder / "set.json", {**fields, "model_path": _encoder_model_path(encoder, spec)})
-        stat = self._sets.setdefault(folder.name, {
-            "input_type": input_type, "model": fields["model"], "precision": precision,
-            "backend": str(getattr(encoder, "backend", "torch")), "hits": 0, "misses": 0, "encode_s": 0.0})
-
+        folder, stat = self._set(spec, input_type, _encoder_model_path(encoder, spec), precision,
+                                 str(getattr(encoder, "backend", "torch")))
         texts = list(texts)
         keys = [text_key(t) for t in texts]
-        index = self._index(folder)
-        out = np.zeros((len(texts), spec.dim), dtype=np.float32)
-        by_shard: dict[Path, list[tuple[int, int]]] = {}
-        missing: list[int] = []
-        for i, k in enumerate(keys):
-            hit = index.get(k)
-            if hit is None:
-                missing.append(i)
-            else:
-                by_shard.setdefault(hit[0], []).append((i, hit[1]))
-        for shard, pairs in by_shard.items():  # each shard file is read once
-            with np.load(shard) as z:
-                emb = z["emb"]
-                for i, row in pairs:
-                    out[i] = emb[row]
+        out, missing = self._read(folder, keys, spec.dim)
         todo: list[int] = []
         seen: set[str] = set()
         for i in missing:  # each distinct missing text once
@@ -231,6 +210,52 @@ class EmbeddingStore:
         for i in missing:  # duplicates of texts embedded above
             out[i] = done[keys[i]]
         return out
+
+    def lookup(self, texts: Sequence[str], input_type: str, spec: EncodingSpec,
+               model_path: str | Path | None = None, precision: str = "fp32") -> np.ndarray | None:
+        """The stored vectors of ``texts`` (float32 [n, dim]) when every one is there, else None; embeds
+        nothing. For a caller that holds the same model in another form (training's validation of the
+        base at step 0) and only wants what an earlier stage already paid for."""
+        folder, stat = self._set(spec, input_type, str(model_path or spec.model_path), precision, "torch")
+        keys = [text_key(t) for t in texts]
+        out, missing = self._read(folder, keys, spec.dim)
+        if missing:
+            return None
+        stat["hits"] += len(keys)
+        return out
+
+    def _set(self, spec: EncodingSpec, input_type: str, model_path: str, precision: str,
+             backend: str) -> tuple[Path, dict[str, Any]]:
+        """The folder of one (model, spec, input type, precision) set, and its hit/miss counters."""
+        fields = set_fields(spec, input_type, model_path, precision)
+        key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+        folder = self.root / f"{input_type}-{key}"
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / "set.json").is_file():
+            atomic_write_json(folder / "set.json", {**fields, "model_path": model_path})
+        stat = self._sets.setdefault(folder.name, {
+            "input_type": input_type, "model": fields["model"], "precision": precision,
+            "backend": backend, "hits": 0, "misses": 0, "encode_s": 0.0})
+        return folder, stat
+
+    def _read(self, folder: Path, keys: list[str], dim: int) -> tuple[np.ndarray, list[int]]:
+        """The stored rows of ``keys`` (zeros where missing) and the positions that are missing."""
+        index = self._index(folder)
+        out = np.zeros((len(keys), dim), dtype=np.float32)
+        by_shard: dict[Path, list[tuple[int, int]]] = {}
+        missing: list[int] = []
+        for i, k in enumerate(keys):
+            hit = index.get(k)
+            if hit is None:
+                missing.append(i)
+            else:
+                by_shard.setdefault(hit[0], []).append((i, hit[1]))
+        for shard, pairs in by_shard.items():  # each shard file is read once
+            with np.load(shard) as z:
+                emb = z["emb"]
+                for i, row in pairs:
+                    out[i] = emb[row]
+        return out, missing
 
     def bind(self, encoder: Any) -> "StoredEncoder":
         """An encoder-like object whose ``encode(texts, input_type)`` goes through this store."""

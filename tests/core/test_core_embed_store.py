@@ -68,6 +68,22 @@ def test_rerun_embeds_nothing_and_a_changed_spec_misses(tmp_path, torch_encoder)
     assert len(s["sets"]) == 4 and {v["precision"] for v in s["sets"].values()} == {"fp32", "int8"}
 
 
+def test_lookup_gives_all_stored_vectors_or_none_and_embeds_nothing(tmp_path, torch_encoder):
+    """Training's base validation asks for vectors an earlier stage paid for: all of them, or it encodes
+    the passages itself; a lookup never embeds, and a different spec is another set."""
+    enc = CountingEncoder(torch_encoder)
+    store = EmbeddingStore(tmp_path)
+    v = store.embed(TEXTS[:4], "passage", enc)
+    spec = torch_encoder.spec
+    got = EmbeddingStore(tmp_path).lookup(TEXTS[2::-1], "passage", spec, torch_encoder.model_path)
+    np.testing.assert_allclose(got, v[2::-1], atol=0)
+    assert EmbeddingStore(tmp_path).lookup(TEXTS, "passage", spec, torch_encoder.model_path) is None  # 2 missing
+    assert EmbeddingStore(tmp_path).lookup(TEXTS[:2], "query", spec, torch_encoder.model_path) is None
+    longer = dataclasses.replace(spec, max_passage_length=128)
+    assert EmbeddingStore(tmp_path).lookup(TEXTS[:2], "passage", longer, torch_encoder.model_path) is None
+    assert len(enc.seen) == 3  # the lookups embedded nothing
+
+
 def test_a_torn_shard_is_re_embedded_not_fatal(tmp_path, torch_encoder):
     enc = CountingEncoder(torch_encoder)
     EmbeddingStore(tmp_path, shard_rows=3).embed(TEXTS, "passage", enc)

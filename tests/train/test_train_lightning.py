@@ -336,3 +336,45 @@ def test_bad_train_weights_are_refused_before_training(mined_run, tmp_path, over
     assert p.returncode != 0
     assert says in p.stderr, p.stderr[-2000:]
     assert not (run / "train" / "checkpoints").exists()
+
+
+def test_the_base_validation_reads_stored_passage_vectors_and_scores_what_encoding_scores(mined_run, tmp_path):
+    """Synthesis's round trip leaves the base's vector of every chunk in the run's embedding store, so the
+    step-0 validation reads its passages instead of encoding them again. It scores what encoding them
+    scores; the stored vectors are really the ones used (stored under the wrong texts, the score moves);
+    and a store without them is encoded as before."""
+    import shutil
+
+    from domain_embed.embed_store import EmbeddingStore
+    from domain_embed.encoding import Encoder
+    from domain_embed.train.worker import load_training_data
+
+    def run_with(name: str, fill) -> tuple[float, bool]:
+        run = _copy(mined_run, tmp_path / name)
+        shutil.rmtree(run / "embeddings", ignore_errors=True)
+        conf = load_config(run, [], save=False)
+        spec = EncodingSpec.from_config(conf)
+        if fill is not None:
+            texts = load_training_data(run, conf).val.corpus_texts
+            fill(EmbeddingStore.for_run(run), Encoder(spec, device="cpu"), texts)
+        p = _train(run, "train.max_steps=1")
+        assert p.returncode == 0, p.stderr[-3000:]
+        summary = json.loads((run / "train" / "summary.json").read_text())
+        return summary["base_val_ndcg@10"], summary["base_val_passages_stored"]
+
+    class Misfiled:
+        """The real encoder, its vectors stored under the texts in reverse (a fault, to show they are read)."""
+
+        def __init__(self, enc):
+            self.enc, self.spec, self.model_path = enc, enc.spec, enc.model_path
+
+        def encode(self, texts, input_type, callback=None):
+            return self.enc.encode(list(texts)[::-1], input_type)
+
+    encoded, stored_a = run_with("encoded", None)
+    from_store, stored_b = run_with("stored", lambda store, enc, texts: store.embed(texts, "passage", enc))
+    misfiled, stored_c = run_with("misfiled", lambda store, enc, texts: store.embed(texts, "passage", Misfiled(enc),
+                                                                                      shard_rows=len(texts)))
+    assert (stored_a, stored_b, stored_c) == (False, True, True)
+    assert from_store == pytest.approx(encoded, abs=1e-4)
+    assert misfiled != pytest.approx(encoded, abs=1e-3)

@@ -121,15 +121,16 @@ def estimate_line(steps: int, accum: int, timing: StepTiming, validations: int, 
 
 
 def steps_within(budget_s: float, planned: int, accum: int, timing: StepTiming, val_every: int,
-                 val_texts: int, val_s_per_text: float, world: int) -> int:
+                 val_texts: int, val_s_per_text: float, world: int, base_free: bool = False) -> int:
     """The most optimizer steps (at most ``planned``, at least 1) whose estimated time, with the initial
-    validation, one every ``val_every`` steps and one at the last step, fits in ``budget_s`` seconds (the
-    same arithmetic as ``estimate_line``; the last step's pass is counted whether or not it falls on the
-    cadence, which errs by one pass on the safe side)."""
+    validation (unless ``base_free``: its passages' vectors come from the run's embedding store), one
+    every ``val_every`` steps and one at the last step, fits in ``budget_s`` seconds (the same arithmetic
+    as ``estimate_line``; the last step's pass is counted whether or not it falls on the cadence, which
+    errs by one pass on the safe side)."""
     step_s = timing.step_s * accum * 1.03
     val_s = val_texts * val_s_per_text / max(1, world)
     per_step = step_s + (val_s / val_every if val_every > 0 and val_texts else 0.0)
-    room = budget_s - (2 * val_s if val_every > 0 and val_texts else 0.0)
+    room = budget_s - ((1 if base_free else 2) * val_s if val_every > 0 and val_texts else 0.0)
     if per_step <= 0:
         return planned
     return max(1, min(planned, int(room // per_step)))

@@ -246,7 +246,8 @@ def write_outputs(run_dir: Path, conf: RunConfig, module, tokenizer, spec, ck, t
         "steps": int(trainer.global_step), "planned_steps": total_steps, "world_size": trainer.world_size,
         "train_queries": len(data.examples), "dropped_queries": data.dropped, "train_passages": len(data.texts),
         "val_queries": len(data.val.query_ids) if data.val else 0, **data.val_counts,
-        "base_val_ndcg@10": next((v for s, v in vals if s == 0), None), "best_val_ndcg@10": ck.best_score,
+        "base_val_ndcg@10": next((v for s, v in vals if s == 0), None),
+        "base_val_passages_stored": module.base_passages is not None, "best_val_ndcg@10": ck.best_score,
         "best_step": ck.best_step, "final_loss": losses[-1] if losses else None, "resumed": bool(resumed),
         "precision": resolve_precision(tc.precision),
         "early_stopped": bool(trainer.should_stop and trainer.global_step < total_steps),
@@ -316,11 +317,16 @@ def main(run_dir: Path) -> int:
     module.stop_check = lambda: stop.check(int(trainer.global_step))
     module.owes_validation = owes_validation(tdir, tc, resume, start_step, data.val is not None)
     module.show_progress = show
+    if data.val is not None and world == 1 and not resume:
+        from ..embed_store import EmbeddingStore
+
+        module.base_passages = EmbeddingStore.for_run(run_dir).lookup(data.val.corpus_texts, "passage", spec)
     if data.val is not None and show:
         c = data.val_counts
         _say(f"validation: {len(data.val.query_ids)} queries over {c['val_corpus']} passages "
              f"({c['val_positives']} positives and their documents + seeded distractors, of {c['val_corpus_full']}; "
-             f"train.val_corpus_size)")
+             f"train.val_corpus_size)" + ("; the base's pass (step 0) reads the passages' vectors from the run's "
+                                          "embedding store" if module.base_passages is not None else ""))
     on_cpu = type(trainer.accelerator).__name__ == "CPUAccelerator"
     total_steps, budget = fit_budget(tdir, tc, module, plan, data, collate, total_steps, accum, world, resume,
                                      start_step, trainer.is_global_zero, on_cpu)
@@ -414,7 +420,8 @@ def fit_budget(tdir: Path, tc: TrainConfig, module, plan, data: TrainingData, co
     timing, per_text = probe(module, plan, data, collate, world)
     val_texts = len(data.val.corpus_texts) + len(data.val.query_ids) if data.val is not None else 0
     every = tc.val_every_n_steps if data.val is not None else 0
-    steps = steps_within(budget_min * 60, total_steps, accum, timing, every, val_texts, per_text, world)
+    steps = steps_within(budget_min * 60, total_steps, accum, timing, every, val_texts, per_text, world,
+                         base_free=module.base_passages is not None)
     if resume and steps < start_step:  # a checkpoint from before the budget existed: never go backwards
         steps = total_steps
     info = {"budget_minutes": budget_min, "planned_steps": total_steps, "steps": steps,
@@ -442,6 +449,8 @@ def print_estimate(module, plan, data: TrainingData, collate, total_steps: int, 
     validations, val_texts = 0, 0
     if data.val is not None:
         validations = validations_planned(total_steps, module.tcfg.val_every_n_steps, resume, start_step)
+        if module.base_passages is not None and validations:
+            validations -= 1  # the base's pass encodes only the queries
         val_texts = len(data.val.corpus_texts) + len(data.val.query_ids)
     per_device = plan.global_batch // world
     _say(f"plan: {len(data.examples)} queries, {per_device} a micro-batch with {plan.k} negatives each, "
