@@ -216,20 +216,29 @@ class EmbeddingStore:
         """The stored vectors of ``texts`` (float32 [n, dim]) when every one is there, else None; embeds
         nothing. For a caller that holds the same model in another form (training's validation of the
         base at step 0) and only wants what an earlier stage already paid for."""
-        folder, stat = self._set(spec, input_type, str(model_path or spec.model_path), precision, "torch")
+        # A read writes nothing: a set that was never made is a miss, not a new empty folder.
+        model_path = str(model_path or spec.model_path)
+        folder, fields = self._set_folder(spec, input_type, model_path, precision)
+        if not (folder / "set.json").is_file():
+            return None
         keys = [text_key(t) for t in texts]
         out, missing = self._read(folder, keys, spec.dim)
         if missing:
             return None
-        stat["hits"] += len(keys)
+        self._set(spec, input_type, model_path, precision, "torch")[1]["hits"] += len(keys)
         return out
+
+    def _set_folder(self, spec: EncodingSpec, input_type: str, model_path: str,
+                    precision: str) -> tuple[Path, dict[str, Any]]:
+        """Where one (model, spec, input type, precision) set lives, and the fields that name it."""
+        fields = set_fields(spec, input_type, model_path, precision)
+        key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+        return self.root / f"{input_type}-{key}", fields
 
     def _set(self, spec: EncodingSpec, input_type: str, model_path: str, precision: str,
              backend: str) -> tuple[Path, dict[str, Any]]:
-        """The folder of one (model, spec, input type, precision) set, and its hit/miss counters."""
-        fields = set_fields(spec, input_type, model_path, precision)
-        key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
-        folder = self.root / f"{input_type}-{key}"
+        """The folder of one (model, spec, input type, precision) set, made if new, and its hit/miss counters."""
+        folder, fields = self._set_folder(spec, input_type, model_path, precision)
         folder.mkdir(parents=True, exist_ok=True)
         if not (folder / "set.json").is_file():
             atomic_write_json(folder / "set.json", {**fields, "model_path": model_path})

@@ -80,8 +80,12 @@ def test_lookup_gives_all_stored_vectors_or_none_and_embeds_nothing(tmp_path, to
     assert EmbeddingStore(tmp_path).lookup(TEXTS, "passage", spec, torch_encoder.model_path) is None  # 2 missing
     assert EmbeddingStore(tmp_path).lookup(TEXTS[:2], "query", spec, torch_encoder.model_path) is None
     longer = dataclasses.replace(spec, max_passage_length=128)
-    assert EmbeddingStore(tmp_path).lookup(TEXTS[:2], "passage", longer, torch_encoder.model_path) is None
+    reader = EmbeddingStore(tmp_path)
+    assert reader.lookup(TEXTS[:2], "passage", longer, torch_encoder.model_path) is None
     assert len(enc.seen) == 3  # the lookups embedded nothing
+    # a read writes nothing: the sets that were never made are still absent, and not in the accounting
+    assert sorted(p.name.split("-")[0] for p in tmp_path.iterdir()) == ["passage"]
+    assert reader.summary() == {"sets": {}}
 
 
 def test_a_torn_shard_is_re_embedded_not_fatal(tmp_path, torch_encoder):
