@@ -63,10 +63,12 @@ from typing import Any, Iterable
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "services"))
+from domain_embed.beir import bootstrap  # noqa: E402  (the interval the evaluate stage reports)
+
 CACHE = Path(__file__).resolve().parent / "real_questions"
 DEV_FRACTION = 0.30
 K = 10
-BOOTSTRAP = 2000
 METRICS = ("ndcg@10", "recall@10", "mrr@10")
 
 
@@ -241,14 +243,6 @@ def per_query(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]
         rel = {d for d, s in qrels[qid].items() if s > 0}
         m["mrr@10"] = next((1.0 / (i + 1) for i, d in enumerate(ranked) if d in rel), 0.0)
     return pq
-
-
-def bootstrap(values: np.ndarray, n: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float, float]:
-    """Mean and percentile 95% interval over query resamples (``values`` may be paired differences)."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(values), size=(n, len(values)))
-    means = values[idx].mean(axis=1)
-    return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 def score(name: str, run_dir: Path, split: str, model_dirs: dict[str, Path] | None = None,

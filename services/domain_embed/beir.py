@@ -63,6 +63,23 @@ def evaluate(qrels: Qrels, run: Run, k_values: Iterable[int] = (1, 5, 10, 100)) 
     return {key: sum(m[key] for m in pq.values()) / len(pq) for key in keys}
 
 
+BOOTSTRAP = 2000  # resamples of the queries for a 95% interval
+
+
+def bootstrap(values: np.ndarray | list[float], n: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float, float]:
+    """Mean and percentile 95% interval over resamples of the queries (``values`` may be paired differences,
+    one per query). Seeded, so a report says the same thing twice; resampled in blocks, so memory stays small
+    for a held-out set of many thousand queries."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    block = max(1, min(n, 4_000_000 // v.size))
+    means = np.concatenate([v[rng.integers(0, v.size, size=(min(block, n - s), v.size))].mean(axis=1)
+                            for s in range(0, n, block)])
+    return float(v.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
 def top_hub(run: Run, k: int = 10, relevant: Callable[[str, str], bool] | None = None) -> tuple[str | None, int]:
     """The passage in the most queries' top k where it is not relevant (``relevant(query_id, passage_id)``),
     and in how many. A model tuned on generic queries (one domain word, a title) can pull one passage into

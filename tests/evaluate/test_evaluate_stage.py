@@ -45,6 +45,23 @@ def test_metrics_match_pytrec_eval():
     assert 0 < ours["ndcg@10"] < 1  # not a degenerate case
 
 
+def test_bootstrap_interval_has_the_width_theory_gives_in_one_block_or_many():
+    """The report's 95% interval: a seeded percentile bootstrap over queries; a held-out set of thousands of
+    queries is resampled in blocks and must say the same as one block would."""
+    from domain_embed.beir import bootstrap
+
+    rng = np.random.default_rng(1)
+    for n in (400, 5000):  # 5000 queries: blocks of 800 resamples
+        v = rng.normal(0.3, 1.0, size=n)
+        mean, lo, hi = bootstrap(v)
+        half = 1.96 * v.std() / np.sqrt(n)
+        assert mean == pytest.approx(v.mean()) and lo < mean < hi
+        assert (hi - lo) / 2 == pytest.approx(half, rel=0.1), n
+        assert (lo + hi) / 2 == pytest.approx(mean, abs=0.2 * half)
+        assert bootstrap(v) == (mean, lo, hi)  # seeded: a report says the same thing twice
+    assert all(np.isnan(bootstrap([])))
+
+
 def _install_model(run: Path, model, spec: EncodingSpec) -> None:
     """Put ``model`` at train/model with a manifest, as the train stage would."""
     from transformers import AutoTokenizer
@@ -87,6 +104,9 @@ def test_gate_fails_with_exit_3_on_a_randomly_initialised_model(tmp_path, spec_s
     rep = json.loads((run / "evaluate" / "report.json").read_text())
     g = rep["gate"]
     assert g["passed"] is False and g["tuned"] < g["base"] - g["tolerance"] and "below base" in g["reason"]
+    paired = rep["datasets"]["heldout"]["tuned_minus_base"]["ndcg@10"]
+    assert paired["ci95"][1] < 0 and paired["losses"] > paired["wins"], paired  # a random model loses, surely
+    assert f"[{paired['ci95'][0]:+.4f}, {paired['ci95'][1]:+.4f}]" in g["reason"]
     assert "FAILED" in (run / "evaluate" / "report.md").read_text()
     man = json.loads((run / "evaluate" / "manifest.json").read_text())
     assert man["counts"]["gate_passed"] is False
@@ -102,9 +122,18 @@ def test_report_base_tuned_bm25_and_extra_dataset(run_same_as_base):
     held = rep["datasets"]["heldout"]
     for system in ("base", "tuned", "bm25"):
         assert {f"{m}@{k}" for m in ("ndcg", "recall", "map", "precision") for k in (1, 5, 10, 100)} <= set(held[system])
-    # same weights, same spec: identical numbers; the gate passes
-    assert held["tuned"] == pytest.approx(held["base"])
-    assert rep["gate"]["passed"] is True
+    # same weights, same spec: identical numbers and intervals, a paired difference of exactly 0; the gate passes
+    assert {k: v for k, v in held["tuned"].items() if k != "ci95"} == pytest.approx(
+        {k: v for k, v in held["base"].items() if k != "ci95"})
+    assert held["tuned"]["ci95"] == held["base"]["ci95"]
+    paired = held["tuned_minus_base"]["ndcg@10"]
+    assert paired == {"diff": 0.0, "ci95": [0.0, 0.0], "wins": 0, "losses": 0}
+    for system in ("base", "tuned", "bm25"):  # every mean sits inside its own interval
+        for m, (lo, hi) in held[system]["ci95"].items():
+            assert lo - 1e-9 <= held[system][m] <= hi + 1e-9, (system, m)
+    assert rep["gate"]["passed"] is True and "paired 95% interval [+0.0000, +0.0000]" in rep["gate"]["reason"]
+    assert f"| ndcg@10 | {held['base']['ndcg@10']:.4f} [{held['base']['ci95']['ndcg@10'][0]:.3f}," in \
+        (run / "evaluate" / "report.md").read_text()
     assert held["base"]["ndcg@10"] > 0.3, "MiniLM should find these passages"
     png = (run / "evaluate" / "curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000

@@ -14,6 +14,22 @@ def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, (int, float)) else "-"
 
 
+def _cell(scores: dict[str, Any], m: str) -> str:
+    """A mean with its 95% bootstrap interval when the report has one."""
+    ci = (scores.get("ci95") or {}).get(m)
+    return _fmt(scores.get(m)) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def _diff(ds: dict[str, Any], m: str) -> str:
+    """Tuned minus base, with the paired 95% interval (the same queries, resampled together)."""
+    p = (ds.get("tuned_minus_base") or {}).get(m)
+    if p:
+        return f"{p['diff']:+.4f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]"
+    if "tuned" not in ds or "base" not in ds or ds["tuned"].get(m) is None or ds["base"].get(m) is None:
+        return "-"
+    return f"{ds['tuned'][m] - ds['base'][m]:+.4f}"
+
+
 # report.md warns of a hub when the tuned model's is in this share of the queries and twice the base's count
 HUB_WARN_SHARE = 0.1
 
@@ -50,13 +66,16 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         info = ds.get("info", {})
         lines += [f"## {name}", "", f"{info.get('queries', '?')} queries, {info.get('corpus', '?')} passages "
                   f"(`{info.get('path', '')}`)", ""]
-        lines += ["| metric | " + " | ".join(systems) + " | tuned - base |",
+        lines += ["| metric | " + " | ".join(systems) + " | tuned - base (paired) |",
                   "|---|" + "---|" * (len(systems) + 1)]
         for m in MD_METRICS:
-            vals = [ds[s].get(m) for s in systems]
-            d = (ds["tuned"].get(m, 0) - ds["base"].get(m, 0)) if "tuned" in ds and "base" in ds else None
-            lines.append(f"| {m} | " + " | ".join(_fmt(v) for v in vals) + f" | {'+' if d and d > 0 else ''}{_fmt(d)} |")
+            lines.append(f"| {m} | " + " | ".join(_cell(ds[s], m) for s in systems) + f" | {_diff(ds, m)} |")
         lines.append("")
+        p = (ds.get("tuned_minus_base") or {}).get("ndcg@10")
+        if p:
+            lines += [f"Each mean has its 95% bootstrap interval over the queries; tuned - base is paired. On nDCG@10 "
+                      f"the tuned model wins {p['wins']} and loses {p['losses']} of {info.get('queries', '?')} queries"
+                      + (" (an interval that includes 0 is not yet a gain)." if p["ci95"][0] <= 0 else "."), ""]
         lines += _hub_lines(ds.get("hubs") or {}, info.get("queries") or 0)
         groups = ds.get("by_group") or {}
         if groups:
@@ -65,10 +84,8 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
                       "| source:type | queries | " + " | ".join(gsys) + " | tuned - base |",
                       "|---|---|" + "---|" * (len(gsys) + 1)]
             for g, gd in groups.items():
-                vals = [gd[s].get("ndcg@10") for s in gsys]
-                d = gd["tuned"].get("ndcg@10", 0) - gd["base"].get("ndcg@10", 0)
-                lines.append(f"| {g} | {gd['queries']} | " + " | ".join(_fmt(v) for v in vals)
-                             + f" | {'+' if d > 0 else ''}{_fmt(d)} |")
+                lines.append(f"| {g} | {gd['queries']} | " + " | ".join(_fmt(gd[s].get("ndcg@10")) for s in gsys)
+                             + f" | {_diff(gd, 'ndcg@10')} |")
             lines.append("")
     lines += ["All metrics at k in " + ", ".join(str(k) for k in report.get("k_values", [])) + " are in report.json. "
               "Curves: curves.png.", ""]

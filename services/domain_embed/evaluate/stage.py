@@ -13,6 +13,7 @@ from typing import Any
 from ..errors import QualityGateFailed, UserError
 from ..rundir import StageContext, atomic_write_json, read_jsonl
 from .metrics import evaluate as beir_evaluate
+from .metrics import per_query
 from .report import write_curves, write_markdown
 from .retrieval import BeirDataset, bm25_run, dense_run, load_beir
 
@@ -28,6 +29,37 @@ def _real_queries(ctx: StageContext, heldout: BeirDataset) -> BeirDataset | None
     qrels = validate_qrels(queries, load_qrels(Path(qr)), set(heldout.corpus_ids))
     ids = [q for q in queries if q in qrels]
     return BeirDataset("real", heldout.corpus_ids, heldout.corpus_texts, ids, [queries[q] for q in ids], qrels)
+
+
+# the metrics that get a 95% bootstrap interval (report.json); report.md shows them for every table row
+CI_METRICS = ("ndcg@10", "recall@10", "map@10", "precision@10", "ndcg@1", "recall@100")
+
+
+def _scored(per_q: dict[str, dict[str, dict[str, float]]], qids: list[str]) -> dict[str, Any]:
+    """Means of every metric per model over ``qids``, each with its 95% bootstrap interval, and the paired
+    interval of tuned minus base per query (with wins and losses): one held-out split or one real set is a
+    sample of queries, and a gain smaller than its interval is not a gain."""
+    import numpy as np
+
+    from ..beir import bootstrap
+
+    out: dict[str, Any] = {}
+    if not qids:
+        return {label: {} for label in per_q}
+    keys = list(per_q[next(iter(per_q))][qids[0]])
+    for label, pq in per_q.items():
+        out[label] = {k: sum(pq[q][k] for q in qids) / len(qids) for k in keys}
+        out[label]["ci95"] = {k: list(bootstrap([pq[q][k] for q in qids])[1:]) for k in CI_METRICS if k in keys}
+    if "tuned" in per_q and "base" in per_q:
+        paired = {}
+        for k in CI_METRICS:
+            if k in keys:
+                d = np.array([per_q["tuned"][q][k] - per_q["base"][q][k] for q in qids])
+                mean, lo, hi = bootstrap(d)
+                paired[k] = {"diff": mean, "ci95": [lo, hi], "wins": int((d > 1e-12).sum()),
+                             "losses": int((d < -1e-12).sum())}
+        out["tuned_minus_base"] = paired
+    return out
 
 
 def _query_groups(folder: Path, query_ids: list[str]) -> dict[str, list[str]]:
@@ -99,16 +131,16 @@ def run(ctx: StageContext) -> dict[str, Any]:
         runs: dict[str, dict] = {}
         for label, enc in stored.items():
             runs[label] = dense_run(ds, lambda t, kind, e=enc: e.encode(t, kind), top)
-            entry[label] = beir_evaluate(ds.qrels, runs[label], ks)
         if ec.bm25:
             runs["bm25"] = bm25_run(ds, top)
-            entry["bm25"] = beir_evaluate(ds.qrels, runs["bm25"], ks)
+        per_q = {label: per_query(ds.qrels, r, ks) for label, r in runs.items()}
+        judged = sorted(per_q["base"])  # queries with a relevant judgment, the same for every model
+        entry.update(_scored(per_q, judged))
         entry["hubs"] = _hubs(ds, runs, train_pairs)
         groups = _query_groups(Path(path), ds.query_ids) if ds.name == "heldout" else {}
         if groups:
-            entry["by_group"] = {g: {"queries": len(qids), **{label: beir_evaluate(
-                {q: ds.qrels[q] for q in qids}, {q: r[q] for q in qids if q in r}, ks) for label, r in runs.items()}}
-                for g, qids in sorted(groups.items())}
+            entry["by_group"] = {g: {"queries": len(qids), **_scored(per_q, [q for q in qids if q in per_q["base"]])}
+                                 for g, qids in sorted(groups.items())}
         report["datasets"][ds.name] = entry
 
     # ---- quality gate: on the user's real judged queries when given (they decide), else the held-out split
@@ -122,7 +154,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     t = report["datasets"][gate_on]["tuned"].get(metric)
     if b is None or t is None:
         raise UserError(f"evaluate.gate.metric={metric!r} is not computed; use one of "
-                        f"{sorted(report['datasets'][gate_on]['base'])}")
+                        f"{sorted(k for k in report['datasets'][gate_on]['base'] if k != 'ci95')}")
     tol = g.tolerance
     where = "on the real queries (--real-queries/--qrels)" if gate_on == "real" else "on the held-out split"
     if not g.enabled:
@@ -130,9 +162,19 @@ def run(ctx: StageContext) -> dict[str, Any]:
     elif t >= b - tol:
         passed, reason = True, f"tuned {metric} {t:.4f} >= base {b:.4f} - tolerance {tol} {where}"
     else:
-        passed, reason = False, (f"tuned {metric} {t:.4f} is below base {b:.4f} by {b - t:.4f} {where}, more than the "
-                                 f"tolerance {tol}; check the training data, learning rate and temperature "
-                                 f"(train/metrics.jsonl)")
+        passed, reason = False, ""
+    paired = report["datasets"][gate_on].get("tuned_minus_base", {}).get(metric)
+    if paired:  # the interval says how sure the verdict is
+        lo, hi = paired["ci95"]
+        interval = (f"; tuned - base {paired['diff']:+.4f}, paired 95% interval [{lo:+.4f}, {hi:+.4f}], "
+                    f"{paired['wins']} wins / {paired['losses']} losses")
+    else:
+        interval = ""
+    if passed:
+        reason += interval
+    else:
+        reason = (f"tuned {metric} {t:.4f} is below base {b:.4f} by {b - t:.4f} {where}, more than the tolerance "
+                  f"{tol}{interval}; check the training data, learning rate and temperature (train/metrics.jsonl)")
     report["gate"] = {"passed": passed, "metric": metric, "dataset": gate_on, "base": b, "tuned": t,
                       "tolerance": tol, "reason": reason}
 
