@@ -68,7 +68,7 @@ def test_synthesize_real_server_then_resume_without_requests(tmp_path):
     assert gen["requests"] >= c["generations_ok"] and gen["completion_tokens"] > 0
     # filters chain: each one's input is the previous one's output
     f = c["filters"]
-    assert list(f) == ["format", "copy", "dedup", "round_trip", "judge"]
+    assert list(f) == ["format", "copy", "dedup", "round_trip", "judge", "structure_share"]  # the heading cap last
     names = list(f)
     for a, b in zip(names, names[1:]):
         assert f[a]["kept"] == f[b]["in"]
