@@ -218,7 +218,7 @@ class EmbeddingStore:
         base at step 0) and only wants what an earlier stage already paid for."""
         # A read writes nothing: a set that was never made is a miss, not a new empty folder.
         model_path = str(model_path or spec.model_path)
-        folder, fields = self._set_folder(spec, input_type, model_path, precision)
+        folder, _ = self._set_folder(spec, input_type, model_path, precision)
         if not (folder / "set.json").is_file():
             return None
         keys = [text_key(t) for t in texts]

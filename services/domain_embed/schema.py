@@ -290,7 +290,8 @@ class SynthStructureConfig:
     max_per_doc: int = _f(8, "Most heading/title pseudo-queries per document.")
     max_share: float = _f(
         0.5, "Most heading/title pseudo-queries as a share of all kept pairs, after the filters (0..1; 1 = no "
-        "cap; 0.5 = as many as the LLM pairs, no worse on the real questions and training 3-20x shorter). Past it, the headings kept are spread over the documents, seeded. A corpus of many short pages "
+        "cap; 0.5 = as many as the LLM pairs, no worse on the real questions and training 3-20x shorter). "
+        "Past it, the headings kept are spread over the documents, seeded. A corpus of many short pages "
         "(Git's man pages: 571 of 629 pairs) is otherwise trained almost only on headings; a run without LLM "
         "pairs keeps every heading.")
     max_positives: int = _f(3, "A heading's positives: the first chunks of its section.")
