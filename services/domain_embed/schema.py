@@ -498,6 +498,12 @@ class GateConfig:
     enabled: bool = _f(True, "Exit 3 when the tuned model is worse than the base (report kept).")
     metric: str = _f("ndcg@10", "The metric the quality gate compares.")
     tolerance: float = _f(0.01, "Fail if tuned < base - tolerance on the held-out split.")
+    refuse_significant_loss: bool = _f(
+        True, "Also fail when the paired 95% interval of tuned - base lies wholly below 0, even within the "
+        "tolerance: a loss the queries agree on.")
+    min_group_queries: int = _f(
+        5, "Warn (report and log) about a held-out query source of at least this many queries whose paired 95% "
+        "interval lies wholly below 0.")
 
 
 @dataclass

@@ -111,6 +111,54 @@ def test_gate_fails_with_exit_3_on_a_randomly_initialised_model(tmp_path, spec_s
     man = json.loads((run / "evaluate" / "manifest.json").read_text())
     assert man["counts"]["gate_passed"] is False
 
+    # Within a tolerance wide enough for any model, the loss the queries agree on still fails the gate...
+    p = subprocess.run([CLI, "evaluate", "--run-dir", str(run), "--quiet", "evaluate.gate.tolerance=1"],
+                       capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert p.returncode == 3, p.stderr[-2000:]
+    g = json.loads((run / "evaluate" / "report.json").read_text())["gate"]
+    assert g["passed"] is False and g["tuned"] >= g["base"] - 1
+    assert "worse with 95% confidence" in g["reason"] and "refuse_significant_loss" in p.stderr
+    # ... unless the user turns that rule off; then only the tolerance decides
+    p = subprocess.run([CLI, "evaluate", "--run-dir", str(run), "--quiet", "evaluate.gate.tolerance=1",
+                        "evaluate.gate.refuse_significant_loss=false", "evaluate.gate.min_group_queries=2"],
+                       capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    rep = json.loads((run / "evaluate" / "report.json").read_text())
+    assert rep["gate"]["passed"] is True and "tolerance 1" in rep["gate"]["reason"]
+    # every held-out query source large enough is named as losing, in the report and its markdown
+    groups = {n: grp for n, grp in rep["datasets"]["heldout"].get("by_group", {}).items()
+              if grp["queries"] >= 2 and grp["tuned_minus_base"]["ndcg@10"]["ci95"][1] < 0}
+    assert rep["datasets"]["heldout"]["by_group"] and len(rep["gate"]["warnings"]) == len(groups)
+    md = (run / "evaluate" / "report.md").read_text()
+    for name in groups:
+        assert f"held-out {name} queries" in md
+
+
+def test_losing_groups_names_only_sources_large_enough_and_surely_worse():
+    from types import SimpleNamespace
+
+    from domain_embed.evaluate.stage import gate_verdict, losing_groups
+
+    def grp(n, diff, lo, hi):
+        return {"queries": n, "tuned_minus_base": {"ndcg@10": {"diff": diff, "ci95": [lo, hi], "wins": 1, "losses": n - 1}}}
+
+    by_group = {"llm:factual": grp(7, -0.139, -0.312, -0.010),     # the demo of 2026-12-04
+                "llm:keyword": grp(7, 0.121, 0.0, 0.305),           # a gain
+                "structure:title": grp(4, -0.2, -0.4, -0.05),       # surely worse, but too few queries
+                "structure:heading": grp(11, -0.02, -0.09, 0.04)}   # worse on average, interval across 0
+    w = losing_groups(by_group, "ndcg@10", 5)
+    assert len(w) == 1 and w[0].startswith("held-out llm:factual queries (7)") and "[-0.3120, -0.0100]" in w[0]
+    assert len(losing_groups(by_group, "ndcg@10", 4)) == 2
+    assert losing_groups(by_group, "ndcg@10", 12) == []
+    # the verdict: the tolerance first, then the paired interval (when the rule is on)
+    g = SimpleNamespace(enabled=True, tolerance=0.01, refuse_significant_loss=True)
+    p = {"diff": -0.004, "ci95": [-0.007, -0.001], "wins": 10, "losses": 90}
+    assert gate_verdict(g, "ndcg@10", 0.5, 0.496, p, "here")[0] is False
+    assert gate_verdict(g, "ndcg@10", 0.5, 0.496, {**p, "ci95": [-0.007, 0.001]}, "here")[0] is True
+    assert gate_verdict(g, "ndcg@10", 0.5, 0.480, {**p, "ci95": [-0.03, 0.01]}, "here")[0] is False
+    g.refuse_significant_loss = False
+    assert gate_verdict(g, "ndcg@10", 0.5, 0.496, p, "here")[0] is True
+
 
 def test_report_base_tuned_bm25_and_extra_dataset(run_same_as_base):
     run = run_same_as_base

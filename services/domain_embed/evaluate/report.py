@@ -57,6 +57,8 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
     lines = ["# Evaluation report", ""]
     verdict = "PASSED" if g["passed"] else "FAILED"
     lines += [f"**Quality gate: {verdict}** -- {g['reason']}", ""]
+    if g.get("warnings"):
+        lines += ["**Warnings:**", ""] + [f"- {w}" for w in g["warnings"]] + [""]
     ep = report.get("endpoint")
     if ep:
         lines += [f"**Endpoint {ep['url']}: {'PASSED' if ep['passed'] else 'FAILED'}** -- max(1 - cosine) vs the "
