@@ -32,6 +32,9 @@ paired interval (the same resample for both models).
     python benchmarks/real_questions.py run --corpus debian --split dev train.epochs=1
     python benchmarks/real_questions.py run --corpus debian --split dev --seeds 42,43,44 --run-root runs/x
     python benchmarks/real_questions.py score --corpus debian --run-dir runs/realq-debian [--model DIR]
+    python benchmarks/real_questions.py compare --from runs/new/dev.json --against runs/defaults/dev.json
+                                                              # a change against the defaults, paired, per corpus
+                                                              # and pooled over every dev question (the decision)
     python benchmarks/real_questions.py ceiling --corpus debian   # the base tuned on the dev questions themselves
     python benchmarks/real_questions.py ceiling --corpus debian --oracle-folds 2   # ... plus half the test questions,
                                                               # scored on the other half, both ways
@@ -400,6 +403,57 @@ def table(results: list[dict[str, Any]], pool: bool = True) -> str:
     return "\n".join(lines)
 
 
+def compare(new: list[dict[str, Any]], old: list[dict[str, Any]], label: str = "tuned",
+            old_label: str | None = None) -> tuple[str, dict[str, Any]]:
+    """A change against a reference, model against model over the same questions: each corpus's paired
+    difference (``label`` of ``new`` minus ``old_label`` of ``old``), then every question of every corpus
+    pooled, with the decision rule the dev splits are read by.
+
+    One corpus's dev split is small (Git 6 questions, SQLite 8, Debian 35), so a change is decided on the
+    pooled questions (each corpus's seeds averaged first, as ``--seeds`` saves them), and a guard keeps a
+    pooled gain from hiding a corpus it hurts: **keep** when the pooled difference is above 0 and no corpus's
+    paired interval lies wholly below 0."""
+    old_label = old_label or label
+    by_key = {(r["corpus"], r["split"]): r for r in old}
+    rows, d_all = [], []
+    for r in new:
+        ref = by_key.get((r["corpus"], r["split"]))
+        if ref is None:
+            raise SystemExit(f"compare: no {r['corpus']} {r['split']} result to compare against; give its JSON "
+                             f"with --against")
+        a, b = r["per_query"].get(label), ref["per_query"].get(old_label)
+        if a is None or b is None:
+            raise SystemExit(f"compare: {r['corpus']} has no '{label if a is None else old_label}' model; the "
+                             f"labels there are {sorted(r['per_query'] if a is None else ref['per_query'])}")
+        if set(a) != set(b):
+            raise SystemExit(f"compare: the two {r['corpus']} {r['split']} results are over different questions "
+                             f"({len(a)} against {len(b)}); rescore both with this benchmark's cached sets")
+        qs = sorted(a)
+        d = np.array([a[q] - b[q] for q in qs])
+        diff = bootstrap(d)
+        rows.append({"corpus": r["corpus"], "split": r["split"], "n": len(qs), "new": float(np.mean([a[q] for q in qs])),
+                     "old": float(np.mean([b[q] for q in qs])), "diff": diff, "wins": int((d > 0).sum()),
+                     "losses": int((d < 0).sum()), "hurt": diff[2] < 0})
+        d_all += list(d)
+    d_all = np.array(d_all)
+    pooled_diff = bootstrap(d_all)
+    keep = bool(pooled_diff[0] > 0 and not any(x["hurt"] for x in rows))
+    lines = ["| corpus | split | questions | reference | change | change − reference (paired 95%) | wins / losses |",
+             "|---|---|---|---|---|---|---|"]
+    for x in rows:
+        lines.append(f"| {x['corpus']} | {x['split']} | {x['n']} | {x['old']:.3f} | {x['new']:.3f} | "
+                     f"{x['diff'][0]:+.3f} [{x['diff'][1]:+.3f}, {x['diff'][2]:+.3f}]{' (hurts)' if x['hurt'] else ''}"
+                     f" | {x['wins']} / {x['losses']} |")
+    lines.append(f"| **pooled** | | {len(d_all)} | | | **{pooled_diff[0]:+.3f} [{pooled_diff[1]:+.3f}, "
+                 f"{pooled_diff[2]:+.3f}]** | {int((d_all > 0).sum())} / {int((d_all < 0).sum())} |")
+    hurt = [x["corpus"] for x in rows if x["hurt"]]
+    lines.append("\n" + ("**keep**: the pooled difference is above 0 and no corpus's interval is below 0" if keep else
+                         "**do not keep**: " + ("; ".join(filter(None, [
+                             "the pooled difference is not above 0" if pooled_diff[0] <= 0 else "",
+                             f"it hurts {', '.join(hurt)} (interval below 0)" if hurt else ""])))))
+    return "\n".join(lines), {"corpora": rows, "pooled": {"n": len(d_all), "diff": pooled_diff}, "keep": keep}
+
+
 # ---------------------------------------------------------------- pipeline
 def share_seed_independent(first: Path, run_dir: Path) -> bool:
     """Give a later seed's new run directory the first seed's curate output and embedding store."""
@@ -626,7 +680,7 @@ def model_dirs(a, run_dir: Path) -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["build", "run", "score", "table", "ceiling"])
+    p.add_argument("command", choices=["build", "run", "score", "table", "compare", "ceiling"])
     p.add_argument("--corpus", action="append", choices=list(CORPORA), help="default: all")
     p.add_argument("--split", choices=["dev", "test"], default="test")
     p.add_argument("--run-root", type=Path, default=REPO / "runs", help="run directories: <root>/realq-<corpus>")
@@ -637,7 +691,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="score: also score the tuned weights interpolated with the base at these mixing weights")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--from", dest="from_json", action="append", type=Path, default=[], metavar="JSON",
-                   help="table: the tables (and the pooled row) of results saved with --json, one file a corpus")
+                   help="table: the tables (and the pooled row) of results saved with --json, one file a corpus; "
+                        "compare: the change's results")
+    p.add_argument("--against", action="append", type=Path, default=[], metavar="JSON",
+                   help="compare: the reference's results (the defaults' run on the same split), one file a corpus")
+    p.add_argument("--label", default="tuned", metavar="[NEW[:OLD]]",
+                   help="compare: the model compared in each file (default tuned; e.g. mix-0.5:tuned)")
     p.add_argument("--seeds", default="", metavar="N,M,...",
                    help="run/score: one pipeline run a seed, in <run-root>/seed-<N>/realq-<corpus>; the table gives "
                         "each question's mean over the seeds (decide dev changes on this: one seed is noisy)")
@@ -661,6 +720,19 @@ def main(argv: list[str] | None = None) -> int:
         if not a.from_json:
             p.error("table needs --from JSON (one or more results files written by run/score --json)")
         print(table([r for f in a.from_json for r in json.loads(f.read_text())["results"]]))
+        return 0
+    if a.command == "compare":
+        if not a.from_json or not a.against:
+            p.error("compare needs --from JSON (the change) and --against JSON (the reference), written by run/score "
+                    "--json on the same split")
+        new_label, _, old_label = a.label.partition(":")
+        text, res = compare([r for f in a.from_json for r in json.loads(f.read_text())["results"]],
+                            [r for f in a.against for r in json.loads(f.read_text())["results"]],
+                            new_label, old_label or None)
+        print(text)
+        if a.json:
+            a.json.parent.mkdir(parents=True, exist_ok=True)
+            a.json.write_text(json.dumps(res, indent=1))
         return 0
     if a.command == "ceiling":
         sys.path.insert(0, str(REPO / "services"))

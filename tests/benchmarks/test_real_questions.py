@@ -103,6 +103,43 @@ def test_table_pools_saved_results_question_by_question(rq, tmp_path, capsys):
         rq.main(["table"])
 
 
+def test_compare_decides_a_change_on_every_dev_question_pooled_with_a_guard_per_corpus(rq, tmp_path, capsys):
+    """`compare --from change.json --against defaults.json`: the change's model against the reference's on the
+    same questions, paired per corpus and pooled; kept only when the pooled difference is above 0 and no
+    corpus's interval is wholly below 0 (a pooled gain must not hide a corpus it hurts)."""
+    import json
+
+    def save(name, per_corpus):
+        res = [{"corpus": c, "split": "dev", "per_query": {"base": {q: 0.5 for q in t}, "tuned": t}}
+               for c, t in per_corpus.items()]
+        f = tmp_path / f"{name}.json"
+        f.write_text(json.dumps({"results": res}))
+        return str(f)
+
+    big = {f"d{i}": 0.5 for i in range(30)}
+    ref = save("ref", {"debian": big, "git": {"g1": 0.5, "g2": 0.5, "g3": 0.5}})
+    # Debian +0.1 on every question; Git -0.2 on every question: pooled +0.073, but Git's interval is below 0
+    hurts = save("hurts", {"debian": {q: 0.6 for q in big}, "git": {"g1": 0.3, "g2": 0.3, "g3": 0.3}})
+    assert rq.main(["compare", "--from", hurts, "--against", ref, "--json", str(tmp_path / "c.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| **pooled** | | 33 |" in out and "**+0.073 [" in out and "30 / 3" in out
+    assert "-0.200 [-0.200, -0.200] (hurts)" in out and "do not keep**: it hurts git" in out
+    saved = json.loads((tmp_path / "c.json").read_text())
+    assert saved["keep"] is False and saved["pooled"]["n"] == 33
+    # the same Debian gain with Git mixed (one question better, one worse): kept
+    mixed = save("mixed", {"debian": {q: 0.6 for q in big}, "git": {"g1": 0.7, "g2": 0.3, "g3": 0.5}})
+    assert rq.main(["compare", "--from", mixed, "--against", ref]) == 0
+    assert "**keep**" in capsys.readouterr().out
+    # a reference over other questions, a missing corpus or model: refused with what to do
+    other = save("other", {"debian": {"x": 0.5}, "git": {"g1": 0.5, "g2": 0.5, "g3": 0.5}})
+    for args, says in (([mixed, other], "different questions"), ([mixed, save("nogit", {"debian": big})], "--against"),
+                       ([mixed, ref, "--label", "mix-0.5"], "no 'mix-0.5' model")):
+        with pytest.raises(SystemExit, match=says):
+            rq.main(["compare", "--from", args[0], "--against", args[1], *args[2:]])
+    with pytest.raises(SystemExit):
+        rq.main(["compare", "--from", mixed])
+
+
 def test_seed_mean_averages_each_question_over_seeds_before_the_bootstrap(rq, capsys):
     """`--seeds`: the tuned model's score of a question is its mean over the pipeline seeds; base and BM25
     (which no seed changes) are the first run's; the paired interval resamples questions of those means."""
