@@ -32,7 +32,7 @@ _NOT_TERM = frozenset("""
     not note notice tip warning caution important example examples following first second third next last final
     previous default result results output value values reason way thing things case cases part rest main new old
     following above below here see please where unless until whether itself themselves normally two three four
-    fourth fifth general the a an
+    fourth fifth general the a an syntax behavior behaviour effect effects possible actual usual
 """.split())
 _ORDINAL = re.compile(r"^\d+(?:st|nd|rd|th)$|^\d", re.I)
 _VERSION = re.compile(r"\d+\.\d+|^R-\d|^[\d.]+$")
