@@ -289,8 +289,8 @@ class SynthStructureConfig:
     enabled: bool = _f(True, "Make LLM-free pseudo-queries from headings and titles.")
     max_per_doc: int = _f(8, "Most heading/title pseudo-queries per document.")
     max_share: float = _f(
-        0.5, "Most heading/title pseudo-queries as a share of themselves and the LLM pairs kept, after the filters "
-        "(0..1; 1 = no cap; 0.5 = as many as the LLM pairs, no worse on the real questions and training 3-20x shorter). "
+        0.5, "Most heading/title pseudo-queries as a share of all kept pairs, after the filters (0..1; 1 = no "
+        "cap; 0.5 = as many as the LLM pairs, no worse on the real questions and training 3-20x shorter). "
         "Past it, the headings kept are spread over the documents, seeded. A corpus of many short pages "
         "(Git's man pages: 571 of 629 pairs) is otherwise trained almost only on headings; a run without LLM "
         "pairs keeps every heading.")
@@ -300,16 +300,6 @@ class SynthStructureConfig:
     questions: int = _f(0, "LLM rewrites of every heading (not only max_per_doc) as the question a user would ask "
                            "to find its section (one short chat request each, interleaved with the passage generations within "
                            "synth.budget_minutes); 0 = off.")
-
-
-@dataclass
-class SynthDefinitionsConfig:
-    enabled: bool = _f(
-        True, "LLM-free 'what is X?' queries from the corpus's own defining sentences ('X is a ...'), the defining "
-              "chunk as the positive. On the real-question dev split (Debian) they raised every pipeline seed.")
-    max_queries: int = _f(48, "Most definition queries a run makes, spread over the documents, seeded (0 = no cap).")
-    max_sentences: int = _f(3, "Only a chunk's first sentences are read for definitions (where a section defines "
-                               "its subject).")
 
 
 @dataclass
@@ -369,8 +359,6 @@ class SynthConfig:
         "heading-only run. Done ones stay in generations.jsonl, so the rerun sends only the failed ones.")
     repair_attempts: int = _f(1, "Extra turns that show the model its malformed JSON.")
     structure: SynthStructureConfig = _f(SynthStructureConfig, "LLM-free pseudo-queries from headings and titles.")
-    definitions: SynthDefinitionsConfig = _f(SynthDefinitionsConfig,
-                                             "LLM-free 'what is X?' queries from the corpus's defining sentences.")
     filters: SynthFiltersConfig = _f(SynthFiltersConfig, "Length filters on generated queries.")
     judge: SynthJudgeConfig = _f(SynthJudgeConfig, "The LLM judge that grades generated pairs.")
     dedup_cosine: float = _f(0.9, "Drop a query whose cosine to an earlier kept one is >= this (0 = off).")

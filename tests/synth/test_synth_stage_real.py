@@ -25,7 +25,7 @@ HERE = Path(__file__).parent
 BIN = Path(sys.executable).parent / "domain-embed"
 QA_KEYS = {"id", "question", "answer", "query_type", "reasoning_type", "hop_count", "segment_ids", "doc_ids",
            "source", "quality"}
-TYPES = {"factual", "keyword", "procedural", "structural", "multi_hop", "heading", "title", "definition"}
+TYPES = {"factual", "keyword", "procedural", "structural", "multi_hop", "heading", "title"}
 
 
 def make_run(run_dir: Path, overrides: list[str]) -> None:
@@ -80,7 +80,7 @@ def test_synthesize_real_server_then_resume_without_requests(tmp_path):
     for r in qa:
         assert set(r) == QA_KEYS and r["id"].startswith("q_") and len(r["id"]) == 18
         assert r["query_type"] in TYPES and set(r["segment_ids"]) <= chunk_ids
-        assert r["source"]["kind"] in ("llm", "structure", "text")
+        assert r["source"]["kind"] in ("llm", "structure")
         assert r["quality"]["round_trip_rank"] <= 5
         if r["source"]["kind"] == "llm":
             assert r["source"]["model"] == "SmolLM2-135M-Instruct"
@@ -170,19 +170,8 @@ def test_default_batched_generation_real_server(tmp_path):
     llm = [r for r in qa if r["source"]["kind"] == "llm"]
     assert llm, c["filters"]
     assert all(r["quality"]["round_trip_rank"] <= 5 and r["query_type"] in ("factual", "keyword") for r in llm)
-    # the corpus's own definitions, LLM-free: "A partial index is an index built over ..." -> its chunk
-    defs = [r for r in qa if r["source"] == {"kind": "text", "model": "definitions"}]
-    partial = next(json.loads(l) for l in (HERE / "sample_chunks.jsonl").read_text().splitlines()
-                   if json.loads(l)["text"].split("\n")[1].startswith("A partial index is an index"))
-    assert any(r["question"] == "what is partial index?" and r["segment_ids"] == [partial["id"]] for r in defs), defs
-    assert all(r["query_type"] == "definition" and r["reasoning_type"] == "factual" for r in defs)
-    assert c["pairs_by_source"]["text:definitions"] == len(defs)
     man2 = run_stage(STAGES["synth"], rd, cfg, STAGES, force=True, quiet=True)
     assert_rerun_asks_only_what_failed(c, man2["counts"])
-    # turned off, they are gone, and only the filters rerun
-    off = run_stage(STAGES["synth"], rd, load_config(rd, ["synth.definitions.enabled=false"]), STAGES, quiet=True)
-    assert not any(r["source"]["kind"] == "text" for r in read_jsonl(rd / "synth" / "qa.jsonl"))
-    assert off["counts"]["generations_resumed"] == c["generations_ok"]
 
 
 def test_budget_caps_the_plan_and_a_rerun_keeps_it(tmp_path):
@@ -248,7 +237,7 @@ def test_heading_share_caps_structure_pairs_and_a_rerun_without_it_sends_nothing
     c = run_stage(STAGES["synth"], rd, cfg, STAGES, quiet=True)["counts"]
     qa = list(read_jsonl(rd / "synth" / "qa.jsonl"))
     n_struct = sum(r["source"]["kind"] == "structure" for r in qa)
-    n_llm = sum(r["source"]["kind"] == "llm" for r in qa)   # definitions (kind text) do not widen the cap
+    n_llm = len(qa) - n_struct
     assert n_llm > 0 and 0 < n_struct <= n_llm, c["filters"]
     share = c["filters"]["structure_share"]
     dropped = [r for r in read_jsonl(rd / "synth" / "dropped.jsonl") if r["dropped_at"] == "structure_share"]

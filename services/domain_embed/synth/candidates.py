@@ -11,7 +11,7 @@ from typing import Any
 from . import prompts as P
 
 REASONING = {"factual": "factual", "keyword": "lookup", "procedural": "procedural", "structural": "structural",
-             "multi_hop": "compositional", "heading": "lookup", "title": "lookup", "question": "lookup", "definition": "factual"}
+             "multi_hop": "compositional", "heading": "lookup", "title": "lookup", "question": "lookup"}
 QA_FIELDS = ("id", "question", "answer", "query_type", "reasoning_type", "hop_count", "segment_ids", "doc_ids",
              "source", "quality")
 
@@ -121,18 +121,15 @@ def qa_id(question: str, segment_ids: list[str]) -> str:
 
 
 def build_candidates(struct_rows: list[dict[str, Any]], with_structure: bool, tasks: list[dict[str, Any]],
-                     done: dict[str, dict], by_id: dict[str, dict],
-                     definition_rows: list[dict[str, Any]] = ()) -> list[dict[str, Any]]:
-    """Structure pseudo-queries (when enabled), definition queries, then each task's successful generation, in
-    plan order."""
+                     done: dict[str, dict], by_id: dict[str, dict]) -> list[dict[str, Any]]:
+    """Structure pseudo-queries (when enabled), then each task's successful generation, in plan order."""
     cands: list[dict[str, Any]] = []
-    text_rows = [*((r, {"kind": "structure", "model": "headings"}) for r in (struct_rows if with_structure else [])),
-                 *((r, {"kind": "text", "model": "definitions"}) for r in definition_rows)]
-    for r, source in text_rows:
-        first = by_id[r["segment_ids"][0]]
-        cands.append({"question": r["question"], "answer": P.first_sentence(first["text"]),
-                      "query_type": r["query_type"], "segment_ids": r["segment_ids"],
-                      "doc_ids": r["doc_ids"], "source": dict(source)})
+    if with_structure:
+        for r in struct_rows:
+            first = by_id[r["segment_ids"][0]]
+            cands.append({"question": r["question"], "answer": P.first_sentence(first["text"]),
+                          "query_type": r["query_type"], "segment_ids": r["segment_ids"],
+                          "doc_ids": r["doc_ids"], "source": {"kind": "structure", "model": "headings"}})
     for t in tasks:
         r = done.get(t["key"])
         if r is None:

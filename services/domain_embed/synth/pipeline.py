@@ -230,8 +230,7 @@ class StructureShareFilter(Filter):
 
     def reasons(self, rows: list[Row]) -> list[str | None]:
         struct = [i for i, r in enumerate(rows) if r["source"]["kind"] == "structure"]
-        # relative to the LLM pairs only: another LLM-free source (definitions) does not widen the cap
-        n_other = sum(r["source"]["kind"] == "llm" for r in rows)
+        n_other = len(rows) - len(struct)
         limit = self.limit(n_other)
         if not n_other or len(struct) <= limit:
             return [None] * len(rows)

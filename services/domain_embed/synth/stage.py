@@ -6,7 +6,6 @@ Flow::
                  -> one generation per (chunk id, query type, attempt), appended to generations.jsonl
                     the moment it completes (a rerun skips the keys already there)  generate.py
                  + heading/title pseudo-queries (no LLM)                          structure.py
-                 + "what is X?" from the corpus's defining sentences (no LLM)     definitions.py
                  + each heading rewritten as a question (synth.structure.questions; one short LLM call each)
                  -> format -> copied span -> dedup (cosine) -> round trip (top k) -> LLM judge
                  -> heading share (synth.structure.max_share)                     pipeline.py
@@ -32,7 +31,6 @@ from ..schema import PromptStyle, SynthConfig
 from . import prompts as P
 from .candidates import build_candidates, count_by, interleave, plan_heading_tasks, plan_tasks, qa_rows, \
     sample_chunks, source_of
-from .definitions import definition_queries
 from .generate import GenerationLog, budgeted_generate, fingerprint, judge, judge_enabled, load_judgements
 from .pipeline import CopyFilter, DedupFilter, Filter, FilterRunner, FormatFilter, JudgeFilter, QueryVectors, \
     RoundTripFilter, StructureShareFilter
@@ -134,8 +132,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
     by_id = {c["id"]: c for c in chunks}
     struct_rows = structure_queries(chunks, max_per_doc=st.max_per_doc, max_positives=st.max_positives,
                                     extra_generic=list(st.generic_headings))
-    dc = sc.definitions
-    def_rows = definition_queries(chunks, dc.max_queries, conf.seed, dc.max_sentences) if dc.enabled else []
     sampled = sample_chunks(chunks, sc.max_chunks, conf.seed, sc.min_chunk_words)
     chat = conf.llm.local.prompt_style == PromptStyle.chat
     tasks = plan_tasks(sampled, chunks, asdict(sc.types), sc.multi_hop_chunks, batch=sc.batch_types and chat)
@@ -149,8 +145,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     gens = GenerationLog(ctx.dir / "generations.jsonl", fp)
     todo = [t for t in tasks if t["key"] not in gens.done]
     ctx.log(f"{len(sampled)} chunks from {len({c['doc_id'] for c in sampled})} documents -> {len(tasks)} generations "
-            f"({len(tasks) - len(todo)} already in {gens.path.name}); {len(struct_rows)} structure queries, "
-            f"{len(def_rows)} definition queries")
+            f"({len(tasks) - len(todo)} already in {gens.path.name}); {len(struct_rows)} structure queries")
     llm_stats: dict[str, Any] = {}
     with Endpoint(conf.llm, log_path=ctx.dir / "llm_server.log") as llm:
         t0, n_sampled = time.perf_counter(), len(tasks)
@@ -161,7 +156,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         todo = [t for t in todo if t["key"] in {u["key"] for u in tasks}]
         if len(tasks) < n_sampled:
             sampled = [c for c in sampled if c["id"] in {t["chunk_id"] for t in tasks}]
-        cands = build_candidates(struct_rows, st.enabled, tasks, gens.done, by_id, def_rows)
+        cands = build_candidates(struct_rows, st.enabled, tasks, gens.done, by_id)
         gen_failed = Counter(gens.failure_kind(t["key"]) for t in tasks if t["key"] not in gens.done)
         _check_failures(sc, gen_failed, len(tasks), gens.path.name)
         runner = FilterRunner(_filters(ctx, chunks, by_id, llm, llm_stats))
