@@ -713,22 +713,34 @@ def main(argv: list[str] | None = None) -> int:
                    help="run: pipeline overrides (dev tuning only); ceiling: its training settings")
     a = p.parse_intermixed_args(argv)  # overrides may follow the options
     names = a.corpus or list(CORPORA)
+
+    def results_of(files: list[Path]) -> list[dict]:
+        """Every result row of these run/score --json files; a missing or foreign file is a usage error."""
+        rows = []
+        for f in files:
+            if not f.is_file():
+                p.error(f"{f}: no such results file; write it with run/score --json (a run still going writes it "
+                        "at its end)")
+            try:
+                rows.extend(json.loads(f.read_text())["results"])
+            except (ValueError, KeyError, TypeError):
+                p.error(f"{f}: not a results file (no 'results' list); give the JSON that run/score --json wrote")
+        return rows
+
     if a.command == "build":
         build(names)
         return 0
     if a.command == "table":
         if not a.from_json:
             p.error("table needs --from JSON (one or more results files written by run/score --json)")
-        print(table([r for f in a.from_json for r in json.loads(f.read_text())["results"]]))
+        print(table(results_of(a.from_json)))
         return 0
     if a.command == "compare":
         if not a.from_json or not a.against:
             p.error("compare needs --from JSON (the change) and --against JSON (the reference), written by run/score "
                     "--json on the same split")
         new_label, _, old_label = a.label.partition(":")
-        text, res = compare([r for f in a.from_json for r in json.loads(f.read_text())["results"]],
-                            [r for f in a.against for r in json.loads(f.read_text())["results"]],
-                            new_label, old_label or None)
+        text, res = compare(results_of(a.from_json), results_of(a.against), new_label, old_label or None)
         print(text)
         if a.json:
             a.json.parent.mkdir(parents=True, exist_ok=True)

@@ -138,6 +138,19 @@ def test_compare_decides_a_change_on_every_dev_question_pooled_with_a_guard_per_
             rq.main(["compare", "--from", args[0], "--against", args[1], *args[2:]])
     with pytest.raises(SystemExit):
         rq.main(["compare", "--from", mixed])
+    # a results file not written yet, or some other JSON: a usage error naming the file, not a traceback
+    (tmp_path / "foreign.json").write_text("{}")
+    for bad, says in ((tmp_path / "still-running.json", "no such results file"),
+                      (tmp_path / "foreign.json", "not a results file")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            rq.main(["compare", "--from", str(bad), "--against", ref])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and says in err and bad.name in err
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        rq.main(["table", "--from", str(tmp_path / "still-running.json")])
+    assert "no such results file" in capsys.readouterr().err
 
 
 def test_seed_mean_averages_each_question_over_seeds_before_the_bootstrap(rq, capsys):
