@@ -405,6 +405,21 @@ class LoraConfig:
 
 
 @dataclass
+class TeacherConfig:
+    path: Optional[str] = _f(
+        None, "A larger sentence-embedding model (a local folder in sentence-transformers layout, or "
+        "pkg:<package>) whose view of each query's candidates the tuned model also learns: the KL divergence from "
+        "the teacher's distribution over the query's positive, mined and in-batch negatives to the tuned model's, "
+        "this weight times, added to the contrastive loss. The teacher embeds each training query and passage once, "
+        "before the first step (with the fastest encoder this machine has; vectors kept in the run's embedding "
+        "store, so a resumed run does not embed them again), and is not in memory while training. null = off.")
+    weight: float = _f(1.0, "Weight of the teacher's KL term against the contrastive loss (1 = as much).")
+    temperature: float = _f(
+        0.05, "Temperature of both distributions in the KL term (0.05: the scale sentence-transformers' "
+        "all-*-v2 teachers were trained at; the contrastive loss keeps train.temperature).")
+
+
+@dataclass
 class TrainConfig:
     temperature: float = _f(0.02, "InfoNCE temperature.")
     learning_rate: float = _f(
@@ -489,6 +504,7 @@ class TrainConfig:
         "the domain (a hub in everyone's top 10). 0 = off. Off on the real-question DEV split (Debian, 35 questions, "
         "base 0.526), three pipeline seeds on one set of generations: 0 -> 0.573, 1 -> 0.579, paired +0.007 "
         "[-0.017, +0.031] (13 / 10); the largest hub 13 / 7 / 5 questions against 11 / 6 / 5.")
+    teacher: TeacherConfig = _f(TeacherConfig, "Distillation from a larger embedding model.")
     lora: LoraConfig = _f(LoraConfig, "LoRA adapters.")
     matryoshka: bool = _f(False, "Sum the loss over model.matryoshka_dims.")
 

@@ -329,10 +329,13 @@ def test_a_finished_run_checkpoints_its_last_step_off_the_cadence(mined_run, tmp
 @pytest.mark.parametrize("override, says", [
     ("train.base_mix=1.5", "train.base_mix=1.5 is outside (0, 1]"),
     ("train.distill_base=-0.5", "train.distill_base=-0.5 is negative"),
+    ("train.teacher.path=/nonexistent/teacher", "train.teacher.path=/nonexistent/teacher is not a model folder"),
+    ("train.teacher.temperature=0", "give a weight >= 0 (1 = as much as the contrastive loss) and a temperature > 0"),
 ])
-def test_bad_train_weights_are_refused_before_training(mined_run, tmp_path, override, says):
+def test_bad_train_weights_are_refused_before_training(mined_run, trained, tmp_path, override, says):
     run = _copy(mined_run, tmp_path / "run")
-    p = _train(run, override)
+    teacher = [f"train.teacher.path={trained / 'train' / 'model'}"] if override.endswith("temperature=0") else []
+    p = _train(run, *teacher, override)
     assert p.returncode != 0
     assert says in p.stderr, p.stderr[-2000:]
     assert not (run / "train" / "checkpoints").exists()
@@ -378,3 +381,28 @@ def test_the_base_validation_reads_stored_passage_vectors_and_scores_what_encodi
     assert (stored_a, stored_b, stored_c) == (False, True, True)
     assert from_store == pytest.approx(encoded, abs=1e-4)
     assert misfiled != pytest.approx(encoded, abs=1e-3)
+
+
+def test_a_teacher_embeds_the_planned_rows_once_and_adds_its_kl_to_the_loss(mined_run, trained, minilm_path,
+                                                                             tmp_path):
+    """train.teacher: the teacher (here the tuned model of the ``trained`` run, a real model that ranks
+    differently from the base) embeds every planned query and passage into the run's store before the first
+    step, and step 1's loss is the contrastive loss of the same weights and batch plus a positive KL term."""
+    from domain_embed.train.teacher import teacher_spec
+
+    teacher = trained / "train" / "model"
+    losses = {}
+    for name, over in (("plain", []), ("teacher", [f"train.teacher.path={teacher}"])):
+        run = _copy(mined_run, tmp_path / name)
+        before = set(os.listdir(run / "embeddings")) if (run / "embeddings").is_dir() else set()
+        p = _train(run, "train.max_steps=2", "train.val_every_n_steps=0", *over)
+        assert p.returncode == 0, p.stderr[-3000:]
+        losses[name] = [r["loss"] for r in read_jsonl(run / "train" / "metrics.jsonl") if "loss" in r]
+        added = set(os.listdir(run / "embeddings")) - before if (run / "embeddings").is_dir() else set()
+        assert len(added) == (2 if over else 0), (name, added)  # the teacher's query and passage sets
+    assert losses["teacher"][0] > losses["plain"][0] + 1e-4, losses
+    # a sentence-transformers folder without a domain-embed spec: its own pooling and width, no prompts
+    spec = EncodingSpec.from_config(load_config(mined_run, [], save=False))
+    ts = teacher_spec(Path(minilm_path), spec)
+    assert (ts.pooling, ts.dim, ts.query_prefix, ts.max_passage_length) == ("mean", 384, "", spec.max_passage_length)
+    assert teacher_spec(teacher, spec).model_path == str(teacher)

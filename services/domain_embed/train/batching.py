@@ -276,4 +276,5 @@ class PlannedBatches(torch.utils.data.IterableDataset):
             batch = self.collate(queries, passages)
             batch["passage_ids"] = torch.tensor(ids, dtype=torch.long)
             batch["pos_sets"] = pos_sets
+            batch["query_rows"] = torch.tensor([it.example for it in items], dtype=torch.long)  # train.teacher
             yield batch

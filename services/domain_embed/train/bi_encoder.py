@@ -80,6 +80,9 @@ class BiEncoder(L.LightningModule):
         # train.distill_base: the frozen base, held in a list so that it is not a submodule: it stays out
         # of state_dict (checkpoints, best.ckpt, the shipped weights), the optimiser and DDP's buckets
         self._base = [load_frozen_base(spec)] if tcfg.distill_base > 0 else []
+        # train.teacher: (query vectors by example row, passage vectors by passage row), set by the worker
+        # before training (train/teacher.py); plain tensors, not buffers, so they stay out of checkpoints
+        self.teacher: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ encoding
     def tokenize(self, texts: list[str], input_type: str) -> dict[str, torch.Tensor]:
@@ -118,7 +121,19 @@ class BiEncoder(L.LightningModule):
                                                                      self.tcfg.temperature)
         if self._base:
             loss = loss + self.tcfg.distill_base * self.base_term(batch, q, p, group, offset, gather)
+        if self.teacher is not None and self.tcfg.teacher.weight > 0:
+            loss = loss + self.tcfg.teacher.weight * self.teacher_term(batch, q, p, ids, group, offset)
         return loss
+
+    def teacher_term(self, batch: dict[str, Any], q: torch.Tensor, p: torch.Tensor, ids: torch.Tensor, group: int,
+                     offset: int) -> torch.Tensor:
+        """:func:`info_nce.base_kl` against the teacher's stored vectors of the same queries and candidates
+        (``p`` and ``ids`` are already gathered when the negatives come from every rank)."""
+        tq, tp = self.teacher
+        qt = tq[batch["query_rows"].cpu()].to(q.device)
+        pt = tp[ids.cpu()].to(q.device)
+        qs, ps = F.normalize(q.float(), dim=-1), F.normalize(p.float(), dim=-1)
+        return base_kl(qs, ps, qt, pt, group, offset, self.tcfg.teacher.temperature, self.tcfg.in_batch_negatives)
 
     def base_term(self, batch: dict[str, Any], q: torch.Tensor, p: torch.Tensor, group: int, offset: int,
                   gather: bool) -> torch.Tensor:

@@ -58,6 +58,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if not float(ctx.conf.train.symmetric) >= 0.0:
         raise UserError(f"train.symmetric={ctx.conf.train.symmetric} is negative; give the weight of the reverse "
                         f"(passage -> query) term, >= 0 (0 = off, 1 = as much as the query -> passage term)")
+    teacher = ctx.conf.train.teacher
+    if teacher.path:
+        from .teacher import teacher_path
+
+        if not float(teacher.weight) >= 0.0 or not float(teacher.temperature) > 0.0:
+            raise UserError(f"train.teacher.weight={teacher.weight}, train.teacher.temperature={teacher.temperature}: "
+                            f"give a weight >= 0 (1 = as much as the contrastive loss) and a temperature > 0 (0.05)")
+        teacher_dir = teacher_path(teacher.path)  # before minutes of training, not after
     tdir = ctx.dir
     if ctx.force:
         # --force means "train again", not "resume the finished run"
@@ -67,6 +75,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     cfg["_quiet"] = ctx.quiet  # a flag of the stage, not a config key: the worker reads it apart
     # Freeze the model path so the worker (maybe another pod) needs no registry-package lookup.
     cfg["model"]["path"] = ctx.spec().model_path
+    if teacher.path:
+        cfg["train"]["teacher"]["path"] = str(teacher_dir)
     atomic_write_text(tdir / "run_config.yaml", OmegaConf.to_yaml(OmegaConf.create(cfg)))
     (tdir / "summary.json").unlink(missing_ok=True)
     (tdir / ".error").unlink(missing_ok=True)

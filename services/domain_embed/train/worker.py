@@ -337,6 +337,13 @@ def main(run_dir: Path) -> int:
     module.budget = {k: v for k, v in budget.items() if not k.startswith("_")}
     stop.check(None)
     # rank and world size are read when iteration starts: under DDP they exist only once Lightning launched the ranks
+    if tc.teacher.path:
+        from ..embed_store import EmbeddingStore
+        from .teacher import teacher_path, teacher_spec, teacher_vectors
+
+        tspec = teacher_spec(teacher_path(tc.teacher.path), spec)
+        module.teacher = teacher_vectors(plan, data.texts, total_steps * accum, tspec, conf.model,
+                                         store=EmbeddingStore.for_run(run_dir), log=_say if show else lambda m: None)
     train_ds = PlannedBatches(plan, data.texts, collate, 0, world, total_steps * accum, lambda: module.resume_batch,
                               rank_world=lambda: (trainer.global_rank, trainer.world_size))
     # Their own generators: a DataLoader iterator otherwise draws its seed from the global torch RNG,
