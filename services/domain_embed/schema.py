@@ -412,7 +412,9 @@ class TeacherConfig:
         "the teacher's distribution over the query's positive, mined and in-batch negatives to the tuned model's, "
         "this weight times, added to the contrastive loss. The teacher embeds each training query and passage once, "
         "before the first step (with the fastest encoder this machine has; vectors kept in the run's embedding "
-        "store, so a resumed run does not embed them again), and is not in memory while training. null = off.")
+        "store, so a resumed run does not embed them again), and is not in memory while training. null = off. Off on "
+        "the real-question DEV splits with all-mpnet-base-v2 as the teacher (three seeds, the defaults' generations): "
+        "Debian +0.010 [-0.012, +0.033], Git -0.069 [-0.160, +0.005] (below the base), pooled -0.001.")
     weight: float = _f(1.0, "Weight of the teacher's KL term against the contrastive loss (1 = as much).")
     temperature: float = _f(
         0.05, "Temperature of both distributions in the KL term (0.05: the scale sentence-transformers' "
