@@ -589,9 +589,10 @@ class ExportConfig:
 class ServeConfig:
     host: str = _f("127.0.0.1", "Gateway host; keep 127.0.0.1 unless a proxy or the chart fronts it.")
     port: int = _f(8080, "Gateway HTTP port.")
-    triton_grpc_port: int = _f(8001, "Triton gRPC port (the gateway talks to Triton here).")
-    triton_http_port: int = _f(8000, "Triton HTTP port.")
-    triton_metrics_port: int = _f(8002, "Triton Prometheus metrics port.")
+    triton_grpc_port: int = _f(8001, "Triton gRPC port (the gateway talks to Triton here); 0 = a free port picked at "
+                                     "start. A port another process listens on is refused, naming the holder.")
+    triton_http_port: int = _f(8000, "Triton HTTP port (readiness); 0 = a free port picked at start.")
+    triton_metrics_port: int = _f(8002, "Triton Prometheus metrics port; 0 = a free port picked at start.")
     max_batch_items: int = _f(128, "Most inputs in one /v1/embeddings request (more is a 413/422 error).")
     max_body_bytes: int = _f(2097152, "Largest request body (413 above it).")
     max_queue: int = _f(64, "Requests waiting for Triton before new ones get 429 with Retry-After.")

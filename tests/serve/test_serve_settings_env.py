@@ -40,7 +40,8 @@ def test_env_twin_wins_over_config(base_cfg):
 
 
 @pytest.mark.parametrize("key,value", [("MAX_QUEUE", "lots"), ("MAX_QUEUE", "0"), ("DEFAULT_TRUNCATE", "MIDDLE"),
-                                       ("READY_TIMEOUT_S", "0"), ("REQUEST_TIMEOUT_S", "-1")])
+                                       ("READY_TIMEOUT_S", "0"), ("REQUEST_TIMEOUT_S", "-1"),
+                                       ("TRITON_HTTP_PORT", "70000"), ("TRITON_GRPC_PORT", "-1")])
 def test_bad_setting_is_a_user_error(base_cfg, key, value):
     with pytest.raises(UserError, match=key.lower()):
         ServeSettings.from_config(base_cfg, env={ENV_PREFIX + key: value})

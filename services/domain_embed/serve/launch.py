@@ -1,13 +1,16 @@
 """`domain-embed serve RUN_DIR`: tritonserver on RUN_DIR/triton plus the gateway, stopped together.
 
 Triton is a child process, supervised: if it dies it is restarted (serve.triton_restart), and the
-gateway answers 503 meanwhile and recovers by itself. On SIGINT/SIGTERM uvicorn stops accepting,
+gateway answers 503 meanwhile and recovers by itself. If another process has taken one of Triton's
+ports meanwhile, serve stops with an error instead (exit 2): the gateway would otherwise call that
+process's model. On SIGINT/SIGTERM uvicorn stops accepting,
 drains the requests in flight (serve.shutdown_grace_s), then Triton is stopped.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -16,6 +19,7 @@ from typing import Any
 
 from ..errors import UserError
 from .settings import ServeSettings
+from .triton_process import PortInUse
 
 
 def load_spec(repo: Path) -> dict[str, Any]:
@@ -45,6 +49,7 @@ class Supervisor(threading.Thread):
         self.triton, self.interval = triton, interval
         self.stopping = threading.Event()
         self.restarts = 0
+        self.fatal: str | None = None  # why serve must stop (a port taken by another process)
 
     def run(self) -> None:
         pause = 1.0
@@ -60,6 +65,11 @@ class Supervisor(threading.Thread):
             try:
                 self.triton.start()
                 self.restarts += 1
+            except PortInUse as exc:  # not a crash to wait out: stop serving rather than call another model
+                self.fatal = str(exc)
+                _log(f"not restarting tritonserver: {exc}; stopping")
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
             except Exception as exc:  # keep trying; the gateway says 503 meanwhile
                 _log(f"restart failed: {exc}")
 
@@ -104,9 +114,13 @@ def serve_run(run_dir: Path, cfg, host: str | None = None, port: int | None = No
             server.run()
         except _Stop:
             pass
+        if supervisor is not None and supervisor.fatal:
+            raise UserError(supervisor.fatal)
         _log("gateway stopped; stopping tritonserver")
         return 0
     except _Stop:
+        if supervisor is not None and supervisor.fatal:
+            raise UserError(supervisor.fatal) from None
         _log("stopped before the gateway started")
         return 0
     finally:

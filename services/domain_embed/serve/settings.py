@@ -68,6 +68,10 @@ class ServeSettings:
             s.triton_url = f"127.0.0.1:{s.triton_grpc_port}"
         if s.default_truncate not in ("NONE", "START", "END"):
             raise UserError(f"serve.default_truncate={s.default_truncate!r}; use NONE, START or END")
+        for name in ("triton_grpc_port", "triton_http_port", "triton_metrics_port"):
+            if not 0 <= getattr(s, name) <= 65535:
+                raise UserError(f"serve.{name}={getattr(s, name)} is not a port; use 1-65535, or 0 to pick a free one "
+                                f"at start")
         for name in ("max_batch_items", "max_body_bytes", "max_queue"):
             if getattr(s, name) < 1:
                 raise UserError(f"serve.{name} must be at least 1")

@@ -15,6 +15,13 @@ with an interpreter that ignores the environment (PYTHONDONTWRITEBYTECODE has no
 writes ``__pycache__`` into the model repository; those caches are removed before each start (a
 planted ``.pyc`` with a matching stamp would otherwise shadow the verified ``model.py``) and
 after each stop (the repository on disk is again exactly what its manifest lists).
+
+Its three ports must be its own. Triton loads its models before it listens, so a second server given
+a port that another one holds (a second ``domain-embed serve`` on the same machine, a NIM, a dev server
+on 8000) loads, then exits; meanwhile the first answers the readiness probe, and a gateway that
+trusted it would send every request to someone else's model. So a start refuses a port that anything
+listens on, naming who holds it, and readiness counts only when the listening sockets belong to the
+process this object started (read from /proc; where there is no /proc, a connect test stands in).
 """
 
 from __future__ import annotations
@@ -67,6 +74,72 @@ def clear_bytecode(repo: Path) -> int:
     return n
 
 
+class PortInUse(UserError):
+    """A port the server needs is held by another process."""
+
+
+def _listen_inodes(port: int) -> set[int] | None:
+    """Inodes of the sockets listening on TCP ``port`` at any local address; None where /proc/net is absent."""
+    found: set[int] = set()
+    seen = False
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(name, encoding="ascii", errors="replace") as fh:
+                rows = fh.read().splitlines()[1:]
+        except OSError:
+            continue
+        seen = True
+        for row in rows:
+            f = row.split()  # sl local_address rem_address st ... uid timeout inode
+            if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
+                found.add(int(f[9]))
+    return found if seen else None
+
+
+def _socket_inodes(pid: int) -> set[int] | None:
+    """Inodes of the sockets ``pid`` has open; None where its fd table cannot be read."""
+    out: set[int] = set()
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    for n in names:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{n}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            out.add(int(link[8:-1]))
+    return out
+
+
+def port_in_use(port: int) -> bool:
+    inodes = _listen_inodes(port)
+    if inodes is not None:
+        return bool(inodes)
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def port_holder(port: int) -> str:
+    """Who listens on ``port``, as 'pid N (command)', as far as this user may see; '' when unknown."""
+    inodes = _listen_inodes(port) or set()
+    if not inodes:
+        return ""
+    try:
+        pids = [int(e) for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return ""
+    for pid in pids:
+        if (_socket_inodes(pid) or set()) & inodes:
+            cmd = " ".join(_cmdline(pid))
+            return f"pid {pid} ({cmd[:120]})" if cmd else f"pid {pid}"
+    return "a process this user cannot see"
+
+
 def server_command(repo: Path, grpc_port: int, http_port: int, metrics_port: int,
                    extra: list[str] | None = None) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ)
@@ -96,12 +169,19 @@ def server_command(repo: Path, grpc_port: int, http_port: int, metrics_port: int
     return [str(dist / "bin" / "tritonserver"), *args, *(extra or [])], env
 
 
+PORT_KEYS = ("serve.triton_grpc_port", "serve.triton_http_port", "serve.triton_metrics_port")
+
+
 class TritonProcess:
-    """One tritonserver child process, restartable; logs go to ``log_path``."""
+    """One tritonserver child process, restartable; logs go to ``log_path``.
+
+    A port given as 0 is picked free once, here, so that restarts keep the ports the gateway was given."""
 
     def __init__(self, repo: Path, grpc_port: int, http_port: int, metrics_port: int, log_path: Path | None = None):
+        from ..netutil import free_port
+
         self.repo = Path(repo)
-        self.ports = (grpc_port, http_port, metrics_port)
+        self.ports = tuple(int(p) or free_port() for p in (grpc_port, http_port, metrics_port))
         self.log_path = log_path or Path(tempfile.gettempdir()) / f"tritonserver-{grpc_port}.log"
         self.proc: subprocess.Popen | None = None
 
@@ -111,6 +191,7 @@ class TritonProcess:
 
     def start(self) -> "TritonProcess":
         self.reap()  # a crashed predecessor's backend stubs, before a new server maps its own
+        self.check_ports()
         clear_bytecode(self.repo)
         cmd, env = server_command(self.repo, *self.ports)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -119,6 +200,29 @@ class TritonProcess:
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         log.close()
         return self
+
+    def check_ports(self) -> None:
+        """Refuse to start on a port another process listens on (the server would load, then exit)."""
+        for key, port in zip(PORT_KEYS, self.ports):
+            if port_in_use(port):
+                holder = port_holder(port)
+                env = "DOMAIN_EMBED_SERVE_" + key.split(".", 1)[1].upper()
+                raise PortInUse(f"{key}={port} is in use on this machine{f' by {holder}' if holder else ''}, so "
+                                f"tritonserver cannot listen there, and the gateway would call whatever answers; set "
+                                f"{key} (or {env}) to a free port, or to 0 to pick one at start")
+
+    def owns_ports(self) -> bool | None:
+        """Whether the gRPC and HTTP ports are listened on by this server; None where that cannot be read."""
+        if self.proc is None:
+            return False
+        mine = _socket_inodes(self.proc.pid)
+        for port in self.ports[:2]:
+            inodes = _listen_inodes(port)
+            if inodes is None or mine is None:
+                return None
+            if not inodes & mine:
+                return False
+        return True
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -135,10 +239,19 @@ class TritonProcess:
                                 f"it was ready; its log ends with:\n{self.log_tail()}")
             try:
                 with urllib.request.urlopen(url, timeout=2) as r:
-                    if r.status == 200:
-                        return
+                    ready = r.status == 200
             except (urllib.error.URLError, OSError):
-                pass
+                ready = False
+            if ready:
+                if self.owns_ports() is not False:
+                    return
+                mine = (_socket_inodes(self.proc.pid) if self.proc is not None else None) or set()
+                taken = [(k, p) for k, p in zip(PORT_KEYS, self.ports[:2]) if (_listen_inodes(p) or set()) - mine]
+                who = "; ".join(f"{k}={p} by {port_holder(p) or 'another process'}" for k, p in taken)
+                self.stop()
+                raise PortInUse(f"another server answers on this serve's Triton ports ({who}), not the tritonserver "
+                                f"it started; set {' and '.join(k for k, _ in taken) or 'the serve.triton_*_port keys'} "
+                                f"to free ports, or to 0 to pick them at start")
             time.sleep(0.3)
         raise UserError(f"tritonserver was not ready after {timeout:.0f}s; log: {self.log_path}\n{self.log_tail()}")
 

@@ -1,0 +1,130 @@
+"""Triton's ports are this serve's own: a port another process listens on is refused with its holder named,
+readiness counts only when the listening sockets belong to the server serve started, and a port taken
+while Triton is down stops serve (exit 2) instead of the gateway calling someone else's model.
+
+Found by running two `domain-embed serve` at once with the default Triton ports: the second's gateway
+came up on the first one's Triton (it answered the readiness probe while the second Triton loaded, then
+failed to bind), and its supervisor restarted a server that could never listen, forever."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from domain_embed.serve.triton_process import TritonProcess, port_holder, port_in_use
+
+BIN = Path(sys.executable).parent / "domain-embed"
+MODEL = "domain-embed-minilm"
+
+
+def _listener(port: int) -> subprocess.Popen:
+    """A real process listening on ``port`` (Python's own HTTP server): the other program on the port."""
+    proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while not port_in_use(port):
+        assert proc.poll() is None and time.time() < deadline, "http.server did not start"
+        time.sleep(0.1)
+    return proc
+
+
+def test_a_port_another_process_listens_on_is_refused_with_its_holder_named(exported_run, helpers):
+    busy = helpers.free_port()
+    other = _listener(busy)
+    try:
+        assert f"pid {other.pid}" in port_holder(busy) and "http.server" in port_holder(busy)
+        proc = subprocess.run([str(BIN), "serve", str(exported_run), "--host", "127.0.0.1",
+                               "--port", str(helpers.free_port()), f"serve.triton_grpc_port={helpers.free_port()}",
+                               f"serve.triton_http_port={busy}", "serve.triton_metrics_port=0"],
+                              capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    finally:
+        other.terminate()
+        other.wait(timeout=10)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    err = proc.stderr
+    assert f"serve.triton_http_port={busy} is in use" in err and f"pid {other.pid}" in err
+    assert "DOMAIN_EMBED_SERVE_TRITON_HTTP_PORT" in err and "or to 0 to pick one" in err
+    assert "Traceback" not in err and "tritonserver ready" not in err
+    assert not port_in_use(busy)
+
+
+def test_readiness_counts_only_the_started_servers_own_sockets(exported_run, helpers, tmp_path):
+    """owns_ports reads /proc: the listener's sockets are its own, not another process's."""
+    port = helpers.free_port()
+    other = _listener(port)
+    try:
+        t = TritonProcess(exported_run / "triton", port, port, helpers.free_port(), log_path=tmp_path / "t.log")
+        t.proc = other
+        assert t.owns_ports() is True
+        t.proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        try:
+            assert t.owns_ports() is False
+        finally:
+            t.proc.kill()
+            t.proc.wait(timeout=10)
+    finally:
+        other.terminate()
+        other.wait(timeout=10)
+
+
+def test_ports_at_zero_are_picked_and_a_port_taken_while_triton_is_down_stops_serve(exported_run, helpers):
+    port = helpers.free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([str(BIN), "serve", str(exported_run), "--host", "127.0.0.1", "--port", str(port),
+                             "serve.triton_grpc_port=0", "serve.triton_http_port=0", "serve.triton_metrics_port=0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    thief = None
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(f"{base}/v1/health/ready", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.time() < deadline, "never ready"
+            time.sleep(0.5)
+        r = httpx.post(f"{base}/v1/embeddings", json={"input": ["ports"], "model": f"{MODEL}-query"}, timeout=30)
+        assert r.status_code == 200, r.text
+        (triton,) = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.name() == "tritonserver"]
+        grpc = int(re.search(r"--grpc-port=(\d+)", " ".join(triton.cmdline())).group(1))
+        assert grpc not in (8001, 0)  # picked, not Triton's default
+
+        # Triton dies; before the supervisor restarts it, another program takes its gRPC port.
+        os.kill(triton.pid, signal.SIGKILL)
+        triton.wait(timeout=10)
+        thief = socket.socket()
+        thief.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        deadline = time.time() + 5
+        while True:
+            try:
+                thief.bind(("127.0.0.1", grpc))
+                break
+            except OSError:
+                assert time.time() < deadline, "the dead server's port never came free"
+                time.sleep(0.05)
+        thief.listen(1)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        if thief is not None:
+            thief.close()
+    assert proc.returncode == 2, out[-3000:]
+    assert f"serve.triton_grpc_port={grpc} is in use on this machine by pid {os.getpid()}" in out, out[-3000:]
+    assert "not restarting tritonserver" in out and "Traceback" not in out
+    assert not [p for p in psutil.process_iter(["name"]) if p.info["name"] == "tritonserver"
+                and str(exported_run) in " ".join(p.cmdline())]
