@@ -112,6 +112,29 @@ class AppendLog:
         self.close()
 
 
+# ---------------------------------------------------------------- a lock between processes
+@contextlib.contextmanager
+def file_lock(path: Path | str, waiting: Any = None) -> Iterator[None]:
+    """Hold an exclusive advisory lock (``flock``) on ``path`` for the block, blocking while another process
+    holds it; ``waiting()`` is called once if it has to wait. The kernel drops the lock when its holder
+    exits, however it exits, so a crash never leaves a stale lock behind."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting is not None:
+                waiting()
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 # ---------------------------------------------------------------- hashing
 def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()

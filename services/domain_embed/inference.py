@@ -151,15 +151,34 @@ def _quiet_tools():
 def build_graph(model_path: str | Path, spec: EncodingSpec, root: Path, log: Callable[[str], None] = print,
                 texts: Sequence[str] | None = None) -> tuple[Path, dict[str, Any]]:
     """The fp32 pooled graph for ``model_path``, exported once and checked against torch; (path, build info)."""
-    from .onnx_graph import BUILTIN_SENTENCES, export_onnx
+    from .files import file_lock
 
     d = _graph_dir(root, model_path, spec)
     path, info_path = d / "model.onnx", d / "build.json"
+    if (done := _built(path, info_path)) is not None:
+        return path, done
+    # The cache is shared by every run on the machine: two runs that start together on a fresh cache
+    # (two corpora, two benchmarks) build it once, the second waiting for the first.
+    with file_lock(d / ".build.lock", lambda: log(f"waiting for another process building the ONNX graph in {d}")):
+        if (done := _built(path, info_path)) is not None:
+            return path, done
+        return path, _build_graph(model_path, spec, path, info_path, log, texts)
+
+
+def _built(path: Path, info_path: Path) -> dict[str, Any] | None:
     if path.is_file() and info_path.is_file():
         try:
-            return path, json.loads(info_path.read_text())
+            return json.loads(info_path.read_text())
         except ValueError:
             pass
+    return None
+
+
+def _build_graph(model_path: str | Path, spec: EncodingSpec, path: Path, info_path: Path,
+                 log: Callable[[str], None], texts: Sequence[str] | None) -> dict[str, Any]:
+    from .onnx_graph import BUILTIN_SENTENCES, export_onnx
+
+    d = path.parent
     t0 = time.perf_counter()
     log(f"building the ONNX inference graph for {model_path} (once per model; cached in {d})")
     with _quiet_tools():
@@ -174,17 +193,23 @@ def build_graph(model_path: str | Path, spec: EncodingSpec, root: Path, log: Cal
             "fingerprint": model_fingerprint(model_path), "parity_vs_torch": parity,
             "min_cosine_required": FP32_MIN_COSINE, "passed": parity["min_cosine"] >= FP32_MIN_COSINE}
     atomic_write_json(info_path, info)
-    return path, info
+    return info
 
 
 def build_int8(fp32_path: Path, log: Callable[[str], None] = print) -> Path:
     from .onnx_graph import INT8_RECIPE, quantize_int8
 
+    from .files import file_lock
+
     path = fp32_path.with_name(f"model.int8-{INT8_RECIPE}.onnx")
-    if not path.is_file():
-        log(f"quantising {fp32_path.name} to int8 (dynamic, per-channel MatMul weights)")
-        with _quiet_tools():
-            quantize_int8(fp32_path, path)
+    if path.is_file():
+        return path
+    with file_lock(fp32_path.parent / ".build.lock",
+                   lambda: log(f"waiting for another process quantising {fp32_path.parent}")):
+        if not path.is_file():
+            log(f"quantising {fp32_path.name} to int8 (dynamic, per-channel MatMul weights)")
+            with _quiet_tools():
+                quantize_int8(fp32_path, path)
     return path
 
 

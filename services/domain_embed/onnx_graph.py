@@ -13,6 +13,7 @@ The graph takes ``input_ids`` and ``attention_mask`` (int64, [batch, seq]) and r
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -72,7 +73,7 @@ def export_onnx(model_path: str | Path, spec: EncodingSpec, out: Path, opset: in
     args = (sample["input_ids"], sample["attention_mask"])
     axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}, "embeddings": {0: "batch"}}
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # two processes never write one temporary file
     errors = []
     for dynamo in (False, True):
         try:
@@ -167,7 +168,7 @@ def quantize_int8(src: Path, dst: Path) -> dict:
     keep_fp32 = [n.name for n in weight_mm if len(shapes[n.input[1]]) == 2 and shapes[n.input[1]][0] > shapes[n.input[1]][1]]
     del model
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp")
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     try:
         quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QUInt8, per_channel=True,
                          op_types_to_quantize=["MatMul"], nodes_to_exclude=keep_fp32)

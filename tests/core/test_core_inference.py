@@ -89,3 +89,55 @@ def test_int8_is_used_only_where_allowed_and_when_parity_passes(spec, onnx_cache
     assert list(int8_path.parent.glob(f"{int8_path.stem}-parity-*.json"))
     ops = [n.op_type for n in onnx.load(str(int8_path)).graph.node]
     assert ops.count("MatMulInteger") == 30 and ops.count("MatMul") == 12 + 6
+
+
+_BUILDER = r"""
+import sys, time
+from pathlib import Path
+from omegaconf import OmegaConf
+from domain_embed.config import EncodingSpec, load_config
+from domain_embed.inference import inference_encoder
+
+root, go, ready = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+spec = EncodingSpec.from_config(load_config(None, [], save=False))
+mcfg = OmegaConf.create({"inference_backend": "onnx", "int8": "true", "int8_min_cosine": 0.9,
+                         "onnx_cache_dir": str(root)})
+ready.touch()
+while not go.exists():  # both processes past their imports, then both ask for the graph at once
+    time.sleep(0.01)
+enc = inference_encoder(spec, mcfg, allow_int8=True, log=lambda m: print(m, flush=True))
+v = enc.encode(["How do I create an index concurrently?"], "query")
+print("USED", enc.backend, enc.precision, round(float((v * v).sum()), 4), flush=True)
+"""
+
+
+def test_two_processes_on_an_empty_cache_build_the_graph_once(tmp_path):
+    """The base's graph lives in a cache every run on the machine shares: two runs starting together on a
+    fresh one (two corpora, two benchmarks) used to write the same temporary file. One builds, the other
+    waits for it and uses what it built."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "builder.py"
+    script.write_text(_BUILDER)
+    root, go = tmp_path / "cache", tmp_path / "go"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    procs = [subprocess.Popen([sys.executable, str(script), str(root), str(go), str(tmp_path / f"ready{i}")],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) for i in range(2)]
+    deadline = time.time() + 120
+    while not all((tmp_path / f"ready{i}").exists() for i in range(2)):
+        assert all(p.poll() is None for p in procs) and time.time() < deadline, [p.communicate() for p in procs]
+        time.sleep(0.05)
+    go.touch()
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    text = "\n".join(outs)
+    assert text.count("building the ONNX inference graph") == 1, text
+    assert text.count("quantising model.onnx to int8") == 1, text
+    assert text.count("waiting for another process building the ONNX graph") == 1, text
+    assert text.count("USED onnx int8 1.0") == 2, text
+    (graph,) = [p for p in root.iterdir() if p.is_dir()]
+    assert json.loads((graph / "build.json").read_text())["passed"]
+    assert not [f.name for f in graph.iterdir() if f.name.endswith(".tmp")]
