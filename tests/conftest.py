@@ -19,7 +19,19 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
+# The longest modules (each a whole pipeline or several trainings; minutes on 2 cores), started first when
+# `make test` runs the suite on two xdist workers (--dist loadfile: a module stays on one worker, so its
+# module-scoped fixtures run once), so that neither worker is left alone with one of them at the end.
+LONGEST_FIRST = ["tests/e2e/test_e2e_run.py", "tests/train/test_train_lightning.py", "tests/docs/test_notebook.py",
+                 "tests/synth/test_synth_stage_real.py", "tests/user_queries/test_user_queries_cli.py",
+                 "tests/evaluate/test_evaluate_stage.py", "tests/serve/test_serve_launch_recovery.py",
+                 "tests/core/test_core_outside_inputs.py", "tests/benchmarks/test_real_questions.py"]
+
+
 def pytest_collection_modifyitems(config, items):
+    if getattr(config.option, "numprocesses", None):
+        rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda it: rank.get(Path(str(it.fspath)).relative_to(REPO).as_posix(), len(rank)))
     try:
         import torch
 
