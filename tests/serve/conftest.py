@@ -85,9 +85,29 @@ class GatewayThread:
         self.thread.join(timeout=30)
 
 
+def wait_gateway_ready(proc, base: str, timeout: float = 120.0, pause: float = 0.5) -> None:
+    """Until ``base``/v1/health/ready answers 200; fails with the process's output if it exits first."""
+    import time
+
+    import httpx
+
+    deadline = time.time() + timeout
+    while True:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else proc.returncode
+        try:
+            if httpx.get(f"{base}/v1/health/ready", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.time() < deadline, f"{base} never ready"
+        time.sleep(pause)
+
+
 @pytest.fixture(scope="session")
 def helpers():
-    """GatewayThread and free_port for test modules (importlib mode cannot import conftest directly)."""
+    """GatewayThread, free_port and wait_gateway_ready for test modules (importlib mode cannot import conftest
+    directly)."""
     import types
 
-    return types.SimpleNamespace(GatewayThread=GatewayThread, free_port=free_port)
+    return types.SimpleNamespace(GatewayThread=GatewayThread, free_port=free_port,
+                                 wait_gateway_ready=wait_gateway_ready)

@@ -336,12 +336,11 @@ def test_triton_runs_the_generated_batching_config(triton):
     assert cfg["instance_group"][0]["count"] == 1 and cfg["instance_group"][0]["kind"] == "KIND_CPU"
 
 
-def test_gateway_only_entry_point_against_running_triton(triton, exported_run):
+def test_gateway_only_entry_point_against_running_triton(triton, exported_run, helpers):
     """`python -m domain_embed.serve.gateway`: the gateway container of a pod whose Triton runs apart."""
     import signal
     import subprocess
     import sys
-    import time
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "domain_embed.serve.gateway", "--encoding",
@@ -349,16 +348,7 @@ def test_gateway_only_entry_point_against_running_triton(triton, exported_run):
                              "--host", "127.0.0.1", "--port", str(port), "--served-name", "gw-only"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.time() + 60
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v1/health/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.time() < deadline
-            time.sleep(0.3)
+        helpers.wait_gateway_ready(proc, f"http://127.0.0.1:{port}", timeout=60, pause=0.3)
         r = httpx.post(f"http://127.0.0.1:{port}/v1/embeddings", timeout=30,
                        json={"input": "x", "model": "gw-only-query"})
         assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 384

@@ -83,16 +83,7 @@ def test_serve_kill_triton_503_then_recovers_and_sigterm_stops_all(exported_run,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     try:
-        deadline = time.time() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(f"{base}/v1/health/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.time() < deadline, "never ready"
-            time.sleep(0.5)
+        helpers.wait_gateway_ready(proc, base)
         assert _post(base).status_code == 200
 
         tritons = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.name() == "tritonserver"]

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import httpx
 import psutil
-import pytest
 
 from domain_embed.serve.triton_process import TritonProcess, port_holder, port_in_use
 
@@ -86,16 +85,7 @@ def test_ports_at_zero_are_picked_and_a_port_taken_while_triton_is_down_stops_se
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     thief = None
     try:
-        deadline = time.time() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(f"{base}/v1/health/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.time() < deadline, "never ready"
-            time.sleep(0.5)
+        helpers.wait_gateway_ready(proc, base)
         r = httpx.post(f"{base}/v1/embeddings", json={"input": ["ports"], "model": f"{MODEL}-query"}, timeout=30)
         assert r.status_code == 200, r.text
         (triton,) = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.name() == "tritonserver"]
