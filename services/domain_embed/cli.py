@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _resolve_run_dir(args: argparse.Namespace):
+def _run_dir_of(args: argparse.Namespace) -> Path:
     from .config import load_config
 
     run_dir = args.run_dir
@@ -92,8 +92,7 @@ def _resolve_run_dir(args: argparse.Namespace):
     run_dir = run_dir.resolve()
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--run-dir {run_dir} exists and is not a directory")
-    cfg = load_config(run_dir, args.overrides)
-    return run_dir, cfg
+    return run_dir
 
 
 def _stage_extra(args: argparse.Namespace) -> dict[str, Any]:
@@ -106,20 +105,35 @@ def _stage_extra(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from .rundir import run_stage
+    from .config import load_config
+    from .rundir import run_dir_lock, run_stage
     from .stages import STAGES
 
-    run_dir, cfg = _resolve_run_dir(args)
-    run_stage(STAGES[args.stage], run_dir, cfg, STAGES, force=args.force, quiet=args.quiet,
-              extra=_stage_extra(args))
+    run_dir = _run_dir_of(args)
+    load_config(run_dir, args.overrides, save=False)  # bad overrides are refused before the folder is touched
+    with run_dir_lock(run_dir):  # before config.yaml is written: a second process must not rewrite it
+        cfg = load_config(run_dir, args.overrides)
+        run_stage(STAGES[args.stage], run_dir, cfg, STAGES, force=args.force, quiet=args.quiet,
+                  extra=_stage_extra(args))
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .rundir import run_dir_lock
+
+    run_dir = _run_dir_of(args)
+    load_config(run_dir, args.overrides, save=False)  # bad overrides are refused before the folder is touched
+    with run_dir_lock(run_dir):
+        return _run_all(args, run_dir)
+
+
+def _run_all(args: argparse.Namespace, run_dir: Path) -> int:
+    from .config import load_config
     from .rundir import run_stage
     from .stages import STAGES
 
-    run_dir, cfg = _resolve_run_dir(args)
+    cfg = load_config(run_dir, args.overrides)
     timings: dict[str, float] = {}
     t0 = time.time()
     for name, st in STAGES.items():

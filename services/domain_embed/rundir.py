@@ -12,6 +12,12 @@ manifest of the stage that wrote it, and refuses it (with the command that fixes
 SIGTERM and SIGINT during a stage raise :class:`errors.Interrupted`: the stage unwinds through its
 ``finally`` blocks (saving what it can, stopping its children), no manifest is written, and the
 command exits 128+signal, at the latest :func:`stop_timeout_s` after the signal.
+
+One process works in a run directory at a time (:func:`run_dir_lock`, an ``flock`` on
+``runs/<name>/.lock`` that the kernel drops however its holder exits): a second ``domain-embed run``
+on the same folder would rewrite ``config.yaml`` and the stages' outputs under the first. The ranks
+of one torchrun job (the chart's multi-node training runs ``domain_embed.cli train`` on each) share
+the folder by design and take no lock.
 """
 
 from __future__ import annotations
@@ -186,6 +192,60 @@ def _hard_stop() -> None:  # pragma: no cover - the last resort, exercised by th
     print(f"domain-embed: did not stop within {stop_timeout_s():.0f}s of {_signal.Signals(sig).name}; killed "
           f"{len(_Stopping.children)} child process(es) and exiting. Rerun to resume.", file=sys.stderr, flush=True)
     os._exit(128 + sig)
+
+
+_HELD: dict[str, list] = {}  # run directory -> [open lock file, depth]: the lock is re-entrant in one process
+
+
+def _torchrun_rank() -> bool:
+    """A rank of a torchrun (or Kubeflow PyTorchJob) job, whose ranks share the run directory by design."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+    except ValueError:
+        return False
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir`` for this process; a second process gets a :class:`UserError` naming the holder."""
+    import fcntl
+
+    key = str(Path(run_dir).resolve())
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield
+        finally:
+            _HELD[key][1] -= 1
+        return
+    if _torchrun_rank():
+        yield
+        return
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    fh = open(Path(run_dir) / ".lock", "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip()
+        fh.close()
+        raise UserError(f"another domain-embed process is working in {run_dir} ({holder or 'its pid unknown'}); wait "
+                        f"for it to finish, or give this one another --run-dir") from None
+    except OSError:  # a filesystem without locks: go on unguarded, as before
+        fh.close()
+        yield
+        return
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"pid {os.getpid()} on {platform.node()}, since {datetime.now(timezone.utc).isoformat(timespec='seconds')}: "
+             f"{' '.join(sys.argv)[:200]}\n")
+    fh.flush()
+    _HELD[key] = [fh, 1]
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        fh.close()  # closing the last descriptor drops the flock
 
 
 @contextlib.contextmanager
@@ -509,6 +569,12 @@ def check_records(run_dir: Path, rels: list[str], stages: dict[str, Stage], prod
 def run_stage(stage: Stage, run_dir: Path, cfg: DictConfig, stages: dict[str, Stage], force: bool = False,
               quiet: bool = False, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run one stage with the skip/force/verify rules and write its manifest. Returns the manifest."""
+    with run_dir_lock(run_dir):
+        return _run_stage(stage, run_dir, cfg, stages, force, quiet, extra)
+
+
+def _run_stage(stage: Stage, run_dir: Path, cfg: DictConfig, stages: dict[str, Stage], force: bool,
+               quiet: bool, extra: dict[str, Any] | None) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     inputs: dict[str, str] = {}
     for rel in stage.inputs:

@@ -120,3 +120,52 @@ def test_read_jsonl_tolerates_torn_last_line_only(tmp_path):
     p.write_text('{"a": 1}\n{"a": \n{"a": 3}\n')
     with pytest.raises(UserError, match="not valid JSON"):
         list(read_jsonl(p))
+
+
+_HOLDER = """
+import sys, time
+from pathlib import Path
+from domain_embed.rundir import run_dir_lock
+with run_dir_lock(Path(sys.argv[1])):
+    Path(sys.argv[2]).touch()
+    time.sleep(120)
+"""
+
+
+def test_a_second_process_in_the_same_run_dir_is_refused_and_the_lock_dies_with_its_holder(tmp_path):
+    """Two commands on one run directory would rewrite config.yaml and the stages' outputs under each other.
+    The second is refused with the holder named; a torchrun job's ranks (sharing the folder by design) are
+    let in; a SIGKILLed holder leaves no stale lock."""
+    import time
+    from pathlib import Path
+
+    from domain_embed.rundir import run_dir_lock
+
+    run, ready = tmp_path / "run", tmp_path / "ready"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(run), str(ready)])
+    cli = [str(Path(sys.executable).parent / "domain-embed"), "split", "--run-dir", str(run)]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    try:
+        deadline = time.time() + 60
+        while not ready.exists():
+            assert holder.poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        p = subprocess.run(cli, capture_output=True, text=True, timeout=120, env=env)
+        assert p.returncode == 2, p.stderr
+        assert f"another domain-embed process is working in {run} (pid {holder.pid} on " in p.stderr, p.stderr
+        assert not (run / "config.yaml").exists()  # refused before it wrote anything
+        with pytest.raises(UserError, match=f"pid {holder.pid}"):  # the Python API, as the notebook uses it
+            with run_dir_lock(run):
+                pass
+        # a rank of a torchrun job passes the lock (and stops at what is really missing)
+        p = subprocess.run(cli, capture_output=True, text=True, timeout=120, env={**env, "WORLD_SIZE": "2", "RANK": "1"})
+        assert p.returncode == 2 and "missing input curate/chunks.jsonl" in p.stderr, p.stderr
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    p = subprocess.run(cli, capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 2 and "missing input curate/chunks.jsonl" in p.stderr, p.stderr
+    assert "another domain-embed process" not in p.stderr
+    with run_dir_lock(run):  # re-entrant within one process: run_stage inside a held run does not deadlock
+        with run_dir_lock(run):
+            pass
