@@ -57,6 +57,21 @@ def test_a_port_another_process_listens_on_is_refused_with_its_holder_named(expo
     assert not port_in_use(busy)
 
 
+def test_a_busy_gateway_port_is_refused_before_triton_loads(exported_run, helpers):
+    busy = helpers.free_port()
+    other = _listener(busy)
+    try:
+        proc = subprocess.run([str(BIN), "serve", str(exported_run), "--host", "127.0.0.1", "--port", str(busy),
+                               "serve.triton_grpc_port=0", "serve.triton_http_port=0", "serve.triton_metrics_port=0"],
+                              capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    finally:
+        other.terminate()
+        other.wait(timeout=10)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"serve.port={busy} is in use on this machine by pid {other.pid}" in proc.stderr, proc.stderr[-2000:]
+    assert "DOMAIN_EMBED_SERVE_PORT" in proc.stderr and "tritonserver" not in proc.stderr
+
+
 def test_readiness_counts_only_the_started_servers_own_sockets(exported_run, helpers, tmp_path):
     """owns_ports reads /proc: the listener's sockets are its own, not another process's."""
     port = helpers.free_port()
