@@ -197,9 +197,8 @@ def _build_graph(model_path: str | Path, spec: EncodingSpec, path: Path, info_pa
 
 
 def build_int8(fp32_path: Path, log: Callable[[str], None] = print) -> Path:
-    from .onnx_graph import INT8_RECIPE, quantize_int8
-
     from .files import file_lock
+    from .onnx_graph import INT8_RECIPE, quantize_int8
 
     path = fp32_path.with_name(f"model.int8-{INT8_RECIPE}.onnx")
     if path.is_file():

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import UserError
 from .settings import ServeSettings
-from .triton_process import PortInUse, port_holder, port_in_use
+from .triton_process import PortInUse, refuse_busy_port
 
 
 def load_spec(repo: Path) -> dict[str, Any]:
@@ -90,10 +90,9 @@ def serve_run(run_dir: Path, cfg, host: str | None = None, port: int | None = No
     n = verify_manifest(repo)  # refuse a tampered repository before anything starts
     _log(f"model repository {repo}: {n} files match the sha256 manifest")
     spec = load_spec(repo)
-    if port_in_use(settings.port):  # before Triton loads, not after: the gateway binds last
-        holder = port_holder(settings.port)
-        raise UserError(f"serve.port={settings.port} is in use on this machine{f' by {holder}' if holder else ''}; "
-                        f"give the gateway another port (--port, serve.port or DOMAIN_EMBED_SERVE_PORT)")
+    # before Triton loads, not after: the gateway binds last
+    refuse_busy_port("serve.port", settings.port, "", "give the gateway another port (--port, serve.port or "
+                     "DOMAIN_EMBED_SERVE_PORT)")
     triton = TritonProcess(repo, settings.triton_grpc_port, settings.triton_http_port, settings.triton_metrics_port,
                            log_path=Path(run_dir) / "serve" / "tritonserver.log")
     signal.signal(signal.SIGTERM, _raise_stop)

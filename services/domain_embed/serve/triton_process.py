@@ -140,6 +140,14 @@ def port_holder(port: int) -> str:
     return "a process this user cannot see"
 
 
+def refuse_busy_port(key: str, port: int, consequence: str, fix: str) -> None:
+    """Raise :class:`PortInUse` naming ``key``, ``port`` and who holds it, when anything listens there."""
+    if port_in_use(port):
+        holder = port_holder(port)
+        raise PortInUse(f"{key}={port} is in use on this machine{f' by {holder}' if holder else ''}{consequence}; "
+                        f"{fix}")
+
+
 def server_command(repo: Path, grpc_port: int, http_port: int, metrics_port: int,
                    extra: list[str] | None = None) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ)
@@ -204,12 +212,9 @@ class TritonProcess:
     def check_ports(self) -> None:
         """Refuse to start on a port another process listens on (the server would load, then exit)."""
         for key, port in zip(PORT_KEYS, self.ports):
-            if port_in_use(port):
-                holder = port_holder(port)
-                env = "DOMAIN_EMBED_SERVE_" + key.split(".", 1)[1].upper()
-                raise PortInUse(f"{key}={port} is in use on this machine{f' by {holder}' if holder else ''}, so "
-                                f"tritonserver cannot listen there, and the gateway would call whatever answers; set "
-                                f"{key} (or {env}) to a free port, or to 0 to pick one at start")
+            env = "DOMAIN_EMBED_SERVE_" + key.split(".", 1)[1].upper()
+            refuse_busy_port(key, port, ", so tritonserver cannot listen there, and the gateway would call whatever "
+                             "answers", f"set {key} (or {env}) to a free port, or to 0 to pick one at start")
 
     def owns_ports(self) -> bool | None:
         """Whether the gRPC and HTTP ports are listened on by this server; None where that cannot be read."""
