@@ -8,6 +8,7 @@ failed to bind), and its supervisor restarted a server that could never listen, 
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
@@ -133,3 +134,73 @@ def test_ports_at_zero_are_picked_and_a_port_taken_while_triton_is_down_stops_se
     assert "not restarting tritonserver" in out and "Traceback" not in out
     assert not [p for p in psutil.process_iter(["name"]) if p.info["name"] == "tritonserver"
                 and str(exported_run) in " ".join(p.cmdline())]
+
+
+def _listen(host: str, port: int = 0) -> socket.socket:
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(fam)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, port))
+    s.listen(1)
+    return s
+
+
+def _kernel_refuses(host: str, port: int) -> bool:
+    """What Linux says: a server binding ``host``:``port`` (SO_REUSEADDR, as Triton and uvicorn set) fails."""
+    try:
+        _listen(host, port).close()
+    except OSError as e:
+        assert e.errno == errno.EADDRINUSE, e
+        return True
+    return False
+
+
+def test_the_busy_check_says_what_the_kernel_says_for_each_address_pair():
+    """A listener at another address on the same port does not stop a server on loopback, but one on the
+    wildcard does, and a server on the wildcard collides with every listener of its family (and the IPv6
+    wildcard, dual-stack, with IPv4's). The port check must agree with a real bind, pair by pair."""
+    holders = ["127.0.0.1", "127.0.0.2", "0.0.0.0", "::", "::1"]
+    hosts = ["127.0.0.1", "127.0.0.2", "0.0.0.0", "::", "::1", "localhost"]
+    checked = 0
+    for holder in holders:
+        sock = _listen(holder)
+        port = sock.getsockname()[1]
+        try:
+            for host in hosts:
+                if ":" in host and ":" not in holder and _kernel_refuses(host, 0):
+                    continue  # no IPv6 here
+                want = _kernel_refuses(host, port)
+                assert port_in_use(port, host) is want, (holder, host, want)
+                assert (f"pid {os.getpid()}" in port_holder(port, host)) is want, (holder, host)
+                checked += 1
+        finally:
+            sock.close()
+    assert checked >= 20
+
+
+def test_listeners_on_another_loopback_address_do_not_stop_serve_on_127_0_0_1(exported_run, helpers):
+    """Other programs on the same ports at 127.0.0.2: Triton and the gateway, on 127.0.0.1, still start,
+    answer, and own their ports (the check used to count a listener at any address as a conflict)."""
+    grpc, http, gw = (helpers.free_port() for _ in range(3))
+    others = [_listen("127.0.0.2", p) for p in (grpc, http, gw)]
+    base = f"http://127.0.0.1:{gw}"
+    proc = subprocess.Popen([str(BIN), "serve", str(exported_run), "--host", "127.0.0.1", "--port", str(gw),
+                             f"serve.triton_grpc_port={grpc}", f"serve.triton_http_port={http}",
+                             "serve.triton_metrics_port=0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        helpers.wait_gateway_ready(proc, base)
+        r = httpx.post(f"{base}/v1/embeddings", json={"input": ["ports"], "model": f"{MODEL}-query"}, timeout=30)
+        assert r.status_code == 200, r.text
+        assert len(r.json()["data"][0]["embedding"]) == 384
+        (triton,) = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.name() == "tritonserver"]
+        args = " ".join(triton.cmdline())
+        assert f"--grpc-port={grpc}" in args and f"--http-port={http}" in args
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        for s in others:
+            s.close()
+    assert "in use" not in out and "Traceback" not in out, out[-3000:]

@@ -91,8 +91,8 @@ def serve_run(run_dir: Path, cfg, host: str | None = None, port: int | None = No
     _log(f"model repository {repo}: {n} files match the sha256 manifest")
     spec = load_spec(repo)
     # before Triton loads, not after: the gateway binds last
-    refuse_busy_port("serve.port", settings.port, "", "give the gateway another port (--port, serve.port or "
-                     "DOMAIN_EMBED_SERVE_PORT)")
+    refuse_busy_port("serve.port", settings.port, f", so the gateway cannot listen on {settings.host}",
+                     "give the gateway another port (--port, serve.port or DOMAIN_EMBED_SERVE_PORT)", settings.host)
     triton = TritonProcess(repo, settings.triton_grpc_port, settings.triton_http_port, settings.triton_metrics_port,
                            log_path=Path(run_dir) / "serve" / "tritonserver.log")
     signal.signal(signal.SIGTERM, _raise_stop)

@@ -19,13 +19,16 @@ after each stop (the repository on disk is again exactly what its manifest lists
 Its three ports must be its own. Triton loads its models before it listens, so a second server given
 a port that another one holds (a second ``domain-embed serve`` on the same machine, a NIM, a dev server
 on 8000) loads, then exits; meanwhile the first answers the readiness probe, and a gateway that
-trusted it would send every request to someone else's model. So a start refuses a port that anything
-listens on, naming who holds it, and readiness counts only when the listening sockets belong to the
-process this object started (read from /proc; where there is no /proc, a connect test stands in).
+trusted it would send every request to someone else's model. So a start refuses a port where a
+listener would stop it from listening (at the same address, or one Linux's bind rules make collide: a
+wildcard takes every address of its family), naming who holds it; a program on the same port at another
+address is left alone. Readiness counts only when the listening sockets belong to the process this object
+started (read from /proc; where there is no /proc, a connect test stands in).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import signal
@@ -78,9 +81,9 @@ class PortInUse(UserError):
     """A port the server needs is held by another process."""
 
 
-def _listen_inodes(port: int) -> set[int] | None:
-    """Inodes of the sockets listening on TCP ``port`` at any local address; None where /proc/net is absent."""
-    found: set[int] = set()
+def _listeners(port: int) -> list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]] | None:
+    """(local address, inode) of each socket listening on TCP ``port``; None where /proc/net is absent."""
+    found = []
     seen = False
     for name in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -91,9 +94,56 @@ def _listen_inodes(port: int) -> set[int] | None:
         seen = True
         for row in rows:
             f = row.split()  # sl local_address rem_address st ... uid timeout inode
-            if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
-                found.add(int(f[9]))
+            if len(f) > 9 and f[3] == "0A":
+                addr, hexport = f[1].rsplit(":", 1)
+                if int(hexport, 16) == port:
+                    found.append((_proc_address(addr), int(f[9])))
     return found if seen else None
+
+
+def _proc_address(hexaddr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """/proc/net/tcp{,6} writes addresses as 32-bit words in host byte order."""
+    raw = b"".join(int(hexaddr[i:i + 8], 16).to_bytes(4, sys.byteorder) for i in range(0, len(hexaddr), 8))
+    return ipaddress.ip_address(raw)
+
+
+def _bind_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address a server told to listen on ``host`` binds; None when the name does not resolve."""
+    import socket
+
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    try:
+        info = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return None
+    return ipaddress.ip_address(info[0][4][0].split("%", 1)[0]) if info else None
+
+
+def _collides(host: ipaddress.IPv4Address | ipaddress.IPv6Address,
+              other: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether binding ``host`` fails while ``other`` listens on the same port (Linux's rules: a wildcard
+    takes every address of its family, and an IPv6 wildcard, dual-stack by default, IPv4's as well)."""
+    def v4(a):
+        mapped = getattr(a, "ipv4_mapped", None)
+        return mapped or a
+    host, other = v4(host), v4(other)
+    if host.version == other.version:
+        return host == other or host.is_unspecified or other.is_unspecified
+    six = host if host.version == 6 else other
+    return six.is_unspecified
+
+
+def _listen_inodes(port: int, host: str = "0.0.0.0") -> set[int] | None:
+    """Inodes of the sockets listening on TCP ``port`` at an address that a bind to ``host`` collides
+    with; None where /proc/net is absent."""
+    rows = _listeners(port)
+    if rows is None:
+        return None
+    want = _bind_address(host)
+    return {inode for addr, inode in rows if want is None or _collides(want, addr)}
 
 
 def _socket_inodes(pid: int) -> set[int] | None:
@@ -113,20 +163,23 @@ def _socket_inodes(pid: int) -> set[int] | None:
     return out
 
 
-def port_in_use(port: int) -> bool:
-    inodes = _listen_inodes(port)
+def port_in_use(port: int, host: str = "0.0.0.0") -> bool:
+    """Whether a server could not listen on ``host``:``port`` because another socket listens there (at that
+    address, or at one a bind to it collides with: 0.0.0.0 takes every IPv4 address)."""
+    inodes = _listen_inodes(port, host)
     if inodes is not None:
         return bool(inodes)
     import socket
 
     with socket.socket() as s:
         s.settimeout(1.0)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        return s.connect_ex(("127.0.0.1" if host in ("0.0.0.0", "", "::") else host, port)) == 0
 
 
-def port_holder(port: int) -> str:
-    """Who listens on ``port``, as 'pid N (command)', as far as this user may see; '' when unknown."""
-    inodes = _listen_inodes(port) or set()
+def port_holder(port: int, host: str = "0.0.0.0") -> str:
+    """Who listens on ``port`` where ``host`` would collide, as 'pid N (command)', as far as this user may
+    see; '' when unknown."""
+    inodes = _listen_inodes(port, host) or set()
     if not inodes:
         return ""
     try:
@@ -140,10 +193,11 @@ def port_holder(port: int) -> str:
     return "a process this user cannot see"
 
 
-def refuse_busy_port(key: str, port: int, consequence: str, fix: str) -> None:
-    """Raise :class:`PortInUse` naming ``key``, ``port`` and who holds it, when anything listens there."""
-    if port_in_use(port):
-        holder = port_holder(port)
+def refuse_busy_port(key: str, port: int, consequence: str, fix: str, host: str = "0.0.0.0") -> None:
+    """Raise :class:`PortInUse` naming ``key``, ``port`` and who holds it, when a listener there would stop a
+    server from listening on ``host``:``port``."""
+    if port_in_use(port, host):
+        holder = port_holder(port, host)
         raise PortInUse(f"{key}={port} is in use on this machine{f' by {holder}' if holder else ''}{consequence}; "
                         f"{fix}")
 
@@ -178,6 +232,9 @@ def server_command(repo: Path, grpc_port: int, http_port: int, metrics_port: int
 
 
 PORT_KEYS = ("serve.triton_grpc_port", "serve.triton_http_port", "serve.triton_metrics_port")
+# where server_command has each port listen: gRPC and HTTP on loopback only; metrics at Triton's default,
+# every address, so that a Prometheus outside the pod can scrape it
+PORT_HOSTS = ("127.0.0.1", "127.0.0.1", "0.0.0.0")
 
 
 class TritonProcess:
@@ -211,18 +268,18 @@ class TritonProcess:
 
     def check_ports(self) -> None:
         """Refuse to start on a port another process listens on (the server would load, then exit)."""
-        for key, port in zip(PORT_KEYS, self.ports):
+        for key, port, host in zip(PORT_KEYS, self.ports, PORT_HOSTS):
             env = "DOMAIN_EMBED_SERVE_" + key.split(".", 1)[1].upper()
             refuse_busy_port(key, port, ", so tritonserver cannot listen there, and the gateway would call whatever "
-                             "answers", f"set {key} (or {env}) to a free port, or to 0 to pick one at start")
+                             "answers", f"set {key} (or {env}) to a free port, or to 0 to pick one at start", host)
 
     def owns_ports(self) -> bool | None:
         """Whether the gRPC and HTTP ports are listened on by this server; None where that cannot be read."""
         if self.proc is None:
             return False
         mine = _socket_inodes(self.proc.pid)
-        for port in self.ports[:2]:
-            inodes = _listen_inodes(port)
+        for port, host in zip(self.ports[:2], PORT_HOSTS):
+            inodes = _listen_inodes(port, host)
             if inodes is None or mine is None:
                 return None
             if not inodes & mine:
@@ -251,12 +308,13 @@ class TritonProcess:
                 if self.owns_ports() is not False:
                     return
                 mine = (_socket_inodes(self.proc.pid) if self.proc is not None else None) or set()
-                taken = [(k, p) for k, p in zip(PORT_KEYS, self.ports[:2]) if (_listen_inodes(p) or set()) - mine]
-                who = "; ".join(f"{k}={p} by {port_holder(p) or 'another process'}" for k, p in taken)
+                taken = [(k, p, h) for k, p, h in zip(PORT_KEYS, self.ports[:2], PORT_HOSTS)
+                         if (_listen_inodes(p, h) or set()) - mine]
+                who = "; ".join(f"{k}={p} by {port_holder(p, h) or 'another process'}" for k, p, h in taken)
                 self.stop()
+                keys = " and ".join(k for k, _, _ in taken) or "the serve.triton_*_port keys"
                 raise PortInUse(f"another server answers on this serve's Triton ports ({who}), not the tritonserver "
-                                f"it started; set {' and '.join(k for k, _ in taken) or 'the serve.triton_*_port keys'} "
-                                f"to free ports, or to 0 to pick them at start")
+                                f"it started; set {keys} to free ports, or to 0 to pick them at start")
             time.sleep(0.3)
         raise UserError(f"tritonserver was not ready after {timeout:.0f}s; log: {self.log_path}\n{self.log_tail()}")
 
