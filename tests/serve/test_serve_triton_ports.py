@@ -181,12 +181,12 @@ def test_the_busy_check_says_what_the_kernel_says_for_each_address_pair():
 def test_listeners_on_another_loopback_address_do_not_stop_serve_on_127_0_0_1(exported_run, helpers):
     """Other programs on the same ports at 127.0.0.2: Triton and the gateway, on 127.0.0.1, still start,
     answer, and own their ports (the check used to count a listener at any address as a conflict)."""
-    grpc, http, gw = (helpers.free_port() for _ in range(3))
-    others = [_listen("127.0.0.2", p) for p in (grpc, http, gw)]
+    grpc, http, metrics, gw = (helpers.free_port() for _ in range(4))
+    others = [_listen("127.0.0.2", p) for p in (grpc, http, metrics, gw)]
     base = f"http://127.0.0.1:{gw}"
     proc = subprocess.Popen([str(BIN), "serve", str(exported_run), "--host", "127.0.0.1", "--port", str(gw),
                              f"serve.triton_grpc_port={grpc}", f"serve.triton_http_port={http}",
-                             "serve.triton_metrics_port=0"],
+                             f"serve.triton_metrics_port={metrics}"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     try:
@@ -197,6 +197,10 @@ def test_listeners_on_another_loopback_address_do_not_stop_serve_on_127_0_0_1(ex
         (triton,) = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.name() == "tritonserver"]
         args = " ".join(triton.cmdline())
         assert f"--grpc-port={grpc}" in args and f"--http-port={http}" in args
+        # all three of Triton's ports on loopback only: the gateway is its one client
+        bound = {c.laddr.port: c.laddr.ip for c in triton.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+        assert {p: bound.get(p, "").removeprefix("::ffff:") for p in (grpc, http, metrics)} == {
+            grpc: "127.0.0.1", http: "127.0.0.1", metrics: "127.0.0.1"}, bound
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)

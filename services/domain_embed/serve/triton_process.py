@@ -209,6 +209,7 @@ def server_command(repo: Path, grpc_port: int, http_port: int, metrics_port: int
     dist = pytriton_dist()
     args = [f"--model-repository={repo}", f"--grpc-port={grpc_port}", f"--http-port={http_port}",
             f"--metrics-port={metrics_port}", "--grpc-address=127.0.0.1", "--http-address=127.0.0.1",
+            "--metrics-address=127.0.0.1",
             "--exit-on-error=true", "--strict-readiness=true", "--log-verbose=0"]
     if custom or dist is None:
         binary = custom or shutil.which("tritonserver")
@@ -232,9 +233,8 @@ def server_command(repo: Path, grpc_port: int, http_port: int, metrics_port: int
 
 
 PORT_KEYS = ("serve.triton_grpc_port", "serve.triton_http_port", "serve.triton_metrics_port")
-# where server_command has each port listen: gRPC and HTTP on loopback only; metrics at Triton's default,
-# every address, so that a Prometheus outside the pod can scrape it
-PORT_HOSTS = ("127.0.0.1", "127.0.0.1", "0.0.0.0")
+# where server_command has each port listen: loopback only, as the gateway is this server's only client
+PORT_HOSTS = ("127.0.0.1", "127.0.0.1", "127.0.0.1")
 
 
 class TritonProcess:
