@@ -162,7 +162,8 @@ class ModelConfig:
     dim: int = _f(384, "Embedding dimension of the model.")
     matryoshka_dims: List[int] = _f(
         [384, 256, 128, 64],
-        "Matryoshka-friendly: the API may ask for fewer dimensions; these are the ones trained for.")
+        "The sizes the API's `dimensions` may ask for (besides dim itself; any other is a 400). "
+        "train.matryoshka=true trains for each of them; off, they are plain truncations of the full vector.")
     inference_backend: InferenceBackend = _f(
         InferenceBackend.auto,
         "Inference-only encoding (synthesis's round trip and dedup, mining, evaluation; training stays on torch). "

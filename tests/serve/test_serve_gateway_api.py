@@ -112,6 +112,10 @@ def test_dimensions_truncate_then_renormalise(http):
         assert abs(float(np.linalg.norm(small)) - 1) < 1e-5
         np.testing.assert_allclose(small, full[:d] / np.linalg.norm(full[:d]), atol=1e-6)
     assert_error(embed(http, input=["x"], input_type="query", dimensions=385), 400, "385", "384")
+    # NIM: the size "must be supported by the model"; these are the ones the spec declares (model.matryoshka_dims)
+    assert_error(embed(http, input=["x"], input_type="query", dimensions=100), 400, "100", "64, 128, 256, 384")
+    for odd in (True, 64.0, "64"):  # JSON's true used to become dimensions=1, a 1-dim vector [-1.0]
+        assert_error(embed(http, input=["x"], input_type="query", dimensions=odd), 422, "dimensions")
 
 
 def test_truncate_none_start_end(http, reference_encoder):
@@ -157,6 +161,10 @@ def test_list_over_tritons_batch_is_split_and_kept_in_order(http, reference_enco
     got = vecs(embed(http, input=texts, input_type="passage"))
     ref = reference_encoder.encode_passages(texts)
     assert got.shape == (100, 384) and (got * ref).sum(1).min() > 0.999
+    # an over-length item past the first Triton batch is named by its index in the request (was "input 6")
+    texts[70] = LONG
+    msg = embed(http, input=texts, input_type="passage", truncate="NONE").json()["message"]
+    assert msg.startswith("input 70 is ") and "256" in msg, msg
 
 
 # ------------------------------------------------------------------ errors
@@ -170,7 +178,20 @@ def test_bad_input_errors_are_json(http):
     assert_error(http.post("/v1/embeddings", json={"input": "x"}), 422, "model")
     assert_error(embed(http, input="x", input_type="document"), 422, "input_type")
     assert_error(embed(http, input="x", input_type="query", truncate="MIDDLE"), 422, "truncate")
-    assert_error(http.post("/v1/embeddings", content=b"{not json", headers={"content-type": "application/json"}), 422)
+    assert_error(http.post("/v1/embeddings", content=b"{not json", headers={"content-type": "application/json"}), 422,
+                 "not valid JSON")
+
+
+def test_nim_fields_this_server_does_not_offer_are_refused_not_ignored(http):
+    """NIM 2.x's embedding_type (int8, binary, ...) and modality: a client asking for packed vectors or an image
+    used to get float text vectors back with a 200."""
+    for kind in ("int8", "uint8", "binary", "ubinary"):
+        assert_error(embed(http, input=["x"], input_type="query", embedding_type=kind), 400, kind, "float")
+    assert_error(embed(http, input=["x"], input_type="passage", modality="image"), 400, "image", "text")
+    assert_error(embed(http, input=["x", "y"], input_type="passage", modality=["text", "text_image"]), 400,
+                 "text_image")
+    ok = vecs(embed(http, input=["x"], input_type="query", embedding_type="float", modality="text"))
+    np.testing.assert_allclose(ok, vecs(embed(http, input=["x"], input_type="query")), atol=1e-6)
 
 
 @pytest.fixture
@@ -227,6 +248,8 @@ def test_body_too_large_413(triton, served_spec):
     with GatewayThread(create_app(_settings(triton, max_body_bytes=2000), served_spec), free_port()) as g:
         body = {"input": ["y" * 3000], "model": MODEL, "input_type": "query"}
         assert_error(httpx.post(f"{g.url}/v1/embeddings", json=body), 413, "2000")
+        # answered before the app routes it, and still counted (the counter's help says every status)
+        assert _counter(httpx.get(f"{g.url}/v1/metrics").text, "/v1/embeddings", 413) == 1
 
         def chunked():  # no Content-Length: the body is counted as it arrives
             yield b'{"input": ["'
@@ -275,8 +298,9 @@ def test_models_health_metrics(http):
     """Counts what this test itself sent (before/after), so it holds in any order and alone."""
     m = http.get("/v1/models").json()
     assert m["data"][0]["id"] == MODEL and m["data"][0]["dimensions"] == 384
+    assert m["data"][0]["supported_dimensions"] == [64, 128, 256, 384]
     assert http.get("/v1/health/live").status_code == 200
-    assert http.get("/v1/health/ready").json()["message"] == "ready"
+    assert http.get("/v1/health/ready").json() == {"object": "health.response", "message": "ready", "ready": True}
     before = http.get("/v1/metrics").text
     assert embed(http, input=["metrics please", "two"], input_type="query").status_code == 200
     assert embed(http, input=[], input_type="query").status_code == 400
@@ -355,3 +379,17 @@ def test_gateway_only_entry_point_against_running_triton(triton, exported_run, h
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+
+
+def test_unknown_paths_do_not_grow_the_metrics(gateway, keyed):
+    """The request counter is labelled by route template: twenty scanner paths (answered 404, or 401 before
+    routing on a keyed gateway) used to add twenty series each, without bound."""
+    for url, status in ((gateway.url, 404), (keyed.url, 401)):
+        for i in range(20):
+            assert httpx.get(f"{url}/junk/{i}").status_code == status
+    text = httpx.get(f"{gateway.url}/v1/metrics").text
+    assert "/junk/" not in text and _counter(text, "unmatched", 404) >= 20
+    text = httpx.get(f"{keyed.url}/v1/metrics", headers={"Authorization": "Bearer s3cret"}).text
+    assert "/junk/" not in text and _counter(text, "unmatched", 401) == 20
+    assert httpx.post(f"{gateway.url}/v1/models").status_code == 405
+    assert _counter(httpx.get(f"{gateway.url}/v1/metrics").text, "/v1/models", 405) >= 1

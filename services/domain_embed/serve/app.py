@@ -14,7 +14,7 @@ from typing import Any, Literal, Optional, Union
 
 import numpy as np
 from fastapi import FastAPI, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.responses import Response
 
 from . import errors
@@ -42,7 +42,12 @@ class EmbeddingsRequest(BaseModel):
     truncate: Optional[Literal["NONE", "START", "END"]] = Field(
         None, description="NONE rejects over-length input; START/END drop tokens from that side")
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: Optional[int] = Field(None, ge=1, description="Matryoshka: keep the first N dims, renormalise")
+    dimensions: Optional[StrictInt] = Field(
+        None, ge=1, description="Matryoshka: keep the first N dims, renormalise; one of the model's supported sizes "
+                                "(GET /v1/models)")
+    # NIM 2.x fields this server does not offer: refused with a 400 rather than silently ignored
+    embedding_type: Optional[str] = Field(None, description="only 'float' (packed int8/binary output is not offered)")
+    modality: Optional[Union[str, list[str]]] = Field(None, description="only 'text'")
     user: Optional[str] = None
 
 
@@ -57,6 +62,10 @@ class Gateway:
         # limits: the input type decides how long an input may be before truncate applies.
         self.asymmetric = (spec.get("query_prefix", "") != spec.get("passage_prefix", "")
                            or spec.get("max_query_length") != spec.get("max_passage_length"))
+        # the sizes `dimensions` may ask for: those the model was trained for (model.matryoshka_dims) and its
+        # own; an export that declares none allows any prefix, as before the field existed
+        declared = {int(d) for d in spec.get("matryoshka_dims") or () if 0 < int(d) <= self.dim}
+        self.sizes = sorted(declared | {self.dim}) if declared else None
         self.metrics = GatewayMetrics()
         self.embedder = embedder or TritonEmbedder(settings.triton_url, settings.triton_model,
                                                    settings.request_timeout_s, settings.retry_after_s)
@@ -149,6 +158,14 @@ def create_app(settings: ServeSettings, spec: dict[str, Any], embedder: TritonEm
     def count(route: str, status: int) -> None:
         gw.metrics.requests.labels(route, str(status)).inc()
 
+    def route_of(scope) -> str:
+        """The route template a request matched, so that the counter's label set stays bounded: any other path
+        (a scanner's, a typo's, one refused with 401 before routing) counts as "unmatched"."""
+        route = scope.get("route")
+        if route is not None:
+            return getattr(route, "path", "unmatched")
+        return scope["path"] if scope.get("path") in known_paths else "unmatched"
+
     @app.middleware("http")
     async def front(request: Request, call_next):
         """Authentication before anything reads the body, a JSON 500 for any unexpected error,
@@ -163,7 +180,7 @@ def create_app(settings: ServeSettings, spec: dict[str, Any], embedder: TritonEm
             # the type only: the exception text may hold internals a caller should not see
             response = errors.error_response(500, f"internal error ({type(exc).__name__}) in the gateway; its log "
                                              f"has the traceback", "internal_error")
-        count(request.url.path, response.status_code)
+        count(route_of(request.scope), response.status_code)
         return response
 
     @app.post("/v1/embeddings", responses={400: {}, 401: {}, 404: {}, 413: {}, 422: {}, 429: {}, 503: {}})
@@ -179,6 +196,16 @@ def create_app(settings: ServeSettings, spec: dict[str, Any], embedder: TritonEm
         input_type = gw.resolve_model(req.model, req.input_type)
         if req.dimensions is not None and req.dimensions > gw.dim:
             raise BadRequest(f"dimensions={req.dimensions} is more than the model's {gw.dim}")
+        if req.dimensions is not None and gw.sizes is not None and req.dimensions not in gw.sizes:
+            raise BadRequest(f"dimensions={req.dimensions} is not a size this model supports; use one of "
+                             f"{', '.join(map(str, gw.sizes))} (GET /v1/models lists them)")
+        if req.embedding_type not in (None, "float"):
+            raise BadRequest(f"embedding_type={req.embedding_type!r} is not offered by this server; it returns float "
+                             f"embeddings: omit embedding_type or set it to 'float'")
+        kinds = {req.modality} if isinstance(req.modality, str) else set(req.modality or ())
+        if kinds - {"text"}:
+            raise BadRequest(f"modality {sorted(kinds - {'text'})} is not supported: this model embeds text only; "
+                             f"omit modality or set it to 'text'")
         truncate = req.truncate or settings.default_truncate
         if not gw.ready and not await gw.probe():
             # known down or hung: answer at once (within ready_timeout_s) instead of holding a slot
@@ -213,8 +240,8 @@ def create_app(settings: ServeSettings, spec: dict[str, Any], embedder: TritonEm
         gw.check_auth(request)
         return {"object": "list", "data": [
             {"id": settings.served_name, "object": "model", "owned_by": "domain-embed", "created": 0,
-             "dimensions": gw.dim, "max_input_tokens": {"query": gw.spec["max_query_length"],
-                                                         "passage": gw.spec["max_passage_length"]}}]}
+             "dimensions": gw.dim, "supported_dimensions": gw.sizes or list(range(1, gw.dim + 1)),
+             "max_input_tokens": {"query": gw.spec["max_query_length"], "passage": gw.spec["max_passage_length"]}}]}
 
     @app.get("/v1/health/live")
     async def live() -> dict[str, str]:
@@ -223,7 +250,8 @@ def create_app(settings: ServeSettings, spec: dict[str, Any], embedder: TritonEm
     @app.get("/v1/health/ready", responses={503: {}})
     async def ready() -> Response:
         if await gw.check_ready():
-            return Response(json.dumps({"object": "health.response", "message": "ready"}), media_type="application/json")
+            return Response(json.dumps({"object": "health.response", "message": "ready", "ready": True}),
+                            media_type="application/json")
         return errors.error_response(503, f"not ready: no inference through Triton succeeded within "
                                      f"{settings.ready_timeout_s:g}s (serve.ready_timeout_s)", "unavailable",
                                      {"Retry-After": str(settings.retry_after_s)})
@@ -232,6 +260,8 @@ def create_app(settings: ServeSettings, spec: dict[str, Any], embedder: TritonEm
     async def metrics() -> Response:
         return Response(gw.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    # outermost, so an oversized body is refused before anything parses it
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    known_paths = {getattr(r, "path", None) for r in app.routes} - {None}
+    # outermost, so an oversized body is refused before anything parses it; its 413s are counted here
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
+                       on_reject=lambda scope: count(route_of(scope), 413))
     return app

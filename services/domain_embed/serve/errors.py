@@ -63,6 +63,12 @@ async def api_error_handler(_: Request, exc: ApiError) -> Response:
 async def validation_handler(_: Request, exc: RequestValidationError) -> Response:
     parts = []
     for e in exc.errors()[:5]:
+        if e.get("type") == "json_invalid":  # its loc is a byte position, not a field
+            at = e.get("loc", (None, None))[-1]
+            why = (e.get("ctx") or {}).get("error") or e.get("msg")
+            return error_response(422, f"the request body is not valid JSON ({why} at character {at}); send a JSON "
+                                  f"object such as {{\"input\": [\"text\"], \"model\": \"...\", "
+                                  f"\"input_type\": \"query\"}}", "validation_error")
         loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
         parts.append(f"{loc or 'body'}: {e.get('msg')}")
     return error_response(422, "invalid request: " + "; ".join(parts), "validation_error")

@@ -50,10 +50,12 @@ class BoundedQueue:
 class BodyLimitMiddleware:
     """Pure ASGI: refuse a body over ``max_bytes`` by Content-Length or by counting a chunked body."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, on_reject=None):
+        self.app, self.max_bytes, self.on_reject = app, max_bytes, on_reject
 
     async def _reject(self, scope, receive, send) -> None:
+        if self.on_reject is not None:  # the request counter: this answer is sent before the app sees it
+            self.on_reject(scope)
         # through the one error mapping (errors.BodyTooLarge), as every other error is
         exc = BodyTooLarge(f"request body is over the limit of {self.max_bytes} bytes; send fewer or shorter "
                            f"inputs per request (serve.max_body_bytes)", headers={"connection": "close"})

@@ -9,6 +9,7 @@ errors become 400, a request Triton's queue policy rejected (queue timeout or si
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Sequence
 
 import numpy as np
@@ -16,6 +17,8 @@ import numpy as np
 from .errors import BadRequest, InferenceFailed, QueueFull, TritonUnavailable
 
 INVALID_MARK = "invalid input: "
+# how the model's per-item errors name an item (export/triton_model/model.py: "input 3 is ...", "of item 3 is")
+_ITEM = re.compile(r"^(input |input_type of item )(\d+)(?= is )")
 # Substrings of Triton/gRPC errors that mean "not there right now" rather than "this input is bad".
 _UNAVAILABLE = ("unavailable", "failed to connect", "connection refused", "socket closed", "deadline",
                 "unknown model", "is not ready", "not found", "unable to find", "server is not ready", "cancelled",
@@ -90,8 +93,16 @@ class TritonEmbedder:
         ``timeout_s`` (default: the request timeout) is the gRPC deadline of each call to Triton."""
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         step = await self._max_batch(timeout_s)
-        parts = await asyncio.gather(*[self._infer(texts[s: s + step], input_type, truncate, timeout_s)
-                                       for s in range(0, len(texts), step)])
+
+        async def part(start: int) -> tuple[np.ndarray, np.ndarray]:
+            try:
+                return await self._infer(texts[start: start + step], input_type, truncate, timeout_s)
+            except BadRequest as exc:
+                # the model numbers items within the part it was sent; the caller numbers them in its request
+                raise BadRequest(_ITEM.sub(lambda m: f"{m.group(1)}{int(m.group(2)) + start}", exc.message, 1),
+                                 exc.headers) from None
+
+        parts = await asyncio.gather(*[part(s) for s in range(0, len(texts), step)])
         vecs = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
         return vecs, int(sum(int(p[1].sum()) for p in parts))
 
