@@ -95,6 +95,30 @@ def test_openai_client_model_suffix_and_extra_body(gateway, reference_encoder):
     assert r.model == MODEL and r.data[0].index == 0
 
 
+def test_langchain_nvidia_embeddings_client(gateway, reference_encoder):
+    """LangChain's NVIDIAEmbeddings, as the README shows it: documents as passages, questions as queries,
+    dimensions, and a 400 whose message reaches the caller."""
+    import warnings
+
+    from langchain_nvidia_ai_endpoints import NVIDIAEmbeddings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # it warns that it does not know a self-hosted model's name
+        emb = NVIDIAEmbeddings(base_url=f"{gateway.url}/v1", model=MODEL, truncate="END")
+        small = NVIDIAEmbeddings(base_url=f"{gateway.url}/v1", model=MODEL, dimensions=64)
+        strict = NVIDIAEmbeddings(base_url=f"{gateway.url}/v1", model=MODEL, truncate="NONE")
+    docs = ["CREATE INDEX builds an index on the named table.", "VACUUM reclaims storage held by dead tuples."]
+    got = np.asarray(emb.embed_documents(docs), dtype=np.float32)
+    assert (got * reference_encoder.encode_passages(docs)).sum(1).min() > 0.999
+    q = np.asarray(emb.embed_query("how do I rebuild an index?"), dtype=np.float32)
+    assert float(q @ reference_encoder.encode_queries(["how do I rebuild an index?"])[0]) > 0.999
+    assert float(np.asarray(emb.embed_documents([LONG]))[0] @ reference_encoder.encode_passages([LONG])[0]) > 0.999
+    v = np.asarray(small.embed_query("how do I rebuild an index?"), dtype=np.float32)
+    np.testing.assert_allclose(v, q[:64] / np.linalg.norm(q[:64]), atol=1e-5)
+    with pytest.raises(Exception, match=r"^\[400\] input 0 is \d+ tokens long .* maximum of 256"):
+        strict.embed_documents([LONG])  # the gateway's message is what the caller reads first
+
+
 def test_base64_decodes_to_the_float_vectors(http):
     texts = ["alpha", "beta gamma", ""]
     f = vecs(embed(http, input=texts, input_type="passage"))
