@@ -46,6 +46,10 @@ def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     return docs
 
 
+def rendered_multinode() -> list[dict[str, Any]]:
+    return render(VALUE_SETS["multinode-gpu"])
+
+
 def render_notes(values: dict[str, Any] | None = None) -> str:
     chart = helm.Chart.load(str(CHART))
     out = chart.render(copy.deepcopy(values) or None, name=RELEASE, namespace=NAMESPACE)

@@ -62,7 +62,9 @@ def test_crd_kinds_have_their_required_fields(rendered, dh):
     assert ray["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] == 4
     sm = next(d for d in docs if d["kind"] == "ServiceMonitor")
     assert sm["apiVersion"] == "monitoring.coreos.com/v1"
-    assert sm["spec"]["endpoints"] == [{"port": "http", "path": "/v1/metrics", "interval": "30s"}]
+    assert sm["spec"]["endpoints"] == [{"port": "http", "path": "/v1/metrics", "interval": "30s",
+                                        "authorization": {"type": "Bearer", "credentials": {
+                                            "name": "domain-embed-api-key", "key": "api-key"}}}]
     assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     for d in (pt, ray):
         assert dh.pod_specs(d), d["kind"]

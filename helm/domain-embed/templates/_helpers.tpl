@@ -68,9 +68,17 @@ launcher) live outside pipeline.run and do not rename the run. */}}
 {{- end -}}
 {{- end -}}
 
-{{/* Job names carry the run name, so a retune creates new Jobs instead of mutating old ones. */}}
+{{/* Job names carry the run name, so a retune creates new Jobs instead of mutating old ones, and,
+given .spec (the Job's rendered spec, or the values its pods are built from), a short hash of it: the API
+server refuses any change to an existing Job's pod template, so a Job whose spec changed must be a new
+Job. At most 30 + 1 + 8 + 1 + 12 + 1 + 6 = 59 characters. */}}
 {{- define "de.jobName" -}}
-{{- printf "%s-%s-%s" (include "de.fullname" .root | trunc 30 | trimSuffix "-") .stage (include "de.runName" .root) -}}
+{{- $base := printf "%s-%s-%s" (include "de.fullname" .root | trunc 30 | trimSuffix "-") .stage (include "de.runName" .root) -}}
+{{- if .spec -}}
+{{- printf "%s-%s" $base (.spec | sha256sum | trunc 6) -}}
+{{- else -}}
+{{- $base -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "de.claimName" -}}
@@ -91,18 +99,28 @@ launcher) live outside pipeline.run and do not rename the run. */}}
 - "llm.base_url=https://integrate.api.nvidia.com/v1"
 {{- end }}
 - {{ printf "llm.model=%s" $r.llm.model | quote }}
+{{- /* Helm reads every number as a float64, which %v prints as 5e+06 (Hydra then refuses it for an int),
+and lists as [1 2]: anything but a string goes through JSON, which Hydra's override grammar reads. */}}
 {{- range $k, $v := $r.overrides }}
-- {{ printf "%s=%v" $k $v | quote }}
+{{- if kindIs "map" $v }}
+{{- fail (printf "pipeline.run.overrides.%s is a map; give each leaf as its own dotted key (%s.<field>: value)" $k $k) }}
+{{- end }}
+- {{ printf "%s=%s" $k (ternary $v (toJson $v) (kindIs "string" $v)) | quote }}
 {{- end }}
 {{- end -}}
 
 {{/* Pod-level boilerplate shared by every pod. */}}
 {{- define "de.podCommon" -}}
-serviceAccountName: {{ include "de.serviceAccountName" . }}
+{{- include "de.podCommonAs" (dict "root" . "serviceAccount" (include "de.serviceAccountName" .)) -}}
+{{- end -}}
+
+{{/* The same, for a pod that runs as another ServiceAccount (the publish Job's restart container). */}}
+{{- define "de.podCommonAs" -}}
+serviceAccountName: {{ .serviceAccount }}
 automountServiceAccountToken: false
 securityContext:
-  {{- toYaml .Values.podSecurityContext | nindent 2 }}
-{{- with .Values.images.pullSecrets }}
+  {{- toYaml .root.Values.podSecurityContext | nindent 2 }}
+{{- with .root.Values.images.pullSecrets }}
 imagePullSecrets:
 {{- range . }}
   - name: {{ . }}
@@ -154,7 +172,7 @@ Args: root, stage (the upstream stage folder), image (images key). */}}
     - {name: tmp, mountPath: /tmp}
 {{- end -}}
 
-{{/* A pipeline stage container. Args: root, name, image, command (list), resources, extraEnv. */}}
+{{/* A pipeline stage container. Args: root, name, image, command (list), resources, extraEnv, ports. */}}
 {{- define "de.stageContainer" -}}
 - name: {{ .name }}
   image: {{ include "de.image" (dict "root" .root "name" (default "pipeline" .image)) }}
@@ -170,7 +188,8 @@ Args: root, stage (the upstream stage folder), image (images key). */}}
     {{- end }}
   env:
     {{- include "de.pythonEnv" .root | nindent 4 }}
-    {{- if eq .root.Values.pipeline.run.llm.mode "buildNvidia" }}
+    {{- /* only synthesis calls the LLM: no other stage (nor any training rank) holds the key */}}
+    {{- if and (eq .name "synth") (eq .root.Values.pipeline.run.llm.mode "buildNvidia") }}
     - name: NVIDIA_API_KEY
       valueFrom:
         secretKeyRef:
@@ -180,6 +199,10 @@ Args: root, stage (the upstream stage folder), image (images key). */}}
     {{- with .extraEnv }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
+  {{- with .ports }}
+  ports:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
   {{- include "de.containerSecurity" .root | nindent 2 }}
   resources:
     {{- toYaml .resources | nindent 4 }}
