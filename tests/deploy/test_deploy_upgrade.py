@@ -140,3 +140,30 @@ def test_a_pytorchjob_gets_the_rendezvous_port_it_is_given(dh):
     for role, spec in pj["spec"]["pytorchReplicaSpecs"].items():
         c = spec["template"]["spec"]["containers"][0]
         assert {"name": "pytorchjob-port", "containerPort": 23999, "protocol": "TCP"} in c["ports"], role
+
+
+def test_a_tensorrt_plan_is_built_where_it_is_served(dh):
+    """A TensorRT plan only loads on the GPU model it was built on: the multinode example trains on H100s and
+    serves on L40S, so its export Job must run on the serving nodes."""
+    docs = dh.rendered_multinode()
+    serving = dh.by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]
+    jobs = {d["metadata"]["name"].split("-r-")[0].rsplit("-", 1)[1]: d["spec"]["template"]["spec"]
+            for d in dh.by_kind(docs, "Job")}
+    assert jobs["export"]["nodeSelector"] == serving["nodeSelector"] != jobs["mine"]["nodeSelector"]
+    assert jobs["export"].get("tolerations") == serving.get("tolerations")
+    onnx = dh.render(merge(dh.VALUE_SETS["multinode-gpu"], {"pipeline": {"export": {"tensorrt": False}}}))
+    export = next(d for d in dh.by_kind(onnx, "Job") if "-export-" in d["metadata"]["name"])
+    assert export["spec"]["template"]["spec"]["nodeSelector"] == jobs["mine"]["nodeSelector"]  # ONNX runs anywhere
+
+
+def test_extra_ingress_peers_reach_the_gateway_and_the_ray_head(dh):
+    controller = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
+    operator = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kuberay"}}}
+    docs = dh.render({"networkPolicy": {"extraIngressFrom": [controller], "pipelineExtraIngressFrom": [operator]},
+                      "pipeline": {"curate": {"ray": {"enabled": True}}}})
+    pols = {d["metadata"]["name"].rsplit("-", 1)[1]: d["spec"] for d in dh.by_kind(docs, "NetworkPolicy")}
+    assert controller in pols["serving"]["ingress"][0]["from"]
+    assert operator in pols["pipeline"]["ingress"][0]["from"]
+    kv = pytest.importorskip("kubernetes_validate")
+    for d in dh.by_kind(docs, "NetworkPolicy"):
+        kv.validate(d, kv.latest_version(), strict=True)

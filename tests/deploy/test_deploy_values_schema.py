@@ -56,6 +56,13 @@ BAD_VALUES = {
     "not in enum": ("pipeline:\n  train:\n    launcher: mpi\n", "launcher"),
     "negative count": ("autoscaling:\n  maxReplicas: -1\n", "maxReplicas"),
     "key material in values": ("secrets:\n  apiKey:\n    value: hunter2\n", "value"),
+    # each used to pass the schema and kubernetes-validate, and fail at the API server or at run time
+    "port 0": ("serving:\n  gateway:\n    port: 0\n", "port"),
+    "port over 65535": ("pipeline:\n  train:\n    masterPort: 70000\n", "masterPort"),
+    "no nodes": ("pipeline:\n  train:\n    nodes: 0\n", "nodes"),
+    "no GPUs per node": ("pipeline:\n  train:\n    gpusPerNode: 0\n", "gpusPerNode"),
+    "no HPA replicas": ("autoscaling:\n  minReplicas: 0\n", "minReplicas"),
+    "grace under the drain margin": ("serving:\n  terminationGracePeriodSeconds: 5\n", "terminationGracePeriodSeconds"),
 }
 
 
@@ -71,3 +78,23 @@ def test_schema_rejects_a_bad_values_file(dh, tmp_path, case):
     assert needle in str(exc.value)
     with pytest.raises(dh.helm.HelmError):  # and install/template refuses it too
         chart.render(values, name=dh.RELEASE, namespace=dh.NAMESPACE)
+
+
+def test_int_or_string_fields_take_both_and_render_valid_objects(dh):
+    """`--set podDisruptionBudget.maxUnavailable=1` and `--set autoscaling.queueDepth.targetAverageValue=16` give
+    integers; the schema used to refuse them although Kubernetes takes either form."""
+    kv = pytest.importorskip("kubernetes_validate")
+    for mu, avg in ((1, 16), ("25%", "16")):
+        docs = dh.render({"podDisruptionBudget": {"maxUnavailable": mu},
+                          "autoscaling": {"queueDepth": {"enabled": True, "targetAverageValue": avg}}})
+        pdb = dh.by_kind(docs, "PodDisruptionBudget")[0]
+        assert pdb["spec"]["maxUnavailable"] == mu
+        hpa = dh.by_kind(docs, "HorizontalPodAutoscaler")[0]
+        assert any(m.get("pods", {}).get("target", {}).get("averageValue") == str(avg) for m in hpa["spec"]["metrics"])
+        for d in (pdb, hpa):
+            kv.validate(d, kv.latest_version(), strict=True)
+
+
+def test_hpa_min_above_max_is_refused_at_render(dh):
+    with pytest.raises(dh.helm.HelmError, match="minReplicas .* is above autoscaling.maxReplicas"):
+        dh.render({"autoscaling": {"minReplicas": 10, "maxReplicas": 2}})
