@@ -167,3 +167,15 @@ def test_extra_ingress_peers_reach_the_gateway_and_the_ray_head(dh):
     kv = pytest.importorskip("kubernetes_validate")
     for d in dh.by_kind(docs, "NetworkPolicy"):
         kv.validate(d, kv.latest_version(), strict=True)
+
+
+def test_tritons_storage_limit_carries_the_model_scratch(dh):
+    """The models emptyDir counts against the pod's ephemeral-storage, capped by its containers' limits: a
+    20Gi scratch under a 2Gi + 2Gi pod limit got the pod evicted for any repository over ~4 GB."""
+    for scratch, want in (("20Gi", 22 << 30), ("500Mi", (2 << 30) + (500 << 20)), ("50G", (2 << 30) + 50 * 10**9)):
+        docs = dh.render({"serving": {"modelScratchSizeLimit": scratch}})
+        pod = dh.by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]
+        triton = next(c for c in pod["containers"] if c["name"] == "triton")
+        assert int(triton["resources"]["limits"]["ephemeral-storage"]) == want, scratch
+    with pytest.raises(Exception, match="not a storage quantity"):
+        dh.render({"serving": {"modelScratchSizeLimit": "lots"}})

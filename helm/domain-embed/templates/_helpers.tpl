@@ -235,3 +235,15 @@ app.kubernetes.io/component: pipeline
 domain-embed/run: {{ include "de.runName" .root }}
 domain-embed/stage: {{ .stage }}
 {{- end -}}
+
+
+{{/* A Kubernetes quantity ("20Gi", "512Mi", "2G", "1000") in bytes, as an int64. */}}
+{{- define "de.bytes" -}}
+{{- $q := toString . -}}
+{{- $m := regexFind "^[0-9]+" $q -}}
+{{- if not $m }}{{ fail (printf "%q is not a storage quantity like 20Gi" $q) }}{{ end -}}
+{{- $unit := trimPrefix $m $q -}}
+{{- $mult := dict "" 1 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 "k" 1000 "K" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 -}}
+{{- if not (hasKey $mult $unit) }}{{ fail (printf "%q: unit %q is not one of Ki Mi Gi Ti k M G T" $q $unit) }}{{ end -}}
+{{- mul (int64 $m) (index $mult $unit) -}}
+{{- end -}}
