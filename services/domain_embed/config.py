@@ -131,6 +131,7 @@ class EncodingSpec:
         """From a composed config or its typed view (:func:`schema.typed`)."""
         m = _model_section(cfg)
         path = Path(model_path) if model_path is not None else resolve_path(m.path)
+        _check_dim(path, m.dim)
         return cls(
             model_path=str(path),
             query_prefix=_prefix(m.query_prefix, path, "query"),
@@ -166,6 +167,20 @@ class EncodingSpec:
         d = dict(d)
         d["matryoshka_dims"] = tuple(d.get("matryoshka_dims") or ())
         return cls(**d)
+
+
+def _check_dim(path: Path, dim: int) -> None:
+    """model.dim must be the width of the vectors the model at ``path`` gives (its hidden size: the pooling
+    here adds no projection). A mismatch used to surface as a numpy broadcast error in the first encode."""
+    try:
+        conf = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # not on this machine (a serving image), or not a Hugging Face folder: nothing to check
+    width = next((conf[k] for k in ("hidden_size", "d_model", "dim", "n_embd") if isinstance(conf.get(k), int)), None)
+    if width is not None and width != int(dim):
+        raise UserError(f"model.dim={dim}, but the model at {path} gives {width}-dimensional vectors (its config.json); "
+                        f"set model.dim={width} and model.matryoshka_dims to sizes up to it (e.g. [{width}]), or point "
+                        f"model.path at a {dim}-dimensional model")
 
 
 # The spec a model was trained with travels in its directory (written by the train stage).

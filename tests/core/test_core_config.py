@@ -71,3 +71,34 @@ def test_config_hash_tracks_only_named_sections(base_cfg):
 
 def test_spec_roundtrip(spec):
     assert EncodingSpec.from_dict(json.loads(spec.to_json())) == spec
+
+
+def test_a_dim_the_model_does_not_give_is_a_user_error_before_any_encoding(tmp_path, minilm_path):
+    """model.dim=2048 with MiniLM (384) used to fail inside the first encode with a numpy broadcast error;
+    the chart's multi-node example paired a 2048-dim base with the MiniLM config that way."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cfg = load_config(None, ["model.dim=2048"], save=False)
+    with pytest.raises(UserError, match=r"model.dim=2048, but the model at .* gives 384-dimensional vectors.*"
+                                        r"set model.dim=384"):
+        EncodingSpec.from_config(cfg)
+    assert EncodingSpec.from_config(load_config(None, [], save=False)).dim == 384
+    # a folder with no config.json (a serving image without the base model) is not checked
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    assert EncodingSpec.from_config(cfg, model_path=bare).dim == 2048
+    # and the CLI says so with exit 2, no traceback
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    src = sorted((Path(__file__).resolve().parents[2] / "data" / "sample").glob("*.htm*"))[:2]
+    for p in src:
+        shutil.copy(p, corpus / p.name)
+    proc = subprocess.run([str(Path(sys.executable).parent / "domain-embed"), "curate", "--run-dir",
+                           str(tmp_path / "run"), f"corpus.path={corpus}", "model.dim=2048"],
+                          capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
+                                                                             "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "model.dim=2048, but the model" in proc.stderr and "Traceback" not in proc.stderr

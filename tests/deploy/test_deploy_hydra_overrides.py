@@ -41,6 +41,8 @@ def test_multinode_training_config(rendered, dh):
     cfg = load_config(None, args[2:], save=False)
     assert (cfg.train.devices, cfg.train.num_nodes, cfg.train.strategy) == (8, 4, "fsdp")
     assert cfg.train.precision == "bf16-mixed" and cfg.corpus.path == "/data/corpus/nvidia-docs"
+    # a 2048-dim base: its spec says so (it used to keep MiniLM's 384, and the first encode crashed)
+    assert cfg.model.dim == 2048 and max(cfg.model.matryoshka_dims) == 2048 and cfg.model.max_passage_length == 512
     assert cfg.llm.base_url == "https://integrate.api.nvidia.com/v1" and cfg.llm.api_key_env == "NVIDIA_API_KEY"
     export = next(c for d, c in _stage_containers(dh, rendered["multinode-gpu"]) if "-export-" in d["metadata"]["name"])
     ecfg = load_config(None, export["args"][2:], save=False)
