@@ -7,11 +7,12 @@ with a one-line reason and a non-zero exit code; tracebacks are kept for real bu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from .errors import Interrupted, UserError
 
@@ -90,8 +91,12 @@ def _run_dir_of(args: argparse.Namespace) -> Path:
         cfg = load_config(None, args.overrides, save=False)
         run_dir = Path("runs") / cfg.name  # validated: a str
     run_dir = run_dir.resolve()
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"--run-dir {run_dir} exists and is not a directory")
+    try:
+        if run_dir.exists() and not run_dir.is_dir():
+            raise UserError(f"--run-dir {run_dir} exists and is not a directory")
+    except PermissionError:
+        raise UserError(f"cannot reach the run directory {run_dir} (permission denied on a folder above it); give a "
+                        f"--run-dir you can write to") from None
     return run_dir
 
 
@@ -104,6 +109,34 @@ def _stage_extra(args: argparse.Namespace) -> dict[str, Any]:
     return extra
 
 
+def _manifests(run_dir: Path) -> dict[str, int]:
+    return {str(m): m.stat().st_mtime_ns for m in run_dir.glob("*/manifest.json")}
+
+
+@contextlib.contextmanager
+def _overrides_kept_only_if_used(run_dir: Path) -> Iterator[None]:
+    """A command that fails with a user error before any stage finished leaves overrides.json and config.yaml as
+    they were: `curate corpus.path=/typo` used to save the typo, and a later `run` with no arguments failed on it
+    without saying where it came from. Once a stage has finished with the new overrides they stay (its outputs
+    depend on them), and a killed command keeps them too, so its rerun resumes."""
+    from .config import OVERRIDES_FILE
+    from .files import atomic_write_text
+
+    kept = {name: (run_dir / name).read_text() if (run_dir / name).is_file() else None
+            for name in (OVERRIDES_FILE, "config.yaml")}
+    before = _manifests(run_dir) if run_dir.is_dir() else {}
+    try:
+        yield
+    except UserError:
+        if _manifests(run_dir) == before:
+            for name, text in kept.items():
+                if text is None:
+                    (run_dir / name).unlink(missing_ok=True)
+                elif (run_dir / name).is_file() and (run_dir / name).read_text() != text:
+                    atomic_write_text(run_dir / name, text)
+        raise
+
+
 def cmd_stage(args: argparse.Namespace) -> int:
     from .config import load_config
     from .rundir import run_dir_lock, run_stage
@@ -111,7 +144,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
     run_dir = _run_dir_of(args)
     load_config(run_dir, args.overrides, save=False)  # bad overrides are refused before the folder is touched
-    with run_dir_lock(run_dir):  # before config.yaml is written: a second process must not rewrite it
+    with run_dir_lock(run_dir), _overrides_kept_only_if_used(run_dir):  # the lock before config.yaml is written
         cfg = load_config(run_dir, args.overrides)
         run_stage(STAGES[args.stage], run_dir, cfg, STAGES, force=args.force, quiet=args.quiet,
                   extra=_stage_extra(args))
@@ -124,7 +157,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     run_dir = _run_dir_of(args)
     load_config(run_dir, args.overrides, save=False)  # bad overrides are refused before the folder is touched
-    with run_dir_lock(run_dir):
+    with run_dir_lock(run_dir), _overrides_kept_only_if_used(run_dir):
         return _run_all(args, run_dir)
 
 

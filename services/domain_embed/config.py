@@ -131,7 +131,7 @@ class EncodingSpec:
         """From a composed config or its typed view (:func:`schema.typed`)."""
         m = _model_section(cfg)
         path = Path(model_path) if model_path is not None else resolve_path(m.path)
-        _check_dim(path, m.dim)
+        _check_against_model(path, m)
         return cls(
             model_path=str(path),
             query_prefix=_prefix(m.query_prefix, path, "query"),
@@ -169,15 +169,25 @@ class EncodingSpec:
         return cls(**d)
 
 
-def _check_dim(path: Path, dim: int) -> None:
-    """model.dim must be the width of the vectors the model at ``path`` gives (its hidden size: the pooling
-    here adds no projection). A mismatch used to surface as a numpy broadcast error in the first encode."""
+def _check_against_model(path: Path, m: Any) -> None:
+    """The spec must fit the model at ``path``: model.dim is the width of its vectors (its hidden size: the
+    pooling here adds no projection), and no token limit exceeds its position table. Either mismatch used to
+    surface much later, as a numpy broadcast error in the first encode or an ONNX Runtime "invalid expand
+    shape" in synthesis, after curation had written chunks too long for the model."""
     try:
         conf = json.loads((Path(path) / "config.json").read_text())
     except (OSError, ValueError):
         return  # not on this machine (a serving image), or not a Hugging Face folder: nothing to check
+    dim = int(m.dim)
+    positions = conf.get("max_position_embeddings")
+    if isinstance(positions, int) and conf.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
+        positions -= 2  # their position ids start after the padding index
+    for key in ("max_query_length", "max_passage_length"):
+        if isinstance(positions, int) and int(getattr(m, key)) > positions:
+            raise UserError(f"model.{key}={getattr(m, key)} is more than the {positions} positions of the model at "
+                            f"{path} (config.json max_position_embeddings); set model.{key} to {positions} or less")
     width = next((conf[k] for k in ("hidden_size", "d_model", "dim", "n_embd") if isinstance(conf.get(k), int)), None)
-    if width is not None and width != int(dim):
+    if width is not None and width != dim:
         raise UserError(f"model.dim={dim}, but the model at {path} gives {width}-dimensional vectors (its config.json); "
                         f"set model.dim={width} and model.matryoshka_dims to sizes up to it (e.g. [{width}]), or point "
                         f"model.path at a {dim}-dimensional model")
@@ -274,7 +284,7 @@ OVERRIDES_FILE = "overrides.json"
 
 def _compose(overrides: list[str]) -> DictConfig:
     from hydra import compose, initialize_config_dir
-    from hydra.errors import ConfigCompositionException, MissingConfigException
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
     try:
@@ -288,8 +298,11 @@ def _compose(overrides: list[str]) -> DictConfig:
         raise UserError(
             f"bad config override ({msg}); see `domain-embed config` for the keys and configs/<group>/ for the options"
         ) from None
-    except ValueError as exc:  # hydra's override grammar errors
-        raise UserError(f"bad config override: {str(exc).strip().splitlines()[0]}") from None
+    except (ValueError, OverrideParseException) as exc:  # hydra's override grammar errors
+        bad = next((o for o in overrides if o.split("=", 1)[-1] and o.split("=", 1)[-1] in str(exc)), None)
+        raise UserError(f"bad config override{f' {bad!r}' if bad else ''}: {str(exc).strip().splitlines()[0]}; "
+                        f"quote values with brackets, commas or spaces for Hydra (key='[1, 2]' or key=\"a b\"); see "
+                        f"https://hydra.cc/docs/advanced/override_grammar/basic/") from None
 
 
 def load_config(run_dir: Path | None, overrides: Iterable[str] = (), save: bool = True) -> DictConfig:

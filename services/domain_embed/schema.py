@@ -808,6 +808,109 @@ def _loose_ok(f: Field, value: Any) -> bool:
     return True
 
 
+# Ranges outside which a value is a mistake, not a choice: (low, high), either None, "(" / ")" marking an open end.
+# Checked by validate; before, train.batch_size=0 hung in the batch planner, train.learning_rate=-1 died in three
+# tracebacks, synth.budget_minutes=-1 meant "no budget", and curate.chunk_sentences=0 silently tripled the chunks.
+# Keys typed Any ("auto", null or a number) are checked only when they hold a number.
+_AT_LEAST_1 = (1, None)
+_AT_LEAST_0 = (0, None)
+_POSITIVE = ("(0", None)
+_UNIT = (0, 1)
+_PORT = (0, 65535)
+BOUNDS: dict[str, tuple[Any, Any]] = {
+    "seed": _AT_LEAST_0,
+    "model.max_query_length": _AT_LEAST_1, "model.max_passage_length": _AT_LEAST_1, "model.dim": _AT_LEAST_1,
+    "model.int8_min_cosine": (-1, 1),
+    "llm.local.port": _PORT, "llm.local.ctx_size": (256, None), "llm.local.n_parallel": _AT_LEAST_1,
+    "llm.local.threads": _AT_LEAST_1, "llm.local.poll": (0, 100), "llm.local.startup_timeout_s": _POSITIVE,
+    "llm.temperature": _AT_LEAST_0, "llm.max_tokens": _AT_LEAST_1, "llm.timeout_s": _POSITIVE,
+    "llm.max_retries": _AT_LEAST_0, "llm.concurrency": _AT_LEAST_1, "llm.requests_per_minute": _AT_LEAST_0,
+    "corpus.max_files": _AT_LEAST_0,
+    "curate.min_words": _AT_LEAST_0, "curate.max_words": _AT_LEAST_1, "curate.max_non_alpha_ratio": _UNIT,
+    "curate.max_repeated_line_fraction": _UNIT, "curate.near_dedup_threshold": _UNIT,
+    "curate.minhash_num_perm": _AT_LEAST_1, "curate.chunk_sentences": _AT_LEAST_1,
+    "curate.chunk_overlap_sentences": _AT_LEAST_0, "curate.min_chunk_tokens": _AT_LEAST_0,
+    "curate.ray_min_files": _AT_LEAST_1,
+    "synth.types.factual": _AT_LEAST_0, "synth.types.keyword": _AT_LEAST_0, "synth.types.procedural": _AT_LEAST_0,
+    "synth.types.structural": _AT_LEAST_0, "synth.types.multi_hop": _AT_LEAST_0,
+    "synth.structure.max_per_doc": _AT_LEAST_0, "synth.structure.max_share": _UNIT,
+    "synth.structure.max_positives": _AT_LEAST_1, "synth.structure.questions": _AT_LEAST_0,
+    "synth.filters.min_question_words": _AT_LEAST_0, "synth.filters.max_question_words": _AT_LEAST_1,
+    "synth.filters.keyword_max_words": _AT_LEAST_1,
+    "synth.judge.threshold": (1, 10), "synth.judge.max_tokens": _AT_LEAST_1, "synth.judge.max_same_fraction": _UNIT,
+    "synth.max_chunks": _AT_LEAST_0, "synth.budget_minutes": _AT_LEAST_0, "synth.min_chunk_words": _AT_LEAST_0,
+    "synth.multi_hop_chunks": (2, 3), "synth.few_shot": _AT_LEAST_0, "synth.few_shot_words": _AT_LEAST_1,
+    "synth.max_prompt_words": _AT_LEAST_1, "synth.max_tokens": _AT_LEAST_1, "synth.style_examples_n": _AT_LEAST_0,
+    "synth.max_failed_fraction": _UNIT, "synth.repair_attempts": _AT_LEAST_0, "synth.dedup_cosine": _UNIT,
+    "synth.round_trip_top_k": _AT_LEAST_0, "synth.max_copy_ngram": _AT_LEAST_0,
+    "split.test_fraction": ("(0", "1)"), "split.val_fraction": (0, "1)"), "split.min_test_queries_warning": _AT_LEAST_0,
+    "mine.num_negatives": _AT_LEAST_0, "mine.top_k": _AT_LEAST_1, "mine.near_dup_threshold": _UNIT,
+    "mine.ivf_nprobe": _AT_LEAST_1, "mine.hnsw_m": (2, None), "mine.batch_size": _AT_LEAST_1,
+    "mine.shard_rows": _AT_LEAST_1, "mine.seed": _AT_LEAST_0,
+    "train.lora.r": _AT_LEAST_1, "train.lora.alpha": _POSITIVE, "train.lora.dropout": (0, "1)"),
+    "train.teacher.weight": _AT_LEAST_0, "train.teacher.temperature": _POSITIVE,
+    "train.temperature": _POSITIVE, "train.learning_rate": _POSITIVE, "train.weight_decay": _AT_LEAST_0,
+    "train.warmup_ratio": _UNIT, "train.epochs": _AT_LEAST_1, "train.max_steps": (-1, None),
+    "train.budget_minutes": _AT_LEAST_0, "train.batch_size": _AT_LEAST_1, "train.grad_accum": _AT_LEAST_1,
+    "train.num_negatives": _AT_LEAST_0, "train.gradient_clip": _AT_LEAST_0, "train.num_nodes": _AT_LEAST_1,
+    "train.checkpoint_every_n_steps": _AT_LEAST_1, "train.val_every_n_steps": _AT_LEAST_0,
+    "train.val_corpus_size": _AT_LEAST_0, "train.early_stopping_patience": _AT_LEAST_0, "train.base_mix": _UNIT,
+    "train.distill_base": _AT_LEAST_0, "train.symmetric": _AT_LEAST_0,
+    "evaluate.gate.tolerance": _AT_LEAST_0, "evaluate.gate.min_group_queries": _AT_LEAST_0,
+    "evaluate.endpoint.tolerance": _AT_LEAST_0, "evaluate.endpoint.max_texts": _AT_LEAST_1,
+    "evaluate.endpoint.batch_size": _AT_LEAST_1, "evaluate.endpoint.timeout_s": _POSITIVE,
+    "evaluate.batch_size": _AT_LEAST_1,
+    "export.triton.max_batch_size": _AT_LEAST_1, "export.triton.max_queue_delay_us": _AT_LEAST_0,
+    "export.triton.queue_timeout_us": _AT_LEAST_0, "export.triton.max_queue_size": _AT_LEAST_0,
+    "export.triton.instances": _AT_LEAST_1, "export.triton.intra_op_threads": _AT_LEAST_0,
+    "export.triton.ort_batch": _AT_LEAST_1, "export.triton.bucket_ratio": (1, None),
+    "export.opset": (11, None), "export.parity_tolerance": _POSITIVE,
+    "serve.port": (1, 65535), "serve.triton_grpc_port": _PORT, "serve.triton_http_port": _PORT,
+    "serve.triton_metrics_port": _PORT, "serve.max_batch_items": _AT_LEAST_1, "serve.max_body_bytes": _AT_LEAST_1,
+    "serve.max_queue": _AT_LEAST_1, "serve.retry_after_s": _AT_LEAST_0, "serve.request_timeout_s": _POSITIVE,
+    "serve.ready_timeout_s": _POSITIVE, "serve.shutdown_grace_s": _AT_LEAST_0,
+}
+
+
+def _range_text(low: Any, high: Any) -> str:
+    lo = None if low is None else (f"above {str(low)[1:]}" if str(low).startswith("(") else f"at least {low}")
+    hi = None if high is None else (f"below {str(high)[:-1]}" if str(high).endswith(")") else f"at most {high}")
+    return " and ".join(x for x in (lo, hi) if x)
+
+
+def _out_of_range(value: Any, low: Any, high: Any) -> bool:
+    if low is not None:
+        open_, lv = str(low).startswith("("), float(str(low).lstrip("("))
+        if value < lv or (open_ and value == lv):
+            return True
+    if high is not None:
+        open_, hv = str(high).endswith(")"), float(str(high).rstrip(")"))
+        if value > hv or (open_ and value == hv):
+            return True
+    return False
+
+
+def check_bounds(cfg: DictConfig) -> None:
+    """Raise a one-line :class:`UserError` for the first value outside its range in :data:`BOUNDS`, or for a
+    run name that is not one folder name (``name=../../etc`` used to put the run outside runs/)."""
+    name = str(OmegaConf.select(cfg, "name", default="") or "")
+    if not name or "/" in name or "\\" in name or name.startswith(".") or name != name.strip():
+        raise _keyed(UserError(f"name={name!r} is not a folder name: the run lives in runs/<name>, so use letters, "
+                               f"digits, '-', '_' or '.' (not starting with '.', no '/'), or give --run-dir"), "name")
+    for key, (low, high) in BOUNDS.items():
+        value = OmegaConf.select(cfg, key, throw_on_missing=False)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue  # "auto", null: the key's own type check decides
+        if _out_of_range(value, low, high):
+            found = find_field(key)
+            dflt = ""
+            if found:
+                d = _default_of(found[0])
+                dflt = f" (the default is {_shown(d.value if isinstance(d, enum.Enum) else d)})"
+            raise _keyed(UserError(f"{key}={_shown(value)} is out of range: it must be {_range_text(low, high)}{dflt}; "
+                                   f"{REFERENCE}"), key)
+
+
 def validate(composed: DictConfig) -> DictConfig:
     """The composed (and resolved) config merged onto :class:`RunConfig`: typed, closed, checked.
 
@@ -841,6 +944,7 @@ def validate(composed: DictConfig) -> DictConfig:
             value = OmegaConf.select(cfg, key)
             if not _loose_ok(f, value):
                 raise _bad_value(key, value, f, tp)
+    check_bounds(cfg)
     OmegaConf.set_struct(cfg, True)
     return cfg
 

@@ -4,6 +4,7 @@ type; every key of every group option has a typed, documented field; validation 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -247,3 +248,30 @@ def test_a_stage_context_makes_its_typed_view_once():
     ctx = StageContext(STAGES["mine"], Path("/nonexistent"), load_config(None, ["mine.top_k=7"], save=False),
                        quiet=True)
     assert ctx.conf is ctx.conf and ctx.conf.mine.top_k == 7
+
+
+@pytest.mark.parametrize("override, words", [
+    ("train.batch_size=0", "at least 1"),          # hung in the batch planner, silently, for ever
+    ("train.learning_rate=-1", "above 0"),         # three tracebacks, then a hint to resume a checkpoint that did not exist
+    ("synth.budget_minutes=-1", "at least 0"),     # meant "no budget"
+    ("curate.chunk_sentences=0", "at least 1"),    # silently tripled the chunks
+    ("train.epochs=0", "at least 1"),
+    ("split.test_fraction=1", "below 1"),
+    ("serve.port=70000", "at most 65535"),
+    ("synth.judge.threshold=11", "at most 10"),
+])
+def test_a_value_out_of_range_is_a_user_error_naming_the_range(override, words):
+    key = override.split("=")[0]
+    with pytest.raises(UserError, match=rf"^{re.escape(override.split('=')[0])}=.* is out of range: .*{words}"):
+        load_config(None, [override], save=False)
+    assert key
+
+
+def test_bounds_name_real_keys_and_the_defaults_are_inside_them():
+    from domain_embed.schema import BOUNDS, find_field
+
+    assert [k for k in BOUNDS if not find_field(k)] == []
+    load_config(None, [], save=False)  # every default in range
+    for ok in ("synth.budget_minutes=0", "train.budget_minutes=0", "train.budget_minutes=auto", "split.val_fraction=0",
+               "train.max_steps=-1", "serve.triton_grpc_port=0"):
+        load_config(None, [ok], save=False)
