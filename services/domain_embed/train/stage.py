@@ -101,8 +101,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
         # the worker itself was signalled (not through this stage): it saved a checkpoint and stopped
         raise Interrupted(rc - 128)
     if rc != 0:
-        raise RuntimeError(f"training process exited with code {rc}; rerun `domain-embed train` to resume from "
-                           f"{tdir / 'checkpoints' / 'last.ckpt'}")
+        ckpt = tdir / "checkpoints" / "last.ckpt"
+        then = (f"rerun `domain-embed train` to resume from {ckpt}" if ckpt.is_file() else
+                "no checkpoint was saved, so a rerun starts over")
+        raise RuntimeError(f"training process exited with code {rc} (its traceback is above); {then}")
     summary = json.loads((tdir / "summary.json").read_text())
     ctx.log(f"trained {summary['steps']} steps; validation nDCG@10 base {summary['base_val_ndcg@10']} -> "
             f"best {summary['best_val_ndcg@10']} (step {summary['best_step']})")
