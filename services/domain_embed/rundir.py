@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import platform
+import stat
 import sys
 import time
 from dataclasses import dataclass, field
@@ -58,15 +59,82 @@ from .files import (AppendLog, atomic_open, atomic_write_bytes, atomic_write_jso
 RACY_NS = 2_000_000_000
 
 
-def tree_files(path: Path | str) -> list[Path]:
-    """A file itself, or every non-hidden file under a directory, sorted."""
+def is_run_dir(path: Path) -> bool:
+    """A domain-embed run directory, by what this module and the CLI write into one: the ``.lock`` of
+    :func:`run_dir_lock`, config.yaml with overrides.json, or a stage folder's manifest.json. A corpus
+    may hold one (``--run-dir docs/runs/x corpus.path=docs``); its outputs are not documents."""
+    try:
+        names = {e.name: e for e in os.scandir(path)}
+    except OSError:
+        return False
+    if "config.yaml" in names and "overrides.json" in names:
+        return True
+    with contextlib.suppress(OSError):
+        if ".lock" in names and (path / ".lock").read_bytes()[:4] == b"pid ":
+            return True
+    for e in names.values():
+        with contextlib.suppress(OSError):
+            if e.is_dir() and (Path(e.path) / MANIFEST).is_file():
+                with open(Path(e.path) / MANIFEST, "rb") as fh:
+                    if fh.read(16).startswith(b'{\n  "stage": "'):  # as _run_stage writes it
+                        return True
+    return False
+
+
+def tree_files(path: Path | str, left_out: list[tuple[str, str, str]] | None = None) -> list[Path]:
+    """A file itself, or every non-hidden file under a directory, sorted.
+
+    Folder links are followed (each folder is listed once, so a loop ends), and domain-embed run
+    directories are left out. What is left out, and why, is appended to ``left_out`` as
+    ``(kind, relative path, detail)``: kind is run_dir, unreadable_dir, broken_link, seen_dir,
+    not_a_file or unreadable, so that the caller can say so instead of losing files silently.
+    """
     path = Path(path)
     if path.is_file():
         return [path]
     if not path.is_dir():
         return []
-    return sorted(q for q in path.rglob("*")
-                  if q.is_file() and not any(part.startswith(".") for part in q.relative_to(path).parts))
+    notes = left_out if left_out is not None else []
+    st = path.stat()
+    seen = {(st.st_dev, st.st_ino): "."}
+    out: list[Path] = []
+    stack = [path]
+    while stack:
+        d = stack.pop()
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError as exc:
+            notes.append(("unreadable_dir", d.relative_to(path).as_posix(), exc.strerror or str(exc)))
+            continue
+        for e in entries:
+            if e.name.startswith("."):
+                continue  # .git, editor swap files and our own temporary files
+            p = Path(e.path)
+            rel = p.relative_to(path).as_posix()
+            try:
+                target = p.stat()  # follows links
+            except OSError as exc:
+                link = ""
+                with contextlib.suppress(OSError):
+                    link = os.readlink(p)
+                notes.append(("broken_link" if link else "unreadable", rel,
+                              f"{link}: {exc.strerror or exc}" if link else exc.strerror or str(exc)))
+                continue
+            if stat.S_ISDIR(target.st_mode):
+                key = (target.st_dev, target.st_ino)
+                if key in seen:
+                    notes.append(("seen_dir", rel, seen[key]))
+                elif is_run_dir(p):
+                    seen[key] = rel
+                    notes.append(("run_dir", rel, ""))
+                else:
+                    seen[key] = rel
+                    stack.append(p)
+            elif stat.S_ISREG(target.st_mode):
+                out.append(p)
+            else:
+                notes.append(("not_a_file", rel, ""))  # a socket or FIFO: reading it could block
+    return sorted(out)
 
 
 @dataclass
@@ -95,15 +163,23 @@ def fingerprint_files(item: OutsideInput, previous: dict[str, Any] | None = None
     files = []
     reused = 0
     for f in item.files:
-        st = f.stat()
         rel = f.name if f == root else f.relative_to(root).as_posix()
-        old = prev_files.get(rel)
-        if (old is not None and old.get("size") == st.st_size and old.get("mtime_ns") == st.st_mtime_ns
-                and st.st_mtime_ns + RACY_NS < prev_at):
-            digest = old["sha256"]
-            reused += 1
-        else:
-            digest = sha256_file(f)
+        try:
+            st = f.stat()
+            old = prev_files.get(rel)
+            if (old is not None and old.get("sha256") and old.get("size") == st.st_size
+                    and old.get("mtime_ns") == st.st_mtime_ns and st.st_mtime_ns + RACY_NS < prev_at):
+                digest = old["sha256"]
+                reused += 1
+            else:
+                digest = sha256_file(f)
+        except OSError as exc:
+            # Recorded, not fatal: the stage's reader skips the file and says why; once it can be
+            # read, its hash differs from None and the stage reruns. (A chmod keeps the mtime, so
+            # an unreadable entry is never reused by the fast path above.)
+            files.append({"path": rel, "size": None, "mtime_ns": None, "sha256": None,
+                          "unreadable": exc.strerror or str(exc)})
+            continue
         files.append({"path": rel, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest})
     h = hashlib.sha256()
     for f in files:
@@ -221,8 +297,12 @@ def run_dir_lock(run_dir: Path) -> Iterator[None]:
     if _torchrun_rank():
         yield
         return
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    fh = open(Path(run_dir) / ".lock", "a+")
+    try:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        fh = open(Path(run_dir) / ".lock", "a+")
+    except OSError as exc:  # read-only, another user's, a full disk: the stage could not write there either
+        raise UserError(f"cannot write in the run directory {run_dir} ({exc.strerror or exc}); give a --run-dir you "
+                        f"can write to, or fix its permissions") from None
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -349,7 +429,8 @@ class StageContext:
         return model_spec(self.conf, self.path(rel), label=rel, log=self.log)
 
     def log(self, msg: str) -> None:
-        if not self.quiet:
+        # A warning names something the user must act on (a skipped file): --quiet does not hide it.
+        if not self.quiet or msg.startswith("warning:"):
             print(f"[{self.stage.name}] {msg}", file=sys.stderr, flush=True)
 
     def progress(self, iterable: Iterable[Any] | None = None, total: int | None = None, desc: str = "", **kw: Any):

@@ -169,3 +169,32 @@ def test_a_second_process_in_the_same_run_dir_is_refused_and_the_lock_dies_with_
     with run_dir_lock(run):  # re-entrant within one process: run_stage inside a held run does not deadlock
         with run_dir_lock(run):
             pass
+
+
+def test_a_run_dir_this_user_cannot_write_is_a_user_error(tmp_path):
+    """Run as another user on a root-owned folder, curate/split/evaluate died with a PermissionError traceback."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    top = Path(tempfile.mkdtemp(prefix="de-ro-", dir="/tmp"))  # pytest's own tmp folders are root-only (0700)
+    try:
+        os.chmod(top, 0o755)
+        ro = top / "ro"
+        ro.mkdir()
+        os.chmod(ro, 0o555)
+        cmd = [str(Path(sys.executable).parent / "domain-embed"), "split", "--run-dir", str(ro / "run")]
+        if os.geteuid() == 0:  # root writes anywhere: run the command as nobody, as the audit did
+            setpriv = shutil.which("setpriv")
+            if setpriv is None:
+                pytest.skip("running as root without setpriv")
+            cmd = [setpriv, "--reuid", "65534", "--regid", "65534", "--clear-groups", *cmd]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HOME": str(top)}
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=top)
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "cannot write in the run directory" in proc.stderr and "Traceback" not in proc.stderr

@@ -153,13 +153,18 @@ def run_cleaning(docs: pd.DataFrame, c: CurateConfig, executor: str, batch_size:
     return pd.concat(frames, ignore_index=True)
 
 
-def apply_filters(df: pd.DataFrame, c: CurateConfig) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Keep rows that pass every filter; count removals by the first filter that failed."""
+def apply_filters(df: pd.DataFrame, c: CurateConfig
+                  ) -> tuple[pd.DataFrame, dict[str, int], dict[str, list[tuple[str, float]]]]:
+    """Keep rows that pass every filter; count removals by the first filter that failed, and name
+    them (filter -> [(source, score)]) so that the log can say which documents went and why."""
     _, filters = build_stages(c)
     removed = {f"filtered_{name}": 0 for name, _, _ in filters}
+    dropped: dict[str, list[tuple[str, float]]] = {name: [] for name, _, _ in filters}
     keep = pd.Series(True, index=df.index)
     for name, flt, col in filters:
         ok = df[col].apply(flt.keep_document).astype(bool)
-        removed[f"filtered_{name}"] = int((keep & ~ok).sum())
+        gone = keep & ~ok
+        removed[f"filtered_{name}"] = int(gone.sum())
+        dropped[name] = list(zip(df.loc[gone, "source"], df.loc[gone, col].astype(float)))
         keep &= ok
-    return df[keep].reset_index(drop=True), removed
+    return df[keep].reset_index(drop=True), removed, dropped

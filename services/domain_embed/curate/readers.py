@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -39,11 +40,14 @@ class ReadResult:
     docs: list[Document] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)   # reason -> count
     skipped_files: list[tuple[str, str]] = field(default_factory=list)  # (source, reason)
+    details: dict[str, str] = field(default_factory=dict)  # source -> what the system said (e.g. "Permission denied")
     files_seen: int = 0
 
-    def skip(self, source: str, reason: str) -> None:
+    def skip(self, source: str, reason: str, detail: str = "") -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
         self.skipped_files.append((source, reason))
+        if detail:
+            self.details[source] = detail
 
 
 # ---------------------------------------------------------------- discovery
@@ -55,23 +59,98 @@ def _matches(rel: str, patterns: Iterable[str]) -> bool:
     return False
 
 
-def discover(root: Path, include: Iterable[str], exclude: Iterable[str] = (), max_files: int = 0) -> list[Path]:
-    """Files under ``root`` matching an include pattern and no exclude pattern, sorted by path."""
+@dataclass
+class Discovery:
+    """The files to read, and every file or folder under the root that was left out, by why."""
+
+    files: list[Path] = field(default_factory=list)
+    left_out: list[tuple[str, str, str]] = field(default_factory=list)  # rundir.tree_files' (kind, rel, detail)
+    unsupported: dict[str, int] = field(default_factory=dict)  # extension -> files of a type no reader takes
+    not_included: dict[str, int] = field(default_factory=dict)  # extension -> readable files no include matched
+    excluded: list[str] = field(default_factory=list)           # files an exclude pattern matched
+    over_max_files: int = 0
+
+
+def _ext(rel: str) -> str:
+    return Path(rel).suffix.lower() or "(no extension)"
+
+
+def scan(root: Path, include: Iterable[str], exclude: Iterable[str] = (), max_files: int = 0) -> Discovery:
+    """Files under ``root`` matching an include pattern and no exclude pattern, sorted by path, with
+    what was left out. Run directories under the corpus (its own among them) are never read."""
+    from ..rundir import tree_files
+
     include, exclude = list(include), list(exclude)
+    found = Discovery()
     if root.is_file():
-        return [root]
-    out = []
-    for p in sorted(root.rglob("*")):
-        if not p.is_file():
-            continue
+        found.files = [root]
+        return found
+    for p in tree_files(root, found.left_out):
         rel = p.relative_to(root).as_posix()
-        if any(part.startswith(".") for part in p.relative_to(root).parts):
-            continue  # .git, editor swap files and our own temporary files
-        if _matches(rel, include) and not _matches(rel, exclude):
-            out.append(p)
+        if _matches(rel, exclude):
+            found.excluded.append(rel)
+        elif not _matches(rel, include):
+            counts = found.not_included if p.suffix.lower() in SUPPORTED else found.unsupported
+            counts[_ext(rel)] = counts.get(_ext(rel), 0) + 1
+        else:
+            found.files.append(p)
     if max_files and max_files > 0:
-        out = out[:max_files]
-    return out
+        found.over_max_files = max(0, len(found.files) - max_files)
+        found.files = found.files[:max_files]
+    return found
+
+
+def discover(root: Path, include: Iterable[str], exclude: Iterable[str] = (), max_files: int = 0) -> list[Path]:
+    """The files of :func:`scan` (the corpus fingerprint lists exactly these)."""
+    return scan(root, include, exclude, max_files).files
+
+
+def _by_ext(counts: dict[str, int]) -> str:
+    return ", ".join(f"{ext} ({n})" for ext, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _names(items: list[str], n: int = 5) -> str:
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def left_out_lines(found: Discovery, root: Path) -> list[str]:
+    """One line per kind of thing discovery left out; a line that needs the user's action starts
+    with "warning:" (so that --quiet still shows it)."""
+    by: dict[str, list[tuple[str, str]]] = {}
+    for kind, rel, detail in found.left_out:
+        by.setdefault(kind, []).append((rel, detail))
+    lines = []
+    if by.get("run_dir"):
+        rels = [r for r, _ in by["run_dir"]]
+        lines.append(f"left out {len(rels)} domain-embed run folder{'s' * (len(rels) != 1)} inside the corpus "
+                     f"(stage outputs, not documents): {_names(rels)}")
+    for rel, detail in by.get("unreadable_dir", []):
+        lines.append(f"warning: cannot read the folder {rel}/ ({detail}); its files are left out. To read them, "
+                     f"fix its permissions (e.g. chmod -R a+rX {shlex.quote(str(root / rel))})")
+    for rel, detail in by.get("unreadable", []):
+        lines.append(f"warning: left out {rel}: cannot look at it ({detail})")
+    for rel, detail in by.get("broken_link", []):
+        target, _, err = detail.rpartition(": ")
+        why = "which does not exist" if "No such file" in err else f"which cannot be followed ({err})"
+        lines.append(f"warning: left out {rel}: a link to {target}, {why}; fix or remove the link")
+    for rel, first in by.get("seen_dir", []):
+        lines.append(f"left out {rel}: a link to a folder already read (as {first})")
+    for rel, _ in by.get("not_a_file", []):
+        lines.append(f"warning: left out {rel}: not a regular file (a pipe, socket or device)")
+    if found.unsupported:
+        n = sum(found.unsupported.values())
+        lines.append(f"left out {n} file{'s' * (n != 1)} of {'an ' * (n == 1)}unsupported type{'s' * (n != 1)}: "
+                     f"{_by_ext(found.unsupported)}; supported: {' '.join(sorted(SUPPORTED))}")
+    if found.not_included:
+        n = sum(found.not_included.values())
+        lines.append(f"left out {n} file{'s' * (n != 1)} that no corpus.include pattern matches: "
+                     f"{_by_ext(found.not_included)}")
+    if found.excluded:
+        lines.append(f"left out {len(found.excluded)} file{'s' * (len(found.excluded) != 1)} matching corpus.exclude: "
+                     f"{_names(found.excluded)}")
+    if found.over_max_files:
+        lines.append(f"left out the last {found.over_max_files} files beyond corpus.max_files={len(found.files)}")
+    return lines
 
 
 # ---------------------------------------------------------------- decoding
@@ -190,7 +269,7 @@ def _stem_title(path: Path) -> str:
 
 # ---------------------------------------------------------------- the readers
 def read_corpus(root: Path, files: list[Path], jsonl_text_field: str = "text",
-                jsonl_title_field: str | None = "title", log=None) -> ReadResult:
+                jsonl_title_field: str | None = "title") -> ReadResult:
     res = ReadResult(files_seen=len(files))
     html_titled: list[Document] = []  # HTML pages whose title came from <title>: may carry site-wide text
     for path in files:
@@ -199,9 +278,7 @@ def read_corpus(root: Path, files: list[Path], jsonl_text_field: str = "text",
         try:
             data = path.read_bytes()
         except OSError as exc:
-            res.skip(rel, "skipped_unreadable")
-            if log:
-                log(f"skipping {rel}: cannot read it ({exc.strerror})")
+            res.skip(rel, "skipped_unreadable", exc.strerror or str(exc))
             continue
         if ext in PDF_EXTS:
             _read_pdf(path, rel, data, res)

@@ -14,6 +14,7 @@ sorted by source path, then position in the document.
 from __future__ import annotations
 
 import os
+import shlex
 import statistics
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,68 @@ def _skip_summary(skipped: dict[str, int]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(skipped.items())) or "none"
 
 
+def _skip_why(reason: str, path: Path, detail: str = "", jsonl_field: str = "text") -> str:
+    """Why a file was skipped and what to do about it, for its warning and for the final error."""
+    from .readers import SUPPORTED
+
+    q, tmp = shlex.quote(str(path)), shlex.quote(f"{path}.utf8")
+    return {
+        "skipped_unreadable": f"cannot read it ({detail or 'permission denied'}), fix its permissions "
+                              f"(e.g. chmod a+r {q}) and rerun",
+        "skipped_encoding": "not UTF-8 or UTF-16 text, re-save it as UTF-8 and rerun (for a Latin-1 file: "
+                            f"iconv -f latin1 -t utf-8 {q} > {tmp} && mv {tmp} {q})",
+        "skipped_binary": "binary data, not text",
+        "skipped_empty": "no text in it",
+        "skipped_unsupported": f"not a type curate reads (supported: {' '.join(sorted(SUPPORTED))})",
+        "skipped_pdf_unsupported": "a PDF, and pypdf is not installed (pip install 'domain-embed[curate]')",
+        "skipped_pdf_encrypted": "an encrypted PDF, save a copy without the password",
+        "skipped_pdf_error": "a PDF that pypdf cannot open (damaged or not a PDF)",
+        "skipped_pdf_no_text": "a PDF without a text layer (a scan), run OCR on it first (e.g. ocrmypdf)",
+        "skipped_jsonl_bad_line": "a line that is not valid JSON",
+        "skipped_jsonl_no_text": f"a row without a non-empty '{jsonl_field}' field (set corpus.jsonl_text_field)",
+    }.get(reason, reason)
+
+
+def _skips_by_reason(res, root: Path, jsonl_field: str) -> str:
+    """Every reason files were skipped, with up to 3 of them and the fix (for an error message)."""
+    by: dict[str, list[str]] = {}
+    for source, reason in res.skipped_files:
+        by.setdefault(reason, []).append(source)
+    parts = []
+    for reason, sources in sorted(by.items()):
+        names = ", ".join(sources[:3]) + (f" and {len(sources) - 3} more" if len(sources) > 3 else "")
+        where = root if root.is_file() else root / sources[0]
+        parts.append(f"{names}: {_skip_why(reason, where, res.details.get(sources[0], ''), jsonl_field)}")
+    return "; ".join(parts)
+
+
+# Each quality filter's setting, and what a dropped document had too much or too little of.
+_FILTER_SETTINGS = {"non_alphanumeric": ("max_non_alpha_ratio", "a larger share of non-alphanumeric characters"),
+                    "repeated_lines": ("max_repeated_line_fraction", "a larger share of repeated lines")}
+
+
+def _filter_lines(dropped: dict[str, list[tuple[str, float]]], c) -> list[str]:
+    """A warning per filter that dropped documents: up to 5 of them by name, and the setting to change."""
+    groups: list[tuple[str, str, list[str]]] = []
+    for name, rows in dropped.items():
+        if name == "word_count":
+            few = [f"{s} ({int(v)} words)" for s, v in rows if v < c.min_words]
+            many = [f"{s} ({int(v)} words)" for s, v in rows if v >= c.min_words]
+            groups.append((f"fewer than curate.min_words={c.min_words} words", "lower curate.min_words", few))
+            groups.append((f"more than curate.max_words={c.max_words} words", "raise curate.max_words", many))
+        elif name in _FILTER_SETTINGS:
+            key, what = _FILTER_SETTINGS[name]
+            groups.append((f"{what} than curate.{key}={getattr(c, key)}", f"raise curate.{key}",
+                           [s for s, _ in rows]))
+    lines = []
+    for why, fix, names in groups:
+        if names:
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            lines.append(f"warning: dropped {len(names)} document{'s' * (len(names) != 1)} with {why}: {shown}; "
+                         f"{fix} to keep {'them' if len(names) != 1 else 'it'}")
+    return lines
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
     import pandas as pd
     from transformers import AutoTokenizer
@@ -45,30 +108,37 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from .chunking import Chunker, chunk_id
     from .cleaning import apply_filters, choose_executor, run_cleaning
     from .dedup import doc_id, exact_duplicates, near_duplicates
-    from .readers import discover, read_corpus
+    from .readers import left_out_lines, read_corpus, scan
 
     corpus, c = ctx.conf.corpus, ctx.conf.curate
     spec = ctx.spec()
     root = _corpus_root(corpus)
     include = list(corpus.include or ["**/*"])
     exclude = list(corpus.exclude)
-    files = discover(root, include, exclude, corpus.max_files)
+    jsonl_field = corpus.jsonl_text_field or "text"
+    found = scan(root, include, exclude, corpus.max_files)  # the same files the corpus fingerprint lists
+    left_out = left_out_lines(found, root)
+    files = found.files
     if not files:
         raise UserError(
-            f"corpus {root} has no files matching {include}; point corpus.path at a folder of .txt/.md/.rst/.html/.jsonl/.pdf files"
+            f"corpus {root} has no files matching {include}"
+            + "".join(f"; {ln.removeprefix('warning: ')}" for ln in left_out)
+            + "; point corpus.path at a folder of .txt/.md/.rst/.html/.jsonl/.pdf files"
         )
+    for line in left_out:
+        ctx.log(line)
     ctx.log(f"reading {len(files)} files from {root}")
-    res = read_corpus(root, files, corpus.jsonl_text_field or "text", corpus.jsonl_title_field, log=ctx.log)
+    res = read_corpus(root, files, jsonl_field, corpus.jsonl_title_field)
     for source, reason in res.skipped_files[:20]:
-        ctx.log(f"warning: skipped {source} ({reason})")
+        where = root if root.is_file() else root / source
+        ctx.log(f"warning: skipped {source}: {_skip_why(reason, where, res.details.get(source, ''), jsonl_field)}")
     if len(res.skipped_files) > 20:
-        ctx.log(f"warning: ... and {len(res.skipped_files) - 20} more skipped")
+        ctx.log(f"warning: ... and {len(res.skipped_files) - 20} more skipped "
+                f"({_skip_summary(res.skipped)}; the manifest counts them)")
     if not res.docs:
-        hint = ""
-        if any(k.startswith("skipped_jsonl_no_text") for k in res.skipped):
-            hint = f"; JSONL rows need a non-empty '{corpus.jsonl_text_field}' field (set corpus.jsonl_text_field)"
         raise UserError(
-            f"corpus {root} has no usable documents ({len(files)} files, skipped: {_skip_summary(res.skipped)}){hint}; "
+            f"corpus {root} has no usable documents ({len(files)} files, skipped: {_skip_summary(res.skipped)}): "
+            f"{_skips_by_reason(res, root, jsonl_field)}; "
             "give it text, Markdown, reStructuredText, HTML, JSONL or PDF files with real content"
         )
 
@@ -93,7 +163,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     cleaned = run_cleaning(frame, c, executor)
     # executors may reorder batches; the output order is ours to fix
     cleaned = cleaned.sort_values(["order_path", "order_pos"], kind="stable").reset_index(drop=True)
-    kept, removed = apply_filters(cleaned, c)
+    kept, removed, dropped = apply_filters(cleaned, c)
+    for line in _filter_lines(dropped, c):
+        ctx.log(line)
     counts.update(removed)
     counts["docs_after_filters"] = len(kept)
 
