@@ -67,6 +67,16 @@ def test_real_server_completion_style_few_shot(llm_url):
     assert "\n" not in comp.text and 0 < comp.completion_tokens <= 24
 
 
+def test_preflight_accepts_the_real_server(llm_url):
+    """The preflight's check of the answer's shape (test_llm_preflight.py) passes the real server's
+    chat and completion answers."""
+    from domain_embed.llm.client import preflight
+
+    for style in ("chat", "completion"):
+        llm = typed(load_config(None, [f"llm.local.prompt_style={style}"], save=False)).llm
+        assert preflight(llm, llm_url) > 0
+
+
 def test_local_llm_stops_its_server():
     cfg = typed(load_config(None, [], save=False))
     with local_llm(cfg.llm) as url:

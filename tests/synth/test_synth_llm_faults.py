@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -43,7 +44,8 @@ def make_run(run_dir: Path, overrides: list[str]) -> None:
 
 
 class _Server:
-    """A threaded HTTP server on 127.0.0.1 whose POST answers come from ``answer(path, body)``."""
+    """A threaded HTTP server on 127.0.0.1 whose POST answers come from ``answer(path, body, n)``:
+    ``(status, data)``, or ``(status, data, content_type)``."""
 
     def __init__(self, answer):
         outer = self
@@ -53,9 +55,9 @@ class _Server:
             def do_POST(self):  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 outer.requests += 1
-                status, data = answer(self.path, body, outer.requests)
+                status, data, *ctype = answer(self.path, body, outer.requests)
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", ctype[0] if ctype else "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -87,6 +89,56 @@ def test_bad_endpoint_fails_at_once_with_url_status_and_what_to_set(tmp_path, st
     assert f"{srv.url}/chat/completions" in r.stderr and f"HTTP {status}" in r.stderr and hint in r.stderr
     assert srv.requests == 1, "a wrong key or URL is not retried, and no generation is sent after it"
     assert not (rd / "synth" / "manifest.json").exists()
+
+
+HTML = b"<html><head><title>Welcome to nginx!</title></head><body>Welcome to nginx</body></html>"
+CHAT_OK = json.dumps({"object": "chat.completion", "choices": [
+    {"index": 0, "finish_reason": "length", "message": {"role": "assistant", "content": "P"}}]}).encode()
+
+
+def _synth_cli(rd: Path, url: str, *more: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DE_TEST_LLM_KEY": "key"}
+    return subprocess.run([str(BIN), "synth", "--run-dir", str(rd), "llm=nim", f"llm.base_url={url}",
+                           "llm.api_key_env=DE_TEST_LLM_KEY", *more], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("body,ctype,needles", [
+    (HTML, "text/html", ["a body that is not JSON", "text/html", "Welcome to nginx"]),
+    (b'{"foo": 1}', "application/json", ["no 'choices' list (keys: foo)", '{"foo": 1}']),
+], ids=["html", "json_without_choices"])
+def test_endpoint_answering_200_with_no_completion_fails_at_once(tmp_path, body, ctype, needles):
+    """The audit's web page (256 s to a count of bad_response failures) and JSON without choices (118 s)."""
+    srv = _Server(lambda path, b, n: (200, body, ctype))
+    try:
+        rd = tmp_path / "run"
+        make_run(rd, ["synth.max_chunks=2"])
+        r = _synth_cli(rd, srv.url)
+    finally:
+        srv.close()
+    assert r.returncode == 2, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert f"{srv.url}/chat/completions answered HTTP 200" in last and all(n in last for n in needles), last
+    assert "OpenAI-compatible /v1 root" in last and "llm.base_url" in last
+    assert srv.requests == 1, "no generation is sent after the preflight"
+    assert not (rd / "synth" / "generations.jsonl").exists() and not (rd / "synth" / "manifest.json").exists()
+
+
+def test_every_generation_failing_names_a_cause(tmp_path):
+    """An endpoint that passes the preflight and then answers a web page: the stage's error quotes one failure's
+    cause, not only the counts (the audit had to open generations.jsonl to find it)."""
+    srv = _Server(lambda path, b, n: (200, CHAT_OK, "application/json") if n == 1 else (200, HTML, "text/html"))
+    try:
+        rd = tmp_path / "run"
+        make_run(rd, ["synth.max_chunks=2", "synth.judge.enabled=false", "llm.max_retries=0", "llm.requests_per_minute=0"])
+        r = _synth_cli(rd, srv.url)
+    finally:
+        srv.close()
+    assert r.returncode == 2, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert re.search(r"(\d+) of \1 generations failed \(bad_response: \1\)", last), last
+    assert "one of them: bad_response: the endpoint answered 200 with a body that is not JSON (text/html" in last, last
+    assert "Welcome to nginx" in last
 
 
 def test_unreachable_endpoint_names_the_setting(tmp_path):

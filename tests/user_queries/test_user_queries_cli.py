@@ -100,6 +100,62 @@ def test_bad_real_query_file_is_one_line(run_dir, tmp_path):
     assert last.startswith("domain-embed evaluate: error:") and str(bad) in last
 
 
+def _qrels(path: Path, ids) -> Path:
+    path.write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\tc{i % len(CORPUS)}\t1\n" for i, q in enumerate(ids)))
+    return path
+
+
+@pytest.mark.parametrize("ids,needles", [
+    # the audit's case: two of three qrels ids match no query; it must not gate on the one that does
+    (["r0", "zz1", "zz2"], ["only 1 of the 10 real queries have a relevant judgment",
+                            "2 qrels ids match no query: 'zz1', 'zz2'", '"_id"']),
+    (["r0", "r1", "r2"], ["only 3 of the 10 real queries have a relevant judgment", "fewer than the 10"]),
+])
+def test_qrels_that_do_not_match_the_queries_fail_before_scoring(run_dir, tmp_path, ids, needles):
+    p = evaluate(run_dir, "evaluate.gate.enabled=true", "--real-queries", str(run_dir / "real.jsonl"),
+                 "--qrels", str(_qrels(tmp_path / "q.tsv", ids)))
+    assert p.returncode == 2, p.stderr[-3000:]
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("domain-embed evaluate: error:") and all(n in last for n in needles), last
+
+
+def test_unmatched_qrels_ids_and_unjudged_queries_are_warnings(run_dir, tmp_path):
+    queries = tmp_path / "real.jsonl"
+    queries.write_text((run_dir / "real.jsonl").read_text() + json.dumps({"_id": "r10", "text": "unjudged"}) + "\n")
+    qrels = _qrels(tmp_path / "q.tsv", [f"r{i}" for i in range(len(REAL_KEYWORDS))] + ["zz1"])
+    p = subprocess.run([str(BIN), "evaluate", "--run-dir", str(run_dir), "--force", "evaluate.bm25=false",
+                        "evaluate.gate.enabled=false", "--real-queries", str(queries), "--qrels", str(qrels)],
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "warning: 1 of the 11 query ids in the qrels ('zz1') match no query" in p.stderr
+    assert "warning: 1 of the 11 real queries ('r10') have no relevant judgment" in p.stderr
+    rep = json.loads((run_dir / "evaluate" / "report.json").read_text())
+    assert rep["datasets"]["real"]["info"]["queries"] == len(REAL_KEYWORDS)
+    warnings = rep["gate"]["warnings"]
+    assert any("'zz1'" in w for w in warnings) and any("'r10'" in w for w in warnings)
+    assert "'zz1'" in (run_dir / "evaluate" / "report.md").read_text()
+
+
+def test_bad_real_query_file_without_qrels_fails_before_embedding(run_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("embeddings", "evaluate"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "pg_dump custom format"}\nnot json here\n')
+    p = subprocess.run([str(BIN), "evaluate", "--run-dir", str(run), "--force", "evaluate.bm25=false",
+                        "--real-queries", str(bad)],
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert p.returncode == 2, p.stderr[-3000:]
+    assert p.stderr.strip().splitlines()[-1].startswith(f"domain-embed evaluate: error: {bad}:2 is not valid JSON")
+    # nothing was embedded (no ONNX graph built, no vectors stored) before the file was read
+    assert "[evaluate: embed" not in p.stderr and "inference graph" not in p.stderr, p.stderr[-3000:]
+    assert not (run / "embeddings").exists()
+
+
+def test_qrels_without_real_queries_is_an_error(run_dir):
+    p = evaluate(run_dir, "--qrels", str(run_dir / "real_qrels.tsv"))
+    assert p.returncode == 2 and "--qrels" in p.stderr and "needs --real-queries" in p.stderr, p.stderr[-3000:]
+
+
 def test_real_judged_queries_decide_the_gate_and_lead_the_report(run_dir, tmp_path):
     import torch
     from transformers import AutoConfig, AutoModel

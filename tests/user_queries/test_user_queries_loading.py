@@ -87,6 +87,10 @@ def test_validate_qrels_and_beir_writer(tmp_path):
         validate_qrels(queries, {"a": {"c9": 1}}, {"c1"})
     with pytest.raises(UserError, match="none of the qrels' query ids"):
         validate_qrels(queries, {"x": {"c1": 1}})
+    warned: list[str] = []
+    assert validate_qrels(queries, qrels, {"c1", "c2"}, warn=warned.append) == {"a": {"c1": 1}}
+    assert len(warned) == 2 and "1 of the 3 query ids in the qrels ('zz')" in warned[0] and '"_id"' in warned[0]
+    assert "2 of the 3 real queries ('b', 'c')" in warned[1]
     out = real_queries_beir(queries, {"a": {"c1": 1}}, {"c1": {"title": "t", "text": "WAL"}}, tmp_path / "beir")
     assert load_real_queries(out) == queries
     assert load_qrels(out) == {"a": {"c1": 1}}
@@ -100,3 +104,24 @@ def test_style_examples(tmp_path):
     assert ex == style_examples(f, 5)  # seeded: the same prompt on a rerun
     assert style_examples(None, 5) == [] and style_examples("", 5) == []
     assert len(style_examples(f, 50)) == 20
+
+
+def test_qrels_ids_that_mostly_match_no_query_or_too_few_judged_queries_are_errors():
+    """The audit's case: qrels for q1, zz1, zz2 against queries q1, q2 must not score (and gate on) one query."""
+    queries = {"q1": "how do I dump a database", "q2": "what is jsonb"}
+    qrels = {"q1": {"c1": 1}, "zz1": {"c1": 1}, "zz2": {"c1": 1}}
+    with pytest.raises(UserError) as ei:
+        validate_qrels(queries, qrels, {"c1"}, min_judged=10)
+    msg = str(ei.value)
+    assert "only 1 of the 2 real queries have a relevant judgment" in msg
+    assert "2 qrels ids match no query: 'zz1', 'zz2'" in msg and "'q1', 'q2'" in msg
+    assert '"_id"' in msg and "\n" not in msg
+    many = {f"q{i}": f"query {i}" for i in range(12)}
+    with pytest.raises(UserError, match=r"only 3 of the 12 real queries have a relevant judgment .* fewer than the 10"):
+        validate_qrels(many, {f"q{i}": {"c1": 1} for i in range(3)}, {"c1"}, min_judged=10)
+    # a full qrels file against a subset of its queries is fine: the rest is a warning
+    said = []
+    full = {f"q{i}": {"c1": 1} for i in range(40)}
+    assert len(validate_qrels(many, full, {"c1"}, min_judged=10, warn=said.append)) == 12
+    assert said and "28 of the 40 query ids in the qrels" in said[0]
+    assert len(validate_qrels(many, {f"q{i}": {"c1": 1} for i in range(10)}, {"c1"}, min_judged=10)) == 10

@@ -18,17 +18,39 @@ from .report import write_curves, write_markdown
 from .retrieval import BeirDataset, bm25_run, dense_run, load_beir
 
 
-def _real_queries(ctx: StageContext, heldout: BeirDataset) -> BeirDataset | None:
-    """Real user queries with judgments, scored like the held-out set (None without --qrels)."""
+# The gate decides on the real judged queries when they are given, so too few of them must not decide it: one
+# query moves a mean over 10 by up to 0.1 (ten times gate.tolerance), and a bootstrap interval over a handful
+# is no interval. The recipe's FAQ advises at least 100 evaluation queries; below this the stage refuses.
+MIN_REAL_QUERIES = 10
+
+
+def _real_queries(ctx: StageContext, heldout: BeirDataset) -> tuple[BeirDataset | None, list[str]]:
+    """Real user queries with judgments, scored like the held-out set (None without --qrels), and the
+    warnings about qrels ids that match no query and queries without a judgment.
+
+    Every input is read and checked here, before anything is embedded: without --qrels the queries are
+    loaded for the drift report (with its own inputs), so a bad file fails in a second, not after the
+    corpus is embedded."""
     from ..user_queries import load_qrels, load_real_queries, validate_qrels
 
     rq, qr = ctx.extra.get("real_queries"), ctx.extra.get("qrels")
-    if not rq or not qr:
-        return None
+    if qr and not rq:
+        raise UserError(f"--qrels {qr} needs --real-queries, the file of the queries it judges (JSONL with "
+                        f"\"_id\" and \"text\"); give both, or neither")
+    if not rq:
+        return None, []
+    if not qr:
+        from ..user_queries.run import drift_inputs
+
+        drift_inputs(ctx.run_dir, Path(rq))
+        return None, []
     queries = load_real_queries(Path(rq))
-    qrels = validate_qrels(queries, load_qrels(Path(qr)), set(heldout.corpus_ids))
+    warnings: list[str] = []
+    qrels = validate_qrels(queries, load_qrels(Path(qr)), set(heldout.corpus_ids), MIN_REAL_QUERIES,
+                           warnings.append)
     ids = [q for q in queries if q in qrels]
-    return BeirDataset("real", heldout.corpus_ids, heldout.corpus_texts, ids, [queries[q] for q in ids], qrels)
+    real = BeirDataset("real", heldout.corpus_ids, heldout.corpus_texts, ids, [queries[q] for q in ids], qrels)
+    return real, warnings
 
 
 # the metrics that get a 95% bootstrap interval (report.json); report.md shows them for every table row
@@ -141,7 +163,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     tuned_dir = ctx.path("train/model")
     heldout = load_beir(ctx.path("split/eval_beir"), "test", "heldout")
     datasets: list[tuple[BeirDataset, str]] = [(heldout, str(ctx.path("split/eval_beir")))]
-    real = _real_queries(ctx, heldout)
+    real, real_warnings = _real_queries(ctx, heldout)
+    for w in real_warnings:
+        ctx.log(f"warning: {w}")
     if real is not None:
         datasets.append((real, str(ctx.extra["real_queries"])))
     names = {"heldout", "real"}
@@ -201,6 +225,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                                                 int(g.min_group_queries))}
     for w in report["gate"]["warnings"]:
         ctx.log(f"warning: {w}")
+    report["gate"]["warnings"][:0] = [f"real queries: {w}" for w in real_warnings]  # logged above, before embedding
 
     # ---- live endpoint: drift vs the checkpoint, and its own metrics
     endpoint_ok = True

@@ -249,7 +249,10 @@ class LLMClient:
                         try:
                             data = resp.json()
                         except (json.JSONDecodeError, UnicodeDecodeError):
-                            last = LLMError("bad_response", "the endpoint answered 200 with a body that is not JSON")
+                            head = " ".join(resp.text[:200].split())[:120]
+                            last = LLMError("bad_response", f"the endpoint answered 200 with a body that is not JSON "
+                                                            f"({resp.headers.get('content-type') or 'no content-type'}"
+                                                            f": {head!r})")
                         else:
                             self.stats.succeeded += 1
                             usage = data.get("usage") or {}
@@ -343,12 +346,37 @@ def _parse(text: str, schema: dict[str, Any]) -> tuple[Any, str | None, str]:
 
 
 # ---------------------------------------------------------------- preflight
+def _answer_problem(resp: httpx.Response, completion: bool) -> str | None:
+    """None if a 200 answer is an OpenAI (chat) completion object as :meth:`LLMClient.chat` and
+    :meth:`LLMClient.complete` read it, else what is wrong with it."""
+    want = "choices[0].text" if completion else "choices[0].message.content"
+    kind = "completion" if completion else "chat-completion"
+    try:
+        data = resp.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return f"with a body that is not JSON, not an OpenAI {kind} object with {want}"
+    if not isinstance(data, dict):
+        return f"with a JSON {type(data).__name__}, not an OpenAI {kind} object with {want}"
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        keys = ", ".join(sorted(map(str, data))[:8]) or "none"
+        return f"with JSON that has no 'choices' list (keys: {keys}), not an OpenAI {kind} object with {want}"
+    first = choices[0]
+    if completion:
+        return None if isinstance(first.get("text"), str) else f"with JSON that has no {want} string"
+    msg = first.get("message")
+    if not isinstance(msg, dict) or "content" not in msg:
+        return f"with JSON that has no {want}"
+    return None
+
+
 def preflight(llm: LLMConfig, base_url: str, attempts: int = 3, pause_s: float = 1.0) -> float:
     """One tiny request before any real one, so that a wrong URL, key or model fails at once.
 
     Returns the seconds the request took. Raises :class:`~domain_embed.errors.UserError` naming the
     URL, the HTTP status and what to set. Transient answers (429, 5xx, no connection yet) are tried
-    ``attempts`` times before giving up; other 4xx are not retried."""
+    ``attempts`` times before giving up; other 4xx are not retried. A 200 must also be an OpenAI
+    (chat) completion object: a web page or another API at the URL fails here, with what came back."""
 
     llm = as_section(llm, LLMConfig)
     completion = llm.kind == LLMKind.local and llm.local.prompt_style == PromptStyle.completion
@@ -370,7 +398,17 @@ def preflight(llm: LLMConfig, base_url: str, attempts: int = 3, pause_s: float =
         else:
             status, detail = resp.status_code, resp.text[:200].strip()
             if status == 200:
-                return time.perf_counter() - t0
+                problem = _answer_problem(resp, completion)
+                if problem is None:
+                    return time.perf_counter() - t0
+                # A web page or another API behind the URL: asking again gets the same answer.
+                ctype = resp.headers.get("content-type") or "no content-type"
+                head = repr(" ".join(detail.split())) if detail else "an empty body"
+                now = f" (now {llm.base_url})" if llm.base_url else ""
+                raise UserError(
+                    f"the LLM endpoint {url} answered HTTP 200 to a test request {problem} ({ctype}: {head}); "
+                    f"llm.base_url{now} must be the OpenAI-compatible /v1 root of an LLM server, not a web page, proxy "
+                    f"or other API: check its host, port and path. No generation was sent.")
             if status not in RETRYABLE_STATUS:
                 break
         if attempt + 1 < attempts:

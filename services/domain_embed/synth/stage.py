@@ -77,15 +77,24 @@ def _check(ctx: StageContext) -> list[dict[str, Any]]:
     return chunks
 
 
-def _check_failures(sc: SynthConfig, failed: Counter, planned: int, log_name: str) -> None:
-    """Past synth.max_failed_fraction the stage fails (non-zero exit) instead of training on less data."""
+def _check_failures(sc: SynthConfig, failed: Counter, planned: int, log_name: str,
+                    sample: dict[str, str] | None = None) -> None:
+    """Past synth.max_failed_fraction the stage fails (non-zero exit) instead of training on less data.
+
+    ``sample`` maps a failure kind to the detail of one such failure, quoted for the most common kind,
+    so the cause is in the message and not only in the log."""
     limit = sc.max_failed_fraction
     n = sum(failed.values())
     if planned and n / planned > limit:
         kinds = ", ".join(f"{k}: {v}" for k, v in failed.most_common())
-        raise UserError(f"{n} of {planned} generations failed ({kinds}), more than synth.max_failed_fraction={limit}; "
-                        f"the {planned - n} that succeeded are kept in {log_name}, so a rerun after fixing the cause "
-                        f"sends only the failed ones (see llm_server.log for a local server; raise "
+        top = failed.most_common(1)[0][0] if failed else None
+        detail = " ".join(((sample or {}).get(top) or "").split())[:300]
+        if detail and not detail.startswith(f"{top}:"):
+            detail = f"{top}: {detail}"
+        cause = f"; one of them: {detail}" if detail else ""
+        raise UserError(f"{n} of {planned} generations failed ({kinds}), more than synth.max_failed_fraction={limit}"
+                        f"{cause}; the {planned - n} that succeeded are kept in {log_name}, so a rerun after fixing the "
+                        f"cause sends only the failed ones (see llm_server.log for a local server; raise "
                         f"synth.max_failed_fraction to accept the loss)")
 
 
@@ -158,7 +167,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
             sampled = [c for c in sampled if c["id"] in {t["chunk_id"] for t in tasks}]
         cands = build_candidates(struct_rows, st.enabled, tasks, gens.done, by_id)
         gen_failed = Counter(gens.failure_kind(t["key"]) for t in tasks if t["key"] not in gens.done)
-        _check_failures(sc, gen_failed, len(tasks), gens.path.name)
+        sample: dict[str, str] = {}
+        for t in tasks:
+            last = (gens.records.get(t["key"]) or [{}])[-1]
+            if t["key"] not in gens.done and last.get("detail"):
+                sample.setdefault(str(last.get("error")), str(last["detail"]))
+        _check_failures(sc, gen_failed, len(tasks), gens.path.name, sample)
         runner = FilterRunner(_filters(ctx, chunks, by_id, llm, llm_stats))
         out_rows = qa_rows(runner.run(cands))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Callable
 
 from ..beir import read_qrels, write_beir
 from ..errors import UserError
@@ -94,25 +95,52 @@ def load_qrels(path: str | Path, split: str = "test") -> dict[str, dict[str, int
     return read_qrels(path, split)
 
 
+def _some(ids, n: int = 3) -> str:
+    ids = list(ids)
+    return ", ".join(repr(i) for i in ids[:n]) + (", ..." if len(ids) > n else "")
+
+
 def validate_qrels(queries: dict[str, str], qrels: dict[str, dict[str, int]],
-                   corpus_ids: set[str] | None = None) -> dict[str, dict[str, int]]:
-    """Keep the judgments that can be scored; raise when none can, naming the mismatch.
+                   corpus_ids: set[str] | None = None, min_judged: int = 1,
+                   warn: Callable[[str], None] | None = None) -> dict[str, dict[str, int]]:
+    """Keep the judgments that can be scored; raise when too few can, naming the mismatch.
 
     Queries without any positive judgment cannot be scored and are dropped from the returned
-    qrels; a judgment naming a document that is not in the corpus is an error, because it
-    usually means the qrels were written for a different chunking.
+    qrels, and qrels ids that match no query are skipped (a full qrels file against a subset of its
+    queries is fine); each is reported through ``warn`` (count and a few ids), never dropped silently.
+    It is an error when fewer than ``min_judged`` queries remain to score (the message names the
+    unmatched ids, which usually means the two files use different ids), or when a judgment names a
+    document that is not in the corpus (the qrels were written for a different chunking).
     """
+    fix_ids = ("the qrels' query-id column must hold the \"_id\" (or \"id\") of the lines of the real-query "
+               "file")
     known = {q: {d: s for d, s in docs.items()} for q, docs in qrels.items() if q in queries}
+    unmatched = [q for q in qrels if q not in queries]
     if not known:
-        sample = ", ".join(list(qrels)[:3])
-        raise UserError(f"none of the qrels' query ids ({sample}...) are in the real-query file; the ids must match "
-                        f"the queries' '_id'/'id' fields")
+        raise UserError(f"none of the qrels' query ids ({_some(qrels)}; {len(qrels)} in all) are in the real-query "
+                        f"file, whose ids are {_some(queries)}; {fix_ids}")
     if corpus_ids is not None:
         missing = sorted({d for docs in known.values() for d in docs if d not in corpus_ids})
         if missing:
             raise UserError(f"{len(missing)} judged document ids are not in the corpus (e.g. {missing[0]!r}); "
                             f"qrels must use the corpus ids of this run (split/eval_beir/corpus.jsonl or curate/chunks.jsonl)")
-    return {q: docs for q, docs in known.items() if any(s > 0 for s in docs.values())}
+    judged = {q: docs for q, docs in known.items() if any(s > 0 for s in docs.values())}
+    unjudged = [q for q in queries if q not in judged]
+    if len(judged) < max(1, min_judged):
+        raise UserError(f"only {len(judged)} of the {len(queries)} real queries have a relevant judgment (score > 0) "
+                        f"in the qrels, fewer than the {max(1, min_judged)} needed to score them and gate on them"
+                        + (f" ({len(unmatched)} qrels ids match no query: {_some(unmatched)}; the real-query "
+                           f"file's ids are {_some(queries)})" if unmatched else "")
+                        + f"; judge more of the queries ({fix_ids}), or leave out --qrels to compare the real queries "
+                        f"with the synthetic ones instead")
+    if warn is not None:
+        if unmatched:
+            warn(f"{len(unmatched)} of the {len(qrels)} query ids in the qrels ({_some(unmatched)}) match no query in "
+                 f"the real-query file; their judgments are not scored ({fix_ids})")
+        if unjudged:
+            warn(f"{len(unjudged)} of the {len(queries)} real queries ({_some(unjudged)}) have no relevant judgment "
+                 f"(score > 0) in the qrels and are left out of the scores; {len(judged)} are scored")
+    return judged
 
 
 def real_queries_beir(queries: dict[str, str], qrels: dict[str, dict[str, int]] | None,

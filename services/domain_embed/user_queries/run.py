@@ -40,6 +40,17 @@ def drift_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def drift_inputs(run_dir: str | Path, real_queries: str | Path) -> tuple[list[str], Path, Path]:
+    """The real queries (read and checked) and the run's qa.jsonl and chunks.jsonl that a drift report
+    compares them with; a missing or malformed input fails here, before anything is embedded."""
+    run_dir = Path(run_dir)
+    qa, chunks = run_dir / "synth" / "qa.jsonl", run_dir / "curate" / "chunks.jsonl"
+    for p, stage in ((qa, "synth"), (chunks, "curate")):
+        if not p.is_file():
+            raise UserError(f"{p} is missing; run `domain-embed {stage} --run-dir {run_dir}` before comparing real queries")
+    return list(load_real_queries(real_queries).values()), qa, chunks
+
+
 def drift_for_run(run_dir: str | Path, real_queries: str | Path, encoder: Any | None = None,
                   out_dir: str | Path | None = None, **kw: Any) -> dict[str, Any]:
     """Compare ``real_queries`` with ``<run_dir>/synth/qa.jsonl``; write drift.{json,md,png} into ``out_dir``.
@@ -49,11 +60,7 @@ def drift_for_run(run_dir: str | Path, real_queries: str | Path, encoder: Any | 
     from ..rundir import atomic_write_json, atomic_write_text, read_jsonl
 
     run_dir = Path(run_dir)
-    qa, chunks = run_dir / "synth" / "qa.jsonl", run_dir / "curate" / "chunks.jsonl"
-    for p, stage in ((qa, "synth"), (chunks, "curate")):
-        if not p.is_file():
-            raise UserError(f"{p} is missing; run `domain-embed {stage} --run-dir {run_dir}` before comparing real queries")
-    real = list(load_real_queries(real_queries).values())
+    real, qa, chunks = drift_inputs(run_dir, real_queries)
     report = drift_report(real, list(read_jsonl(qa)), [c.get("text", "") for c in read_jsonl(chunks)], encoder, **kw)
     out = Path(out_dir) if out_dir is not None else run_dir / "evaluate"
     atomic_write_json(out / "drift.json", report)
