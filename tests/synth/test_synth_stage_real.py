@@ -230,9 +230,11 @@ def test_heading_share_caps_structure_pairs_and_a_rerun_without_it_sends_nothing
     rd = tmp_path / "run"
     base = ["synth.max_chunks=3", "synth.judge.enabled=false", "synth.round_trip_top_k=0",
             "synth.max_failed_fraction=1"]
-    make_run(rd, base + ["synth.structure.max_share=1.5"])
-    with pytest.raises(UserError, match=r"max_share=1.5 is not a share"):
-        run_stage(STAGES["synth"], rd, load_config(rd, []), STAGES, quiet=True)
+    # a share above 1 is refused with the config, before any stage (the stage's own check stays as a guard)
+    with pytest.raises(UserError, match=r"synth.structure.max_share=1.5 is out of range: it must be at least 0 and "
+                                        r"at most 1"):
+        make_run(rd, base + ["synth.structure.max_share=1.5"])
+    make_run(rd, base)
     cfg = load_config(rd, ["synth.structure.max_share=0.5"])
     c = run_stage(STAGES["synth"], rd, cfg, STAGES, quiet=True)["counts"]
     qa = list(read_jsonl(rd / "synth" / "qa.jsonl"))
