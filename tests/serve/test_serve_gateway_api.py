@@ -120,7 +120,7 @@ def test_langchain_nvidia_embeddings_client(gateway, reference_encoder):
 
 
 def test_base64_decodes_to_the_float_vectors(http):
-    texts = ["alpha", "beta gamma", ""]
+    texts = ["alpha", "beta gamma", "x"]
     f = vecs(embed(http, input=texts, input_type="passage"))
     r = embed(http, input=texts, input_type="passage", encoding_format="base64")
     assert r.status_code == 200
@@ -206,6 +206,15 @@ def test_bad_input_errors_are_json(http):
                  "not valid JSON")
 
 
+def test_empty_strings_are_refused_by_their_index(http):
+    """As the OpenAI API: an empty text has nothing to embed (its vector used to come back with a 200)."""
+    assert_error(embed(http, input="", input_type="query"), 400, "input 0 is an empty string")
+    r = embed(http, input=["fine", "  ", "also fine", ""], input_type="passage")
+    assert_error(r, 400, "input 1, 3 are empty strings", "whitespace")
+    assert_error(embed(http, input=[""] * 12, input_type="passage"), 400, "and 2 more")
+    assert vecs(embed(http, input=["fine", "also fine"], input_type="passage")).shape == (2, 384)
+
+
 def test_nim_fields_this_server_does_not_offer_are_refused_not_ignored(http):
     """NIM 2.x's embedding_type (int8, binary, ...) and modality: a client asking for packed vectors or an image
     used to get float text vectors back with a 200."""
@@ -231,8 +240,12 @@ KEY = {"Authorization": "Bearer s3cret"}
 def test_api_key_401(keyed):
     g = keyed
     body = {"input": "x", "model": MODEL, "input_type": "query"}
-    assert_error(httpx.post(f"{g.url}/v1/embeddings", json=body), 401, "API key")
-    assert_error(httpx.post(f"{g.url}/v1/embeddings", json=body, headers={"Authorization": "Bearer wrong"}), 401)
+    r = httpx.post(f"{g.url}/v1/embeddings", json=body)
+    assert_error(r, 401, "API key")
+    assert r.headers["www-authenticate"].startswith("Bearer")  # RFC 6750: the scheme a client must use
+    r = httpx.post(f"{g.url}/v1/embeddings", json=body, headers={"Authorization": "Bearer wrong"})
+    assert_error(r, 401)
+    assert r.headers["www-authenticate"].startswith("Bearer")
     ok = httpx.post(f"{g.url}/v1/embeddings", json=body, headers=KEY, timeout=60)
     assert ok.status_code == 200
     assert httpx.get(f"{g.url}/v1/health/live").status_code == 200  # probes need no key
@@ -253,7 +266,7 @@ def test_api_key_is_checked_before_the_body(keyed):
 
 def test_metrics_and_openapi_need_the_key_unless_opened(keyed, triton, served_spec, monkeypatch):
     g = keyed
-    for path in ("/v1/metrics", "/openapi.json", "/docs", "/redoc", "/v1/models"):
+    for path in ("/v1/metrics", "/openapi.json", "/docs", "/redoc", "/v1/models", "/v1/metadata", "/v1/version"):
         assert_error(httpx.get(f"{g.url}{path}"), 401, "API key")
         assert httpx.get(f"{g.url}{path}", headers=KEY).status_code == 200, path
     # serve.protect_metrics_docs=false (env twin): metrics and docs open, the API still keyed
@@ -338,6 +351,34 @@ def test_models_health_metrics(http):
     assert float(tokens[0].split()[-1]) > 0
 
 
+def test_version_metadata_and_manifest_name_the_export(triton, served_spec, exported_run):
+    """NIM's /v1/version, /v1/metadata and /v1/manifest (all 404 before): the manifest is the model repository's
+    sha256 list, and the metadata's profile id is its digest, so a caller can tell which export answers."""
+    import hashlib
+    import json
+
+    import domain_embed
+
+    repo = exported_run / "triton"
+    with GatewayThread(create_app(_settings(triton), served_spec, repository=repo), free_port()) as g:
+        v = httpx.get(f"{g.url}/v1/version").json()
+        assert v == {"release": domain_embed.__version__, "api": "1.0.0"}
+        manifest = httpx.get(f"{g.url}/v1/manifest").json()
+        on_disk = json.loads((repo / "checksums.json").read_text())
+        assert manifest == on_disk and "embed/1/model.onnx" in manifest["files"]
+        meta = httpx.get(f"{g.url}/v1/metadata").json()
+        assert meta["selectedModelProfileId"] == hashlib.sha256(json.dumps(on_disk, sort_keys=True).encode()).hexdigest()
+        info = meta["modelInfo"][0]
+        assert info["shortName"] == MODEL and info["dimensions"] == served_spec["dim"] == 384
+        assert info["supportedDimensions"] == [64, 128, 256, 384]
+        assert info["maxInputTokens"] == {"query": served_spec["max_query_length"],
+                                          "passage": served_spec["max_passage_length"]}
+        assert info["queryPrefix"] == served_spec["query_prefix"] and info["pooling"] == served_spec["pooling"]
+    with GatewayThread(create_app(_settings(triton), served_spec), free_port()) as bare:  # no repository given
+        assert_error(httpx.get(f"{bare.url}/v1/manifest"), 404, "--model-repository")
+        assert httpx.get(f"{bare.url}/v1/metadata").json()["selectedModelProfileId"] == ""
+
+
 def _fuzz(url: str, headers: dict[str, str] | None = None) -> list[int]:
     """schemathesis generates requests from the gateway's own OpenAPI; none may produce a 5xx."""
     import schemathesis
@@ -400,6 +441,9 @@ def test_gateway_only_entry_point_against_running_triton(triton, exported_run, h
         r = httpx.post(f"http://127.0.0.1:{port}/v1/embeddings", timeout=30,
                        json={"input": "x", "model": "gw-only-query"})
         assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 384
+        # the repository is the encoding's folder: its manifest is served
+        m = httpx.get(f"http://127.0.0.1:{port}/v1/manifest", timeout=30)
+        assert m.status_code == 200 and "encoding.json" in m.json()["files"]
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) in (0, -signal.SIGTERM)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import hmac
 import json
 import logging
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import numpy as np
@@ -17,6 +19,7 @@ from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.responses import Response
 
+from .. import __version__
 from . import errors
 from .errors import BadRequest, ModelNotFound, TritonUnavailable, Unauthorized
 from .limits import BodyLimitMiddleware, BoundedQueue
@@ -25,6 +28,7 @@ from .settings import ServeSettings
 from .triton_client import TritonEmbedder
 
 WARMUP_TEXT = "readiness probe"
+API_VERSION = "1.0.0"   # the semver of this HTTP API (GET /v1/version); the release is the package's version
 HEALTH_PATHS = ("/v1/health/live", "/v1/health/ready")          # always open: the orchestrator's probes
 DOCS_PATHS = ("/v1/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")  # serve.protect_metrics_docs
 log = logging.getLogger("domain_embed.serve")
@@ -138,8 +142,26 @@ class Gateway:
         return await self.probe()
 
 
-def create_app(settings: ServeSettings, spec: dict[str, Any], embedder: TritonEmbedder | None = None) -> FastAPI:
+def _read_manifest(repository: Path | None) -> dict[str, Any] | None:
+    """The model repository's sha256 manifest (triton/checksums.json), read once at start: GET /v1/manifest serves
+    it and GET /v1/metadata names the export by its digest, so a caller can tell which export answers."""
+    if repository is None:
+        return None
+    path = Path(repository) / "checksums.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        log.warning("no model manifest for /v1/manifest (%s: %s)", path, exc)
+        return None
+
+
+def create_app(settings: ServeSettings, spec: dict[str, Any], embedder: TritonEmbedder | None = None,
+               repository: Path | None = None) -> FastAPI:
+    """``repository``: the Triton model repository the spec came from, for /v1/manifest and the profile id."""
     gw = Gateway(settings, spec, embedder)
+    manifest = _read_manifest(repository)
+    profile_id = (hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+                  if manifest is not None else "")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -174,7 +196,7 @@ def create_app(settings: ServeSettings, spec: dict[str, Any], embedder: TritonEm
             gw.check_auth(request)
             response = await call_next(request)
         except Unauthorized as exc:
-            response = errors.error_response(exc.status, exc.message, exc.kind)
+            response = errors.error_response(exc.status, exc.message, exc.kind, exc.headers)
         except Exception as exc:  # noqa: BLE001 - never a plain-text 500
             log.exception("unexpected error on %s %s", request.method, request.url.path)
             # the type only: the exception text may hold internals a caller should not see
@@ -190,6 +212,12 @@ def create_app(settings: ServeSettings, spec: dict[str, Any], embedder: TritonEm
         texts = [req.input] if isinstance(req.input, str) else list(req.input)
         if not texts:
             raise BadRequest("input is empty; send a string or a non-empty list of strings")
+        blank = [i for i, t in enumerate(texts) if not t.strip()]
+        if blank:
+            # as the OpenAI API: an empty string has nothing to embed, and its vector would match everything alike
+            shown = ", ".join(map(str, blank[:10])) + (f" and {len(blank) - 10} more" if len(blank) > 10 else "")
+            raise BadRequest(f"input {shown} {'is an empty string' if len(blank) == 1 else 'are empty strings'} "
+                             f"(or only whitespace); leave out empty texts, or send a placeholder of your own")
         if len(texts) > settings.max_batch_items:
             raise BadRequest(f"input has {len(texts)} items, over the limit of {settings.max_batch_items}; "
                              f"split it into several requests")
@@ -242,6 +270,35 @@ def create_app(settings: ServeSettings, spec: dict[str, Any], embedder: TritonEm
             {"id": settings.served_name, "object": "model", "owned_by": "domain-embed", "created": 0,
              "dimensions": gw.dim, "supported_dimensions": gw.sizes or list(range(1, gw.dim + 1)),
              "max_input_tokens": {"query": gw.spec["max_query_length"], "passage": gw.spec["max_passage_length"]}}]}
+
+    @app.get("/v1/version")
+    async def version(request: Request) -> dict[str, str]:
+        gw.check_auth(request)
+        return {"release": __version__, "api": API_VERSION}
+
+    @app.get("/v1/metadata")
+    async def metadata(request: Request) -> dict[str, Any]:
+        """Runtime and model metadata, in the shape of NIM's: which model, how it encodes, which export."""
+        gw.check_auth(request)
+        return {"version": __version__, "selectedModelProfileId": profile_id, "repository_override": "",
+                "assetInfo": [], "modelInfo": [{
+                    "shortName": settings.served_name, "modelUrl": "", "dimensions": gw.dim,
+                    "supportedDimensions": gw.sizes or list(range(1, gw.dim + 1)),
+                    "maxInputTokens": {"query": gw.spec["max_query_length"],
+                                       "passage": gw.spec["max_passage_length"]},
+                    "queryPrefix": gw.spec.get("query_prefix", ""),
+                    "passagePrefix": gw.spec.get("passage_prefix", ""),
+                    "pooling": gw.spec.get("pooling"), "normalize": gw.spec.get("normalize"),
+                    "tritonModel": settings.triton_model}]}
+
+    @app.get("/v1/manifest", responses={404: {}})
+    async def manifest_route(request: Request) -> Response:
+        gw.check_auth(request)
+        if manifest is None:
+            return errors.error_response(404, "this gateway was started without its model repository, so it has no "
+                                         "manifest; start it with --model-repository (or through `domain-embed "
+                                         "serve`)", "not_found")
+        return Response(json.dumps(manifest), media_type="application/json")
 
     @app.get("/v1/health/live")
     async def live() -> dict[str, str]:

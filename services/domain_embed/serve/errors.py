@@ -30,6 +30,10 @@ class BadRequest(ApiError):
 class Unauthorized(ApiError):
     status, kind = 401, "unauthorized"
 
+    def __init__(self, message: str, headers: dict[str, str] | None = None):
+        # RFC 6750: a 401 names the scheme it wants, so a client knows to send 'Authorization: Bearer <key>'
+        super().__init__(message, {"WWW-Authenticate": 'Bearer realm="domain-embed"', **(headers or {})})
+
 
 class ModelNotFound(ApiError):
     status, kind = 404, "model_not_found"

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.encoding.is_file():
             raise UserError(f"{args.encoding} does not exist; point --encoding at triton/encoding.json of an export")
         spec = json.loads(args.encoding.read_text())
-        uvicorn.run(create_app(s, spec), host=s.host, port=s.port, log_level="warning", access_log=False,
+        uvicorn.run(create_app(s, spec, repository=args.encoding.parent), host=s.host, port=s.port, log_level="warning", access_log=False,
                     timeout_graceful_shutdown=int(s.shutdown_grace_s))
         return 0
     except UserError as exc:

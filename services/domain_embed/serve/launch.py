@@ -106,7 +106,7 @@ def serve_run(run_dir: Path, cfg, host: str | None = None, port: int | None = No
         if settings.triton_restart:
             supervisor = Supervisor(triton)
             supervisor.start()
-        app = create_app(settings, spec)
+        app = create_app(settings, spec, repository=repo)
         config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
                                 timeout_graceful_shutdown=int(settings.shutdown_grace_s), access_log=False)
         server = uvicorn.Server(config)
