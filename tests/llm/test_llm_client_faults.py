@@ -5,10 +5,7 @@ test_llm_server.py; these cases are ones a healthy server will not produce on de
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -22,54 +19,14 @@ def _chat_body(content: str) -> dict:
             "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}
 
 
-class FaultServer:
-    """Serves a script of (status, headers, body) answers in order; records when each request came."""
-
-    def __init__(self, script: list[tuple[int, dict, object]]):
-        self.script = list(script)
-        self.arrivals: list[float] = []
-        self.bodies: list[dict] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                n = int(self.headers.get("content-length", 0))
-                outer.bodies.append(json.loads(self.rfile.read(n)))
-                outer.arrivals.append(time.monotonic())
-                status, headers, body = outer.script.pop(0) if outer.script else (500, {}, "script exhausted")
-                data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *a):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 def _client(url: str, **kw) -> LLMClient:
     kw = {"max_retries": 3, "timeout_s": 5, "backoff_base_s": 0.01, "backoff_max_s": 0.05, **kw}
     return LLMClient(url, "m", **kw)
 
 
-def test_429_honours_retry_after_then_succeeds():
+def test_429_honours_retry_after_then_succeeds(fault_server):
     script = [(429, {"Retry-After": "1"}, {"error": "slow down"}), (200, {}, _chat_body("hello"))]
-    with FaultServer(script) as srv:
+    with fault_server(script) as srv:
         async def go():
             async with _client(srv.url) as c:
                 comp = await c.chat([{"role": "user", "content": "hi"}])
@@ -82,8 +39,8 @@ def test_429_honours_retry_after_then_succeeds():
     assert stats.prompt_tokens == 10 and stats.completion_tokens == 5
 
 
-def test_5xx_exhausts_retries_and_counts_failure_kind():
-    with FaultServer([(503, {}, "down")] * 4) as srv:
+def test_5xx_exhausts_retries_and_counts_failure_kind(fault_server):
+    with fault_server([(503, {}, "down")] * 4) as srv:
         async def go():
             async with _client(srv.url) as c:
                 with pytest.raises(LLMError) as ei:
@@ -94,8 +51,8 @@ def test_5xx_exhausts_retries_and_counts_failure_kind():
     assert stats.requests == 4 and stats.failures["http_5xx"] == 1
 
 
-def test_400_is_not_retried():
-    with FaultServer([(400, {}, {"error": "bad request"}), (200, {}, _chat_body("x"))]) as srv:
+def test_400_is_not_retried(fault_server):
+    with fault_server([(400, {}, {"error": "bad request"}), (200, {}, _chat_body("x"))]) as srv:
         async def go():
             async with _client(srv.url) as c:
                 with pytest.raises(LLMError) as ei:
@@ -105,10 +62,10 @@ def test_400_is_not_retried():
     assert err.kind == "http_400" and stats.requests == 1
 
 
-def test_malformed_json_is_repaired_on_a_second_turn():
+def test_malformed_json_is_repaired_on_a_second_turn(fault_server):
     script = [(200, {}, _chat_body('Sure! {"question": "What is MVCC?", ')),  # torn JSON
               (200, {}, _chat_body('```json\n{"question": "What is MVCC?"}\n```'))]
-    with FaultServer(script) as srv:
+    with fault_server(script) as srv:
         async def go():
             async with _client(srv.url) as c:
                 obj, _ = await c.chat_json([{"role": "user", "content": "q"}], SCHEMA, repair_attempts=1)
@@ -121,9 +78,9 @@ def test_malformed_json_is_repaired_on_a_second_turn():
     assert repair_msgs[-2]["role"] == "assistant" and "not valid" in repair_msgs[-1]["content"]
 
 
-def test_schema_violation_fails_after_repairs():
+def test_schema_violation_fails_after_repairs(fault_server):
     script = [(200, {}, _chat_body('{"answer": "no question"}'))] * 2
-    with FaultServer(script) as srv:
+    with fault_server(script) as srv:
         async def go():
             async with _client(srv.url) as c:
                 with pytest.raises(LLMError) as ei:
@@ -133,8 +90,8 @@ def test_schema_violation_fails_after_repairs():
     assert err.kind == "schema" and stats.failures["schema"] == 1
 
 
-def test_200_with_non_json_body_is_retried():
-    with FaultServer([(200, {}, "<html>proxy error</html>"), (200, {}, _chat_body("ok"))]) as srv:
+def test_200_with_non_json_body_is_retried(fault_server):
+    with fault_server([(200, {}, "<html>proxy error</html>"), (200, {}, _chat_body("ok"))]) as srv:
         async def go():
             async with _client(srv.url) as c:
                 return (await c.chat([{"role": "user", "content": "hi"}])).text, c.stats
