@@ -523,6 +523,9 @@ class GateConfig:
     min_group_queries: int = _f(
         5, "Warn (report and log) about a held-out query source of at least this many queries whose paired 95% "
         "interval lies wholly below 0.")
+    min_real_queries: int = _f(
+        10, "Fewest real queries (--real-queries with --qrels) with a relevant judgment for the gate to decide on "
+        "them; fewer is an error.")
 
 
 @dataclass
@@ -856,6 +859,7 @@ BOUNDS: dict[str, tuple[Any, Any]] = {
     "train.val_corpus_size": _AT_LEAST_0, "train.early_stopping_patience": _AT_LEAST_0,
     "train.symmetric": _AT_LEAST_0,  # base_mix, distill_base and the teacher's are checked by the train stage
     "evaluate.gate.tolerance": _AT_LEAST_0, "evaluate.gate.min_group_queries": _AT_LEAST_0,
+    "evaluate.gate.min_real_queries": _AT_LEAST_1,
     "evaluate.endpoint.tolerance": _AT_LEAST_0, "evaluate.endpoint.max_texts": _AT_LEAST_1,
     "evaluate.endpoint.batch_size": _AT_LEAST_1, "evaluate.endpoint.timeout_s": _POSITIVE,
     "evaluate.batch_size": _AT_LEAST_1,

@@ -105,14 +105,16 @@ def _qrels(path: Path, ids) -> Path:
     return path
 
 
-@pytest.mark.parametrize("ids,needles", [
+@pytest.mark.parametrize("ids,more,needles", [
     # the audit's case: two of three qrels ids match no query; it must not gate on the one that does
-    (["r0", "zz1", "zz2"], ["only 1 of the 10 real queries have a relevant judgment",
-                            "2 qrels ids match no query: 'zz1', 'zz2'", '"_id"']),
-    (["r0", "r1", "r2"], ["only 3 of the 10 real queries have a relevant judgment", "fewer than the 10"]),
+    (["r0", "zz1", "zz2"], [], ["only 1 of the 10 real queries have a relevant judgment",
+                                "2 qrels ids match no query: 'zz1', 'zz2'", '"_id"']),
+    (["r0", "r1", "r2"], [], ["only 3 of the 10 real queries have a relevant judgment", "fewer than the 10",
+                              "evaluate.gate.min_real_queries"]),
+    (["r0", "r1", "r2"], ["evaluate.gate.min_real_queries=5"], ["fewer than the 5"]),
 ])
-def test_qrels_that_do_not_match_the_queries_fail_before_scoring(run_dir, tmp_path, ids, needles):
-    p = evaluate(run_dir, "evaluate.gate.enabled=true", "--real-queries", str(run_dir / "real.jsonl"),
+def test_qrels_that_do_not_match_the_queries_fail_before_scoring(run_dir, tmp_path, ids, more, needles):
+    p = evaluate(run_dir, "evaluate.gate.enabled=true", *more, "--real-queries", str(run_dir / "real.jsonl"),
                  "--qrels", str(_qrels(tmp_path / "q.tsv", ids)))
     assert p.returncode == 2, p.stderr[-3000:]
     last = p.stderr.strip().splitlines()[-1]

@@ -18,12 +18,6 @@ from .report import write_curves, write_markdown
 from .retrieval import BeirDataset, bm25_run, dense_run, load_beir
 
 
-# The gate decides on the real judged queries when they are given, so too few of them must not decide it: one
-# query moves a mean over 10 by up to 0.1 (ten times gate.tolerance), and a bootstrap interval over a handful
-# is no interval. The recipe's FAQ advises at least 100 evaluation queries; below this the stage refuses.
-MIN_REAL_QUERIES = 10
-
-
 def _real_queries(ctx: StageContext, heldout: BeirDataset) -> tuple[BeirDataset | None, list[str]]:
     """Real user queries with judgments, scored like the held-out set (None without --qrels), and the
     warnings about qrels ids that match no query and queries without a judgment.
@@ -46,8 +40,8 @@ def _real_queries(ctx: StageContext, heldout: BeirDataset) -> tuple[BeirDataset 
         return None, []
     queries = load_real_queries(Path(rq))
     warnings: list[str] = []
-    qrels = validate_qrels(queries, load_qrels(Path(qr)), set(heldout.corpus_ids), MIN_REAL_QUERIES,
-                           warnings.append)
+    qrels = validate_qrels(queries, load_qrels(Path(qr)), set(heldout.corpus_ids),
+                           int(ctx.conf.evaluate.gate.min_real_queries), warnings.append)
     ids = [q for q in queries if q in qrels]
     real = BeirDataset("real", heldout.corpus_ids, heldout.corpus_texts, ids, [queries[q] for q in ids], qrels)
     return real, warnings

@@ -128,7 +128,8 @@ def validate_qrels(queries: dict[str, str], qrels: dict[str, dict[str, int]],
     unjudged = [q for q in queries if q not in judged]
     if len(judged) < max(1, min_judged):
         raise UserError(f"only {len(judged)} of the {len(queries)} real queries have a relevant judgment (score > 0) "
-                        f"in the qrels, fewer than the {max(1, min_judged)} needed to score them and gate on them"
+                        f"in the qrels, fewer than the {max(1, min_judged)} needed to score them and gate on them "
+                        f"(evaluate.gate.min_real_queries)"
                         + (f" ({len(unmatched)} qrels ids match no query: {_some(unmatched)}; the real-query "
                            f"file's ids are {_some(queries)})" if unmatched else "")
                         + f"; judge more of the queries ({fix_ids}), or leave out --qrels to compare the real queries "
