@@ -126,6 +126,36 @@ def test_missing_weights_is_a_clear_error(tmp_path):
             pass
 
 
+def test_a_file_that_is_not_gguf_is_named_before_llama_cpp_starts(tmp_path):
+    """llama.cpp used to answer a traceback ending in "Failed to init server, please check the input params"."""
+    bad = tmp_path / "model.gguf"
+    bad.write_bytes(b"<html>not a model</html>" * 100)
+    cfg = typed(load_config(None, [f"llm.local.weights={bad}"], save=False))
+    with pytest.raises(UserError, match=r"is not a GGUF model .* starts with b'<htm'") as ei:
+        with local_llm(cfg.llm):
+            pass
+    assert "Traceback" not in str(ei.value)
+
+
+def test_a_truncated_gguf_is_named_with_llama_cpps_reason(tmp_path):
+    """The real model cut in half (an interrupted download): the real llama.cpp refuses it, and the error says why
+    and what to do instead of a Python traceback."""
+    from domain_embed.config import resolve_path
+
+    real = resolve_path(typed(load_config(None, [], save=False)).llm.local.weights)
+    half = tmp_path / "half.gguf"
+    with open(real, "rb") as src:
+        half.write_bytes(src.read(real.stat().st_size // 2))
+    cfg = typed(load_config(None, [f"llm.local.weights={half}"], save=False))
+    with pytest.raises(UserError) as ei:
+        with local_llm(cfg.llm):
+            pass
+    msg = str(ei.value)
+    assert f"llama.cpp could not load llm.local.weights={half}" in msg, msg
+    assert "not within the file bounds" in msg and "truncated or corrupt" in msg and "download it again" in msg
+    assert "Traceback" not in msg and "check the input params" not in msg
+
+
 def test_cli_llm_serve_answers_and_stops_on_ctrl_c(port):
     bin_ = os.path.join(os.path.dirname(sys.executable), "domain-embed")
     proc = subprocess.Popen([bin_, "llm", "serve", "--host", "127.0.0.1", "--port", str(port)],

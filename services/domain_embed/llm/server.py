@@ -35,6 +35,9 @@ from ..schema import LLMConfig, LLMKind, as_section
 from .client import api_key, preflight  # noqa: F401  (api_key: re-exported, callers import it from here too)
 
 
+GGUF_MAGIC = b"GGUF"
+
+
 def weights_path(llm: LLMConfig) -> Path:
     spec = llm.local.weights
     if not spec:
@@ -42,6 +45,17 @@ def weights_path(llm: LLMConfig) -> Path:
     path = resolve_path(spec)
     if path is None or not path.is_file():
         raise UserError(f"llm.local.weights={spec} is not a file; give the path of a .gguf model")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as exc:
+        raise UserError(f"llm.local.weights={spec} cannot be read ({exc.strerror}); fix its permissions or give "
+                        f"another .gguf model") from None
+    if head[:4] != GGUF_MAGIC:
+        # llama.cpp would only say "Failed to init server, please check the input params" after a traceback
+        raise UserError(f"llm.local.weights={spec} is not a GGUF model (a GGUF file starts with 'GGUF'; this one "
+                        f"starts with {head[:4]!r}); give a llama.cpp .gguf file, e.g. one converted with "
+                        f"llama.cpp's convert_hf_to_gguf.py, or leave llm.local.weights at its default")
     return path
 
 
@@ -107,6 +121,27 @@ def _log_tail(path: Path, n: int = 5) -> str:
     return ""
 
 
+def _llama_errors(path: Path, n: int = 2) -> list[str]:
+    """llama.cpp's own error lines (level E) from the server log, timestamps dropped, repeats removed."""
+    seen: list[str] = []
+    with contextlib.suppress(OSError):
+        for ln in path.read_text(errors="replace").splitlines():
+            parts = ln.split(None, 2)
+            if len(parts) == 3 and parts[1] == "E" and parts[2] not in seen:
+                seen.append(parts[2].strip())
+    return seen[:n]
+
+
+def _exit_message(code: int, llm: LLMConfig, log_path: Path) -> str:
+    errors = _llama_errors(log_path)
+    if any("load model" in e or "loading model" in e or "gguf" in e for e in errors):
+        return (f"llama.cpp could not load llm.local.weights={llm.local.weights} ({'; '.join(errors)}): the file is "
+                f"truncated or corrupt, or made for a newer llama.cpp; check its size and checksum against where it "
+                f"came from, or download it again; see {log_path}")
+    detail = "; ".join(errors) or _log_tail(log_path)
+    return f"the local LLM server exited with code {code} while starting ({detail}); see {log_path}"
+
+
 def start_local_server(llm: LLMConfig, host: str | None = None, port: int | None = None,
                        log_path: Path | None = None) -> LocalServer:
     """Start the child server and wait until /health answers 200 (model loaded)."""
@@ -127,8 +162,7 @@ def start_local_server(llm: LLMConfig, host: str | None = None, port: int | None
     try:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise UserError(f"the local LLM server exited with code {proc.returncode} while starting "
-                                f"({_log_tail(log_path)}); see {log_path}")
+                raise UserError(_exit_message(proc.returncode, llm, log_path))
             if address is None and ready.is_file():
                 address = ready.read_text().strip() or None
             if address is not None and _get(address + "/health") == 200:
