@@ -7,6 +7,8 @@ its own keys -- so mining, training, evaluation, export and serving cannot drift
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -125,6 +127,8 @@ class EncodingSpec:
     normalize: bool = True
     dim: int = 384
     matryoshka_dims: tuple[int, ...] = field(default_factory=tuple)
+    # Load the model with its own code (model.trust_remote_code); how to load it, not how it encodes
+    trust_remote_code: bool = False
 
     @classmethod
     def from_config(cls, cfg: Any, model_path: str | Path | None = None) -> "EncodingSpec":
@@ -142,6 +146,7 @@ class EncodingSpec:
             normalize=m.normalize,
             dim=m.dim,
             matryoshka_dims=tuple(m.matryoshka_dims),
+            trust_remote_code=bool(getattr(m, "trust_remote_code", False)),
         )
 
     def prefix(self, input_type: str) -> str:
@@ -169,6 +174,19 @@ class EncodingSpec:
         return cls(**d)
 
 
+def check_remote_code(path: Path, conf: dict[str, Any], trusted: bool) -> None:
+    """A model folder whose config.json maps its classes to its own code (auto_map) loads only when the user
+    trusts that code (model.trust_remote_code). Without the key, transformers would ask "Do you wish to run the
+    custom code? [y/N]" from deep inside a stage in a terminal, and raise in a pod: refused here, first."""
+    if not conf.get("auto_map") or trusted:
+        return
+    code = sorted({str(ref).split(".")[0] + ".py" for ref in conf["auto_map"].values()
+                   if isinstance(ref, str) and "--" not in ref})
+    raise UserError(f"the model at {path} brings its own code ({', '.join(code) or 'config.json auto_map'}), "
+                    f"which runs only with model.trust_remote_code=true; set it if you trust the Python files "
+                    f"in that folder, or use a model on a standard transformers architecture")
+
+
 def _check_against_model(path: Path, m: Any) -> None:
     """The spec must fit the model at ``path``: model.dim is the width of its vectors (its hidden size: the
     pooling here adds no projection), and no token limit exceeds its position table. Either mismatch used to
@@ -178,6 +196,7 @@ def _check_against_model(path: Path, m: Any) -> None:
         conf = json.loads((Path(path) / "config.json").read_text())
     except (OSError, ValueError):
         return  # not on this machine (a serving image), or not a Hugging Face folder: nothing to check
+    check_remote_code(path, conf, bool(getattr(m, "trust_remote_code", False)))
     dim = int(m.dim)
     positions = conf.get("max_position_embeddings")
     if isinstance(positions, int) and conf.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
@@ -276,7 +295,11 @@ def model_spec(cfg: Any, model_dir: str | Path, label: str | None = None, log=No
         raise UserError(f"{f} is not a valid encoding spec ({exc}); retrain with `domain-embed train --force`") from None
     refuse_spec_drift(cfg, saved, f"{label} was trained with",
                       "set the config back to the model's values, or retrain with `domain-embed train --force`")
-    return saved
+    # whether to run the model's own code is the user's consent now, not what training recorded
+    trusted = bool(getattr(_model_section(cfg), "trust_remote_code", False))
+    with contextlib.suppress(OSError, ValueError):
+        check_remote_code(model_dir, json.loads((model_dir / "config.json").read_text()), trusted)
+    return dataclasses.replace(saved, trust_remote_code=trusted)
 
 
 OVERRIDES_FILE = "overrides.json"

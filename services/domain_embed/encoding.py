@@ -56,8 +56,9 @@ class Encoder:
         path = str(model_path or spec.model_path)
         self.model_path = path
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).to(self.device).eval()
+        trust = spec.trust_remote_code
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+        self.model = AutoModel.from_pretrained(path, trust_remote_code=trust).to(self.device).eval()
         self.batch_size = batch_size
 
     def tokenize(self, texts: Sequence[str], input_type: str):

@@ -69,7 +69,7 @@ class OnnxEncoder:
         self.onnx_path = Path(onnx_path)
         self.precision = precision
         self.batch_size = int(batch_size)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=spec.trust_remote_code)
         self.session = ort_session(self.onnx_path, threads=threads, providers=providers)
         self.providers = list(self.session.get_providers())
 

@@ -42,7 +42,8 @@ class PooledEncoder:
 
         from .encoding import pool
 
-        base = AutoModel.from_pretrained(str(model_path), attn_implementation="eager").eval()
+        base = AutoModel.from_pretrained(str(model_path), attn_implementation="eager",
+                                         trust_remote_code=spec.trust_remote_code).eval()
         uses_token_types = "token_type_ids" in base.forward.__code__.co_varnames
 
         class Wrapper(torch.nn.Module):
@@ -67,7 +68,7 @@ def export_onnx(model_path: str | Path, spec: EncodingSpec, out: Path, opset: in
     from transformers import AutoTokenizer
 
     module = PooledEncoder.build(model_path, spec)
-    tok = AutoTokenizer.from_pretrained(str(model_path))
+    tok = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=spec.trust_remote_code)
     sample = tok(["query: a sample input", "passage: a longer sample input for the exporter to trace"],
                  padding=True, return_tensors="pt")
     args = (sample["input_ids"], sample["attention_mask"])

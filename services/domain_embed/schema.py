@@ -155,6 +155,10 @@ class ModelConfig:
         'without, so forcing them handicaps the base column of every report. Set a string (e.g. "query: ") to force '
         'a prefix, or "" for none.')
     passage_prefix: Optional[str] = _f("auto", "Prepended to every passage; auto takes the model's own prompt.")
+    trust_remote_code: bool = _f(
+        False, "Run the Python files of the model folder (its config.json auto_map), as a model with an "
+        "architecture of its own needs: llama-nemotron-embed-1b-v2 (a bidirectional Llama) is one. Off, such a "
+        "model is refused with this key named. Turn it on only for a folder whose code you trust.")
     max_query_length: int = _f(64, "Token limit for queries (prefix and special tokens included).")
     max_passage_length: int = _f(256, "Token limit for passages (prefix and special tokens included).")
     pooling: Pooling = _f(Pooling.mean, "How token vectors become one vector.")

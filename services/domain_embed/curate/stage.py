@@ -194,7 +194,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         )
 
     # ---- chunking with the base model's tokenizer
-    tokenizer = AutoTokenizer.from_pretrained(spec.model_path)
+    tokenizer = AutoTokenizer.from_pretrained(spec.model_path, trust_remote_code=spec.trust_remote_code)
     chunker = Chunker(tokenizer, spec.passage_prefix, spec.max_passage_length,
                       chunk_sentences=c.chunk_sentences, overlap_sentences=c.chunk_overlap_sentences,
                       min_chunk_tokens=c.min_chunk_tokens, include_title=c.include_title)

@@ -24,7 +24,7 @@ from .info_nce import base_kl, info_nce, passage_to_query
 def load_encoder(spec: EncodingSpec, tcfg: TrainConfig) -> torch.nn.Module:
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(spec.model_path)
+    model = AutoModel.from_pretrained(spec.model_path, trust_remote_code=spec.trust_remote_code)
     # BERT-style pooler heads are not used by token pooling; frozen, DDP need not hunt for unused parameters
     for name, param in model.named_parameters():
         if name.startswith("pooler.") or ".pooler." in name:
@@ -48,7 +48,7 @@ def load_frozen_base(spec: EncodingSpec) -> torch.nn.Module:
     """The base model, for ``train.distill_base``: eval mode (no dropout), no gradients."""
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(spec.model_path)
+    model = AutoModel.from_pretrained(spec.model_path, trust_remote_code=spec.trust_remote_code)
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)

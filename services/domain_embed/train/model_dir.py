@@ -78,7 +78,8 @@ def model_card(spec: EncodingSpec, card: dict[str, Any]) -> str:
         "",
         "```python",
         "from sentence_transformers import SentenceTransformer",
-        "m = SentenceTransformer('path/to/model')",
+        ("m = SentenceTransformer('path/to/model', trust_remote_code=True)  # its own code: the .py files beside it"
+         if spec.trust_remote_code else "m = SentenceTransformer('path/to/model')"),
         "q = m.encode(['how do I create an index?'], prompt_name='query')",
         "p = m.encode(['CREATE INDEX builds an index ...'], prompt_name='passage')",
         "```",

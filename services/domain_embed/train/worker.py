@@ -309,7 +309,7 @@ def main(run_dir: Path) -> int:
     bar.total_steps = total_steps
     show = show and trainer.is_global_zero
 
-    tokenizer = AutoTokenizer.from_pretrained(spec.model_path)
+    tokenizer = AutoTokenizer.from_pretrained(spec.model_path, trust_remote_code=spec.trust_remote_code)
     collate = make_collate(tokenizer, spec, train_passage_length(tc, spec))
     resume, start_step = prepare_resume(tdir, ck, resume_fingerprint(run_dir, conf, world), trainer.is_global_zero)
     log = AppendLog(tdir / "metrics.jsonl") if trainer.is_global_zero else None
