@@ -1,7 +1,8 @@
 """The lower floor's file helpers: atomic writes, JSONL, sha256. Every stage may use them; none owns them.
 
 A write goes to a temporary sibling, is fsynced, then renamed over the target (and the folder
-fsynced), so a crash leaves the old file or the new one, never half of one.
+fsynced), so a crash leaves the old file or the new one, never half of one. A SIGKILL mid-write
+leaves the temporary file too; the next run of the stage removes it (:func:`remove_temps`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -46,6 +48,45 @@ def atomic_open(path: Path | str, mode: str = "w", encoding: str | None = "utf-8
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def is_temp_name(name: str) -> bool:
+    """A writer's temporary file or folder: hidden and ending ``.tmp`` (``.chunks.jsonl.k3j9.tmp`` from
+    :func:`atomic_open`, ``.model.onnx.<pid>.tmp`` from the ONNX exporter, ``.triton.tmp``)."""
+    return name.startswith(".") and name.endswith(".tmp") and len(name) > 4
+
+
+def remove_temps(root: Path | str, older_than_s: float = 0.0, siblings_of: Path | str | None = None) -> list[Path]:
+    """Remove the temporary files and folders (:func:`is_temp_name`) that writers killed mid-write left
+    under ``root`` (recursively; links are not followed), or, with ``siblings_of``, those beside it named
+    after it (``.triton.tmp`` beside ``triton``). A SIGKILL (the OOM killer, a node lost) runs no cleanup,
+    and every such crash leaves another one: only the caller knows no live writer is using them, so it
+    says which ones may go: those last modified more than ``older_than_s`` ago. Returns what was removed."""
+    import shutil
+
+    now = time.time()
+    found: list[Path] = []
+    if siblings_of is not None:
+        s = Path(siblings_of)
+        with contextlib.suppress(OSError):
+            found = [e for e in s.parent.iterdir() if is_temp_name(e.name) and e.name.startswith(f".{s.name}.")]
+    elif Path(root).is_dir():
+        for d, dirs, files in os.walk(root):
+            found += [Path(d) / n for n in [*dirs, *files] if is_temp_name(n)]
+            dirs[:] = [n for n in dirs if not is_temp_name(n)]
+    removed = []
+    for p in found:
+        try:
+            if older_than_s > 0 and now - p.lstat().st_mtime < older_than_s:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            removed.append(p)
+        except OSError:  # gone already, or not ours to remove: it only costs space
+            continue
+    return removed
 
 
 def atomic_write_text(path: Path | str, text: str) -> None:

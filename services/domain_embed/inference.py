@@ -151,7 +151,7 @@ def _quiet_tools():
 def build_graph(model_path: str | Path, spec: EncodingSpec, root: Path, log: Callable[[str], None] = print,
                 texts: Sequence[str] | None = None) -> tuple[Path, dict[str, Any]]:
     """The fp32 pooled graph for ``model_path``, exported once and checked against torch; (path, build info)."""
-    from .files import file_lock
+    from .files import file_lock, remove_temps
 
     d = _graph_dir(root, model_path, spec)
     path, info_path = d / "model.onnx", d / "build.json"
@@ -162,6 +162,9 @@ def build_graph(model_path: str | Path, spec: EncodingSpec, root: Path, log: Cal
     with file_lock(d / ".build.lock", lambda: log(f"waiting for another process building the ONNX graph in {d}")):
         if (done := _built(path, info_path)) is not None:
             return path, done
+        # under the lock nobody else writes here: what a killed build left (a model-sized .model.onnx.<pid>.tmp)
+        # goes, or every kill in the shared cache would keep another one
+        remove_temps(d)
         return path, _build_graph(model_path, spec, path, info_path, log, texts)
 
 
@@ -197,7 +200,7 @@ def _build_graph(model_path: str | Path, spec: EncodingSpec, path: Path, info_pa
 
 
 def build_int8(fp32_path: Path, log: Callable[[str], None] = print) -> Path:
-    from .files import file_lock
+    from .files import file_lock, remove_temps
     from .onnx_graph import INT8_RECIPE, quantize_int8
 
     path = fp32_path.with_name(f"model.int8-{INT8_RECIPE}.onnx")
@@ -206,6 +209,7 @@ def build_int8(fp32_path: Path, log: Callable[[str], None] = print) -> Path:
     with file_lock(fp32_path.parent / ".build.lock",
                    lambda: log(f"waiting for another process quantising {fp32_path.parent}")):
         if not path.is_file():
+            remove_temps(fp32_path.parent)
             log(f"quantising {fp32_path.name} to int8 (dynamic, per-channel MatMul weights)")
             with _quiet_tools():
                 quantize_int8(fp32_path, path)

@@ -76,35 +76,38 @@ def export_onnx(model_path: str | Path, spec: EncodingSpec, out: Path, opset: in
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # two processes never write one temporary file
     errors = []
-    for dynamo in (False, True):
-        try:
-            with torch.inference_mode(False), torch.no_grad():
-                kw = dict(input_names=["input_ids", "attention_mask"], output_names=["embeddings"],
-                          opset_version=opset, dynamo=dynamo)
-                if dynamo:
-                    kw["dynamic_shapes"] = {"input_ids": {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq")},
-                                            "attention_mask": {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq")}}
-                    kw["external_data"] = False
-                else:
-                    kw["dynamic_axes"] = axes
-                    kw["do_constant_folding"] = True
-                torch.onnx.export(module, args, str(tmp), **kw)
-            import onnx
+    try:  # a stop (SIGTERM, Ctrl-C) is no Exception: the model-sized temporary file must go then too
+        for dynamo in (False, True):
+            try:
+                with torch.inference_mode(False), torch.no_grad():
+                    kw = dict(input_names=["input_ids", "attention_mask"], output_names=["embeddings"],
+                              opset_version=opset, dynamo=dynamo)
+                    if dynamo:
+                        kw["dynamic_shapes"] = {"input_ids": {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq")},
+                                                "attention_mask": {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq")}}
+                        kw["external_data"] = False
+                    else:
+                        kw["dynamic_axes"] = axes
+                        kw["do_constant_folding"] = True
+                    torch.onnx.export(module, args, str(tmp), **kw)
+                import onnx
 
-            # The exporter leaves the vector width symbolic; pin it so Triton and clients see [batch, dim].
-            model = onnx.load(str(tmp))
-            dims = model.graph.output[0].type.tensor_type.shape.dim
-            dims[0].dim_param = "batch"
-            dims[1].Clear()
-            dims[1].dim_value = spec.dim
-            onnx.save(model, str(tmp))
-            onnx.checker.check_model(str(tmp), full_check=True)
-            tmp.replace(out)
-            return "dynamo" if dynamo else "torchscript"
-        except Exception as exc:  # try the other exporter, report both if neither works
-            errors.append(f"{'dynamo' if dynamo else 'torchscript'}: {type(exc).__name__}: {str(exc)[:300]}")
-            log(f"ONNX export with dynamo={dynamo} failed ({errors[-1]}); trying the other exporter")
-            tmp.unlink(missing_ok=True)
+                # The exporter leaves the vector width symbolic; pin it so Triton and clients see [batch, dim].
+                model = onnx.load(str(tmp))
+                dims = model.graph.output[0].type.tensor_type.shape.dim
+                dims[0].dim_param = "batch"
+                dims[1].Clear()
+                dims[1].dim_value = spec.dim
+                onnx.save(model, str(tmp))
+                onnx.checker.check_model(str(tmp), full_check=True)
+                tmp.replace(out)
+                return "dynamo" if dynamo else "torchscript"
+            except Exception as exc:  # try the other exporter, report both if neither works
+                errors.append(f"{'dynamo' if dynamo else 'torchscript'}: {type(exc).__name__}: {str(exc)[:300]}")
+                log(f"ONNX export with dynamo={dynamo} failed ({errors[-1]}); trying the other exporter")
+                tmp.unlink(missing_ok=True)
+    finally:
+        tmp.unlink(missing_ok=True)
     raise UserError("ONNX export failed with both exporters: " + " | ".join(errors)
                     + "; check that train/model loads with transformers.AutoModel")
 

@@ -11,7 +11,9 @@ manifest of the stage that wrote it, and refuses it (with the command that fixes
 
 SIGTERM and SIGINT during a stage raise :class:`errors.Interrupted`: the stage unwinds through its
 ``finally`` blocks (saving what it can, stopping its children), no manifest is written, and the
-command exits 128+signal, at the latest :func:`stop_timeout_s` after the signal.
+command exits 128+signal, at the latest :func:`stop_timeout_s` after the signal. SIGKILL runs no
+``finally``: the temporary files of the writes in flight stay, and the stage's next run removes them
+(:func:`remove_stale_temps`) before it starts.
 
 One process works in a run directory at a time (:func:`run_dir_lock`, an ``flock`` on
 ``runs/<name>/.lock`` that the kernel drops however its holder exits): a second ``domain-embed run``
@@ -44,7 +46,7 @@ from .records import versions as record_versions
 from .schema import RunConfig, typed
 # Re-exported: the file helpers live on the lower floor (files.py); stages import them from either.
 from .files import (AppendLog, atomic_open, atomic_write_bytes, atomic_write_json, atomic_write_jsonl,  # noqa: F401
-                    atomic_write_text, read_jsonl, sha256_file, sha256_path)
+                    atomic_write_text, read_jsonl, remove_temps, sha256_file, sha256_path)
 
 
 # ---------------------------------------------------------------- outside inputs
@@ -647,6 +649,36 @@ def check_records(run_dir: Path, rels: list[str], stages: dict[str, Stage], prod
                 raise UserError(f"{exc}{fix}") from None
 
 
+# The run's embedding store (and the graphs of its own models under embeddings/onnx) is written by every
+# stage, and also by processes that take no run-directory lock (the ranks of a torchrun job, the drift
+# report's CLI): only temporary files untouched for this long there are a killed writer's.
+SHARED_TEMP_AGE_S = 3600.0
+
+
+def remove_stale_temps(run_dir: Path, stage: Stage) -> list[Path]:
+    """Remove the temporary files that a killed run of ``stage`` left (a SIGKILL runs no cleanup, and every
+    kill mid-write left another: a torn ``.train.jsonl.*.tmp``, a 90 MB to several GB ``.model.onnx.<pid>.tmp``).
+
+    Only while this process holds the run directory (:func:`run_dir_lock`), before the stage starts: then
+    no live writer uses the stage's folder or outputs, so every temporary file there goes. In the run's
+    shared embedding store only those older than :data:`SHARED_TEMP_AGE_S` go, but all of those in the
+    folder of a graph (``embeddings/onnx/<key>``) that no process is building."""
+    import fcntl
+
+    if str(Path(run_dir).resolve()) not in _HELD:  # a torchrun rank, or a filesystem without locks
+        return []
+    removed = remove_temps(run_dir / stage.folder)
+    for rel in stage.outputs:
+        removed += remove_temps(run_dir / rel) + remove_temps(run_dir, siblings_of=run_dir / rel)
+    # The graphs of the run's own models (inference.build_graph) are written under their folder's
+    # .build.lock: while nobody holds it, nobody is writing there.
+    for d in sorted((run_dir / "embeddings" / "onnx").glob("*/")):
+        with contextlib.suppress(OSError), open(d / ".build.lock", "a+b") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError (an OSError): a build is running
+            removed += remove_temps(d)
+    return removed + remove_temps(run_dir / "embeddings", older_than_s=SHARED_TEMP_AGE_S)
+
+
 def run_stage(stage: Stage, run_dir: Path, cfg: DictConfig, stages: dict[str, Stage], force: bool = False,
               quiet: bool = False, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run one stage with the skip/force/verify rules and write its manifest. Returns the manifest."""
@@ -704,6 +736,10 @@ def _run_stage(stage: Stage, run_dir: Path, cfg: DictConfig, stages: dict[str, S
     check_records(run_dir, stage.inputs, stages, produced=False)
     started = time.time()
     ctx.log("starting")
+    stale = remove_stale_temps(run_dir, stage)
+    if stale:
+        shown = ", ".join(p.relative_to(run_dir).as_posix() for p in stale[:3]) + (", ..." if len(stale) > 3 else "")
+        ctx.log(f"removed {len(stale)} temporary file(s) an interrupted run left: {shown}")
     gate_error: QualityGateFailed | None = None
     try:
         with stop_on_signals():

@@ -28,9 +28,14 @@ def onnx_cache(tmp_path_factory):
 
 def test_onnx_fp32_matches_the_torch_encoder(spec, onnx_cache):
     from domain_embed.encoding import Encoder
-    from domain_embed.inference import OnnxEncoder, cosine_rows, inference_encoder
+    from domain_embed.inference import OnnxEncoder, _graph_dir, cosine_rows, inference_encoder
 
+    # what a build killed mid-export left in the shared cache goes when the next build holds the lock
+    stale = _graph_dir(onnx_cache / "onnx", spec.model_path, spec) / ".model.onnx.99999.tmp"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"\0" * 4096)
     enc = inference_encoder(spec, _mcfg(onnx_cache), log=lambda m: None)
+    assert not stale.exists()
     assert isinstance(enc, OnnxEncoder) and enc.backend == "onnx" and enc.precision == "fp32"
     assert enc.providers[0] == "CPUExecutionProvider"
     assert enc.info["parity_vs_torch"]["min_cosine"] > 0.999
