@@ -187,7 +187,7 @@ def test_build_nvidia_without_a_secret_is_refused(dh):
 def test_multinode_pytorchjob(rendered):
     pt = _jobs(rendered["multinode-gpu"])["train"]
     master = pt["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
-    assert master["command"] == ["torchrun", "-m", "domain_embed.cli", "train"]
+    assert master["command"] == ["python", "-m", "domain_embed.train.launch", "-m", "domain_embed.cli", "train"]
     for a in ("train.devices=8", "train.num_nodes=4", "train.strategy=fsdp"):
         assert a in master["args"]
     assert master["resources"]["limits"]["nvidia.com/gpu"] == 8
@@ -204,10 +204,8 @@ def test_indexed_job_with_headless_service_and_torchrun(rendered):
     pod = job["spec"]["template"]["spec"]
     assert pod["subdomain"] == name
     c = pod["containers"][0]
-    assert f"--master_addr={name}-0.{name}" in c["command"] and "--nnodes=2" in c["command"]
-    assert "--node_rank=$(NODE_RANK)" in c["command"]
-    rank = next(e for e in c["env"] if e["name"] == "NODE_RANK")
-    assert "job-completion-index" in rank["valueFrom"]["fieldRef"]["fieldPath"]
+    # c10d rendezvous at index 0's stable name; torchrun assigns node ranks (test_deploy_multinode.py)
+    assert f"--rdzv_endpoint={name}-0.{name}:29500" in c["command"] and "--nnodes=2" in c["command"]
     assert len(name) <= 63
 
 

@@ -126,3 +126,57 @@ def test_fetch_refuses_plain_http_and_malformed_checksums(script, tmp_path):
     assert r.returncode == 2 and "only https://" in r.stderr
     r = run(script, "fetch", "--url", "https://example.com/m.tar.gz", "--sha256", "abc", "--dest", str(tmp_path))
     assert r.returncode == 2 and "64-hex sha256" in r.stderr
+
+
+class _FakeKube:
+    """The API server as the restart container sees it: GET and PATCH of one Deployment."""
+
+    def __init__(self, annotations: dict[str, str]):
+        self.annotations = dict(annotations)
+        self.calls: list[tuple[str, str, dict | None]] = []
+
+    def urlopen(self, req, context=None, timeout=None):
+        import io
+
+        body = json.loads(req.data) if req.data else None
+        self.calls.append((req.get_method(), req.full_url, body))
+        if body is not None:
+            self.annotations.update(body["spec"]["template"]["metadata"]["annotations"])
+        doc = {"spec": {"template": {"metadata": {"annotations": dict(self.annotations)}}}}
+
+        class Resp(io.BytesIO):
+            status = 200
+
+        return Resp(json.dumps(doc).encode())
+
+
+@pytest.mark.parametrize("already", [True, False])
+def test_a_rerun_publish_job_does_not_roll_the_serving_pods_again(script, tmp_path, monkeypatch, already):
+    """After ttlSecondsAfterFinished deletes the finished Jobs, the next `helm upgrade` (any values change, even a
+    serving one) creates them again, and each stage finds its work up to date. The publish Job's restart container
+    used to patch the Deployment every time, so every serving pod rolled (and re-copied the model) for nothing."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("model_repo_under_test", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    sa = tmp_path / "sa"
+    sa.mkdir()
+    (sa / "token").write_text("t0ken")
+    (sa / "namespace").write_text("embed")
+    (sa / "ca.crt").write_text("")
+    kube = _FakeKube({"domain-embed/published-run": "r-aaaaaaaaaa" if already else "r-0000000000"})
+    monkeypatch.setattr(mod, "SA_DIR", sa)
+    monkeypatch.setattr(mod.ssl, "create_default_context", lambda **kw: None)
+    monkeypatch.setattr(mod.urllib.request, "urlopen", kube.urlopen)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    mod.main(["restart", "--deployment", "emb-domain-embed", "--run", "r-aaaaaaaaaa"])
+    methods = [m for m, _, _ in kube.calls]
+    assert all(u.endswith("/namespaces/embed/deployments/emb-domain-embed") for _, u, _ in kube.calls)
+    if already:
+        assert methods == ["GET"], kube.calls
+    else:
+        assert methods == ["GET", "PATCH"], kube.calls
+        assert kube.annotations["domain-embed/published-run"] == "r-aaaaaaaaaa"
+        assert "kubectl.kubernetes.io/restartedAt" in kube.annotations

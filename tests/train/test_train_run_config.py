@@ -70,3 +70,24 @@ def test_the_worker_process_exits_2_with_the_message_in_train_error(tmp_path):
     assert p.returncode == 2, p.stderr[-2000:]
     msg = (tmp_path / "train" / ".error").read_text()
     assert str(f) in msg and "train.batch_size=0.5" in msg, msg
+
+
+def test_a_torchrun_rank_keeps_its_error_message_to_itself(tmp_path):
+    """Every rank of a multi-node run starts the same stage in the same run directory, and each cleared
+    train/.error before starting its worker: a rank on a later node deleted the message rank 0's worker had
+    just written, so rank 0 reported "training process exited with code 2" (exit 1) instead of the message
+    (exit 2). Each rank now has its own file; rank 0's stays where it was."""
+    tdir = tmp_path / "train"
+    _write(tmp_path, lambda c: c["train"].update(batch_size=0.5))
+    (tdir / ".error").write_text("rank 0's message")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RANK": "1", "WORLD_SIZE": "2"}
+    p = subprocess.run([sys.executable, "-m", "domain_embed.train.worker", str(tmp_path)], capture_output=True,
+                       text=True, env=env, timeout=300)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert (tdir / ".error").read_text() == "rank 0's message"
+    assert "train.batch_size=0.5" in (tdir / ".error.1").read_text()
+
+    from domain_embed.train.worker import error_file
+
+    assert error_file(tdir, {}) == tdir / ".error" == error_file(tdir, {"RANK": "0"})
+    assert error_file(tdir, {"RANK": "5"}) == tdir / ".error.5"

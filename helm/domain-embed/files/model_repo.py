@@ -160,19 +160,37 @@ def cmd_publish(a: argparse.Namespace) -> None:
     log(f"published {run_dir.name}: {current} -> {target} (was {previous})")
 
 
+SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+RUN_ANNOTATION = "domain-embed/published-run"
+
+
+def _kube(method: str, url: str, body: dict | None = None) -> dict:
+    headers = {"Authorization": f"Bearer {(SA_DIR / 'token').read_text().strip()}", "Accept": "application/json"}
+    if body is not None:
+        headers["Content-Type"] = "application/strategic-merge-patch+json"
+    req = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None, method=method,
+                                 headers=headers)
+    ctx = ssl.create_default_context(cafile=str(SA_DIR / "ca.crt"))
+    with urllib.request.urlopen(req, context=ctx, timeout=30) as r:
+        return json.loads(r.read() or b"{}")
+
+
 def cmd_restart(a: argparse.Namespace) -> None:
-    sa = Path("/var/run/secrets/kubernetes.io/serviceaccount")
     host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]
-    url = f"https://{host}:{port}/apis/apps/v1/namespaces/{(sa / 'namespace').read_text().strip()}/deployments/{a.deployment}"
+    url = (f"https://{host}:{port}/apis/apps/v1/namespaces/{(SA_DIR / 'namespace').read_text().strip()}"
+           f"/deployments/{a.deployment}")
+    # A publish Job runs again when it is created again: after ttlSecondsAfterFinished deleted it, any
+    # `helm upgrade` re-creates it (and a changed Job spec renames it). Its publish step then finds models/current
+    # already pointing at this run; the serving pods already rolled onto it, so do not roll them again.
+    template = (_kube("GET", url).get("spec") or {}).get("template") or {}
+    if ((template.get("metadata") or {}).get("annotations") or {}).get(RUN_ANNOTATION) == a.run:
+        log(f"deployment {a.deployment} already rolled onto {a.run}; not restarting it")
+        return
     now = datetime.now(timezone.utc).isoformat()
     body = {"spec": {"template": {"metadata": {"annotations": {
-        "domain-embed/published-run": a.run, "kubectl.kubernetes.io/restartedAt": now}}}}}
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="PATCH", headers={
-        "Authorization": f"Bearer {(sa / 'token').read_text().strip()}",
-        "Content-Type": "application/strategic-merge-patch+json"})
-    ctx = ssl.create_default_context(cafile=str(sa / "ca.crt"))
-    with urllib.request.urlopen(req, context=ctx, timeout=30) as r:
-        log(f"deployment {a.deployment} restarted onto {a.run} (HTTP {r.status})")
+        RUN_ANNOTATION: a.run, "kubectl.kubernetes.io/restartedAt": now}}}}}
+    _kube("PATCH", url, body)
+    log(f"deployment {a.deployment} restarted onto {a.run}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -79,7 +79,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
         cfg["train"]["teacher"]["path"] = str(teacher_dir)
     atomic_write_text(tdir / "run_config.yaml", OmegaConf.to_yaml(OmegaConf.create(cfg)))
     (tdir / "summary.json").unlink(missing_ok=True)
-    (tdir / ".error").unlink(missing_ok=True)
+    from .worker import error_file
+
+    err = error_file(tdir)  # this rank's own: another rank's message stays for that rank's stage to read
+    err.unlink(missing_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "TOKENIZERS_PARALLELISM": "false"}
     cmd = [sys.executable, "-m", "domain_embed.train.worker", str(ctx.run_dir)]
     ctx.log(f"training: {' '.join(cmd)}")
@@ -94,7 +97,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
         raise
     finally:
         unregister_child(proc)
-    err = tdir / ".error"
     if rc == 2 and err.is_file():
         raise UserError(err.read_text().strip())
     if rc in (128 + signal.SIGTERM, 128 + signal.SIGINT):

@@ -23,6 +23,18 @@ from ..schema import RunConfig, TrainConfig, load_file, plain
 RUN_CONFIG = "run_config.yaml"
 
 
+def error_file(tdir: Path, env: Any = None) -> Path:
+    """Where this process's worker leaves its one-line user error for the stage: ``train/.error``, or
+    ``train/.error.<rank>`` for a torchrun rank other than 0. Every rank's stage clears its file before it
+    starts the worker, and the ranks start at different moments (on other nodes): with one shared file, a late
+    rank deleted the message an early one had just written, and that rank exited 1 with "training process
+    exited with code 2" instead of 2 with the message."""
+    import os
+
+    rank = str((os.environ if env is None else env).get("RANK", "0")).strip()
+    return tdir / (".error" if rank in ("", "0") else f".error.{rank}")
+
+
 def load_run_config(run_dir: Path) -> tuple[RunConfig, bool]:
     """``train/run_config.yaml`` (the stage's resolved config) as the typed, validated view, and its
     ``_quiet`` flag."""
@@ -475,7 +487,7 @@ if __name__ == "__main__":
         # the stage re-raises this one line in the parent process
         from ..rundir import atomic_write_text
 
-        atomic_write_text(Path(sys.argv[1]) / "train" / ".error", str(exc))
+        atomic_write_text(error_file(Path(sys.argv[1]) / "train"), str(exc))
         sys.exit(exc.exit_code)
     except TrainingStopped as exc:
         ckpt = Path(sys.argv[1]) / "train" / "checkpoints" / "last.ckpt"
