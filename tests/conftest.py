@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -75,3 +80,72 @@ def spec(base_cfg):
 @pytest.fixture
 def port() -> int:
     return free_port()
+
+
+class FaultServer:
+    """A threaded HTTP server on 127.0.0.1 for injecting LLM-server faults (429, 5xx, pages that are not JSON):
+    answers a healthy llama.cpp server will not give on demand; the real server is tested beside each use.
+
+    Its POST answers come from ``answer(path, body, n)`` -> ``(status, data)`` or ``(status, data, content_type)``
+    when given, else from ``script``'s (status, headers, body) in order and then ``then`` for every later request
+    (a 500 "script exhausted" if none). A body that is not bytes or str is sent as JSON; Content-Type is
+    application/json unless set. It records when each request came and its JSON body."""
+
+    def __init__(self, script: list[tuple[int, dict, object]] = (), then: tuple[int, dict, object] | None = None,
+                 answer=None):
+        self.script = list(script)
+        self.then = then or (500, {}, "script exhausted")
+        self.arrivals: list[float] = []
+        self.bodies: list[dict] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                raw = self.rfile.read(int(self.headers.get("content-length", 0)))
+                with contextlib.suppress(ValueError):
+                    outer.bodies.append(json.loads(raw))
+                outer.arrivals.append(time.monotonic())
+                if answer is not None:
+                    status, body, *ctype = answer(self.path, raw, len(outer.arrivals))
+                    headers = {"Content-Type": ctype[0]} if ctype else {}
+                else:
+                    status, headers, body = outer.script.pop(0) if outer.script else outer.then
+                data = (body if isinstance(body, bytes) else body.encode() if isinstance(body, str)
+                        else json.dumps(body).encode())
+                self.send_response(status)
+                for k, v in {"Content-Type": "application/json", **headers}.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def requests(self) -> int:
+        return len(self.arrivals)
+
+    def start(self) -> "FaultServer":
+        self.thread.start()
+        return self
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def __enter__(self) -> "FaultServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@pytest.fixture(scope="session")
+def fault_server():
+    """The FaultServer class (taken as a fixture, as tests/serve takes its helpers)."""
+    return FaultServer

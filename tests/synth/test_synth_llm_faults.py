@@ -14,8 +14,6 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -43,40 +41,9 @@ def make_run(run_dir: Path, overrides: list[str]) -> None:
     run_stage(dataclasses.replace(STAGES["curate"], fn=curate), run_dir, cfg, STAGES, quiet=True)
 
 
-class _Server:
-    """A threaded HTTP server on 127.0.0.1 whose POST answers come from ``answer(path, body, n)``:
-    ``(status, data)``, or ``(status, data, content_type)``."""
-
-    def __init__(self, answer):
-        outer = self
-        self.requests = 0
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                outer.requests += 1
-                status, data, *ctype = answer(self.path, body, outer.requests)
-                self.send_response(status)
-                self.send_header("Content-Type", ctype[0] if ctype else "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *a):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.mark.parametrize("status,hint", [(401, "DE_TEST_LLM_KEY"), (404, "llm.base_url")])
-def test_bad_endpoint_fails_at_once_with_url_status_and_what_to_set(tmp_path, status, hint):
-    srv = _Server(lambda path, body, n: (status, json.dumps({"error": "nope"}).encode()))
+def test_bad_endpoint_fails_at_once_with_url_status_and_what_to_set(tmp_path, status, hint, fault_server):
+    srv = fault_server(answer=lambda path, body, n: (status, json.dumps({"error": "nope"}).encode())).start()
     try:
         rd = tmp_path / "run"
         make_run(rd, ["synth.max_chunks=2"])
@@ -107,9 +74,9 @@ def _synth_cli(rd: Path, url: str, *more: str) -> subprocess.CompletedProcess:
     (HTML, "text/html", ["a body that is not JSON", "text/html", "Welcome to nginx"]),
     (b'{"foo": 1}', "application/json", ["no 'choices' list (keys: foo)", '{"foo": 1}']),
 ], ids=["html", "json_without_choices"])
-def test_endpoint_answering_200_with_no_completion_fails_at_once(tmp_path, body, ctype, needles):
+def test_endpoint_answering_200_with_no_completion_fails_at_once(tmp_path, body, ctype, needles, fault_server):
     """The audit's web page (256 s to a count of bad_response failures) and JSON without choices (118 s)."""
-    srv = _Server(lambda path, b, n: (200, body, ctype))
+    srv = fault_server(answer=lambda path, b, n: (200, body, ctype)).start()
     try:
         rd = tmp_path / "run"
         make_run(rd, ["synth.max_chunks=2"])
@@ -124,10 +91,11 @@ def test_endpoint_answering_200_with_no_completion_fails_at_once(tmp_path, body,
     assert not (rd / "synth" / "generations.jsonl").exists() and not (rd / "synth" / "manifest.json").exists()
 
 
-def test_every_generation_failing_names_a_cause(tmp_path):
+def test_every_generation_failing_names_a_cause(tmp_path, fault_server):
     """An endpoint that passes the preflight and then answers a web page: the stage's error quotes one failure's
     cause, not only the counts (the audit had to open generations.jsonl to find it)."""
-    srv = _Server(lambda path, b, n: (200, CHAT_OK, "application/json") if n == 1 else (200, HTML, "text/html"))
+    srv = fault_server(answer=lambda path, b, n: (200, CHAT_OK, "application/json") if n == 1
+                       else (200, HTML, "text/html")).start()
     try:
         rd = tmp_path / "run"
         make_run(rd, ["synth.max_chunks=2", "synth.judge.enabled=false", "llm.max_retries=0", "llm.requests_per_minute=0"])
@@ -149,7 +117,7 @@ def test_unreachable_endpoint_names_the_setting(tmp_path):
         run_stage(STAGES["synth"], rd, cfg, STAGES, quiet=True)
 
 
-def test_too_many_failed_generations_fail_the_stage_and_a_fixed_rerun_resumes(tmp_path):
+def test_too_many_failed_generations_fail_the_stage_and_a_fixed_rerun_resumes(tmp_path, fault_server):
     """A proxy before the real server fails every third generation: over synth.max_failed_fraction the stage
     exits with the failure kinds; the rerun against the real server sends only the failed ones."""
     cfg0 = load_config(None, [], save=False)
@@ -161,7 +129,7 @@ def test_too_many_failed_generations_fail_the_stage_and_a_fixed_rerun_resumes(tm
                            headers={"Content-Type": "application/json"})
             return r.status_code, r.content
 
-        proxy = _Server(forward)
+        proxy = fault_server(answer=forward).start()
         rd = tmp_path / "run"
         common = ["synth.max_chunks=3", "synth.types.factual=1", "synth.types.keyword=1", "synth.types.multi_hop=0",
                   "synth.judge.enabled=false", "llm.max_retries=0", "llm.concurrency=1", "synth.max_failed_fraction=0.1"]
