@@ -20,6 +20,7 @@ EPILOG = """examples:
   domain-embed run                                   # the whole pipeline on the sample corpus -> runs/demo
   domain-embed run --run-dir runs/mydocs corpus.path=/data/docs llm=nim
   domain-embed train --run-dir runs/demo train.max_steps=200 --force
+  domain-embed status --run-dir runs/demo            # each stage: done, stale (and why), started or not run
   domain-embed serve runs/demo --host 127.0.0.1 --port 8080
 """
 
@@ -76,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--host", default="127.0.0.1")
     ls.add_argument("--port", type=int, default=8090)
     ls.add_argument("overrides", nargs="*", metavar="key=value")
+
+    p = sub.add_parser("status", help="where a run stands: each stage done, stale (and why), started or not run")
+    p.add_argument("--run-dir", type=Path, default=None, help="run directory (default: runs/<name>)")
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="overrides to judge the run against (what `run` with them would redo)")
 
     p = sub.add_parser("config", help="print the fully resolved config")
     p.add_argument("--run-dir", type=Path, default=None)
@@ -237,6 +244,23 @@ def cmd_llm(args: argparse.Namespace) -> int:
     return serve_forever(llm, host=args.host, port=args.port)
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from .config import load_config
+    from .stages import STAGES
+    from .status import render, run_status
+
+    run_dir = _run_dir_of(args)
+    if not run_dir.is_dir():
+        raise UserError(f"no run at {run_dir}; start one with `domain-embed run --run-dir {run_dir}`, or give the "
+                        f"--run-dir of an existing run")
+    cfg = load_config(run_dir, args.overrides, save=False)  # read only: status writes nothing
+    status = run_status(run_dir, cfg, STAGES)
+    print(json.dumps(status, indent=1) if args.json else render(status))
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
@@ -269,6 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_llm(args)
         if args.command == "config":
             return cmd_config(args)
+        if args.command == "status":
+            return cmd_status(args)
         # SIGTERM/SIGINT from here on (config loading, between stages, inside one) raise Interrupted
         with stop_on_signals():
             return cmd_run(args) if args.command == "run" else cmd_stage(args)

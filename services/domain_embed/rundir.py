@@ -686,15 +686,69 @@ def run_stage(stage: Stage, run_dir: Path, cfg: DictConfig, stages: dict[str, St
         return _run_stage(stage, run_dir, cfg, stages, force, quiet, extra)
 
 
-def _run_stage(stage: Stage, run_dir: Path, cfg: DictConfig, stages: dict[str, Stage], force: bool,
-               quiet: bool, extra: dict[str, Any] | None) -> dict[str, Any]:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    inputs: dict[str, str] = {}
-    for rel in stage.inputs:
-        inputs[rel] = verify_input(run_dir, rel, stages)
-    chash = config_hash(cfg, stage.config_keys)
-    ctx = StageContext(stage=stage, run_dir=run_dir, cfg=cfg, force=force, quiet=quiet, extra=extra or {})
+@dataclass
+class Freshness:
+    """Whether a stage's manifest still vouches for its outputs (``why`` empty), and what a new manifest of it
+    would record: the hashes of its inputs, its config and command-line inputs, its outside inputs."""
 
+    old: dict[str, Any] | None
+    inputs: dict[str, str]
+    config_hash: str
+    extra_sig: str
+    outside: dict[str, Any]
+    why: list[str]
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.old is not None and not self.why
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _plain_sections(cfg: DictConfig, keys: list[str]) -> dict[str, Any]:
+    return _flat(json.loads(json.dumps(config_sections(cfg, keys), default=str)))
+
+
+def config_changes(recorded: Any, cfg: DictConfig, keys: list[str], shown: int = 4) -> str:
+    """What differs between the config a stage's manifest recorded and ``cfg``, as "key old -> new" (empty: nothing
+    that matters). A key the recorded config lacks and that is at its default now is left out: a newer version
+    added it, and a new key's default keeps the old behaviour, so upgrading domain-embed does not redo every
+    stage of every run (adding model.trust_remote_code did exactly that)."""
+    if not isinstance(recorded, dict):
+        return "the manifest has no recorded config"
+    now = _plain_sections(cfg, keys)
+    was = _flat(json.loads(json.dumps({k: recorded.get(k) for k in keys if k in recorded}, default=str)))
+    defaults: dict[str, Any] | None = None
+    diffs = []
+    for key in sorted({*now, *was}):
+        if key in was and key in now and was[key] == now[key]:
+            continue
+        if key not in was and key in now:
+            if defaults is None:
+                from .config import load_config
+
+                defaults = _plain_sections(load_config(None, [], save=False), keys)
+            if key in defaults and defaults[key] == now[key]:
+                continue
+        diffs.append(f"{key} {json.dumps(was[key]) if key in was else '(new)'} -> "
+                     f"{json.dumps(now[key]) if key in now else '(gone)'}")
+    return ", ".join(diffs[:shown]) + (f" and {len(diffs) - shown} more" if len(diffs) > shown else "")
+
+
+def freshness(stage: Stage, run_dir: Path, cfg: DictConfig, stages: dict[str, Stage],
+              extra: dict[str, Any] | None = None, judge: bool = True) -> Freshness:
+    """The skip rule of :func:`run_stage`, without running anything (``domain-embed status`` asks it too).
+    Raises :class:`UserError` for a missing or altered input, naming the stage to run. ``judge=False`` (--force)
+    skips the reasons and the hashing of the outputs they need."""
+    inputs = {rel: verify_input(run_dir, rel, stages) for rel in stage.inputs}
+    chash = config_hash(cfg, stage.config_keys)
     # Command-line extras (e.g. evaluate --dataset/--endpoint) change the outputs too.
     extra_sig = json.dumps(extra or {}, sort_keys=True, default=str)
     old = read_manifest(run_dir, stage.folder)
@@ -703,10 +757,10 @@ def _run_stage(stage: Stage, run_dir: Path, cfg: DictConfig, stages: dict[str, S
                for name, item in (stage.outside_inputs(cfg, extra or {}) if stage.outside_inputs else {}).items()}
     outside_sig = {name: e["sha256"] for name, e in outside.items()}
     old_outside_sig = {name: e.get("sha256") for name, e in old_outside.items()}
-    if old is not None and not force:
-        why = []
-        if old.get("config_hash") != chash:
-            why.append("config changed")
+    why: list[str] = []
+    if old is not None and judge:
+        if old.get("config_hash") != chash and (changed := config_changes(old.get("config"), cfg, stage.config_keys)):
+            why.append("config changed: " + changed)
         if old.get("inputs") != inputs:
             why.append("inputs changed: " + ", ".join(sorted(k for k in {*inputs, *old.get("inputs", {})}
                                                                if inputs.get(k) != old.get("inputs", {}).get(k))))
@@ -716,19 +770,31 @@ def _run_stage(stage: Stage, run_dir: Path, cfg: DictConfig, stages: dict[str, S
             if outside_sig.get(name) != old_outside_sig.get(name):
                 why.append(f"{name} changed: " + (outside_changes(old_outside.get(name), outside[name])
                                                   if name in outside else "no longer given"))
-        if not why:
-            outs_ok = all((run_dir / rel).exists() and sha256_path(run_dir / rel) == h
-                          for rel, h in old.get("outputs", {}).items())
-            if outs_ok:
-                ctx.log(f"up to date (manifest {manifest_path(run_dir, stage.folder)}); nothing to do. Use --force to rerun.")
-                if any(e["reused_hashes"] != len(e["files"]) for e in outside.values()):
-                    # same contents, new mtimes (a touch, a fresh checkout): record them so the
-                    # next check takes the fast path again
-                    atomic_write_json(manifest_path(run_dir, stage.folder), {**old, "outside_inputs": outside})
-                old["skipped"] = True
-                return old
+        if not why and not all((run_dir / rel).exists() and sha256_path(run_dir / rel) == h
+                               for rel, h in old.get("outputs", {}).items()):
             why.append("outputs changed or missing")
-        ctx.log("rerunning: " + "; ".join(why))
+    return Freshness(old, inputs, chash, extra_sig, outside, why)
+
+
+def _run_stage(stage: Stage, run_dir: Path, cfg: DictConfig, stages: dict[str, Stage], force: bool,
+               quiet: bool, extra: dict[str, Any] | None) -> dict[str, Any]:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fresh = freshness(stage, run_dir, cfg, stages, extra, judge=not force)
+    old, inputs, chash, extra_sig, outside = fresh.old, fresh.inputs, fresh.config_hash, fresh.extra_sig, fresh.outside
+    ctx = StageContext(stage=stage, run_dir=run_dir, cfg=cfg, force=force, quiet=quiet, extra=extra or {})
+    if old is not None and not force:
+        if fresh.up_to_date:
+            ctx.log(f"up to date (manifest {manifest_path(run_dir, stage.folder)}); nothing to do. Use --force to rerun.")
+            if (any(e["reused_hashes"] != len(e["files"]) for e in outside.values())
+                    or old.get("config_hash") != chash):
+                # same contents, new mtimes (a touch, a fresh checkout), or a config that differs only by keys
+                # a newer version added at their defaults: record them so the next check takes the fast path
+                old = {**old, "outside_inputs": outside, "config_hash": chash,
+                       "config": config_sections(cfg, stage.config_keys)}
+                atomic_write_json(manifest_path(run_dir, stage.folder), old)
+            old["skipped"] = True
+            return old
+        ctx.log("rerunning: " + "; ".join(fresh.why))
     if old is not None:
         # The stage's outputs are about to change: its old manifest must not vouch for them.
         manifest_path(run_dir, stage.folder).unlink(missing_ok=True)
