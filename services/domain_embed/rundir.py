@@ -395,6 +395,9 @@ class Stage:
     # given the config and the command-line extras. They take part in the up-to-date check by
     # content (see fingerprint_files), not by path.
     outside_inputs: Callable[[DictConfig, dict[str, Any]], dict[str, OutsideInput]] | None = None
+    # Called when the stage is up to date and skipped, with its manifest: to repeat in short what the
+    # recorded run warned about (curate: the files it left out), which a rerun would otherwise hide.
+    on_skip: Callable[["StageContext", dict[str, Any]], None] | None = None
 
 
 @dataclass
@@ -785,6 +788,8 @@ def _run_stage(stage: Stage, run_dir: Path, cfg: DictConfig, stages: dict[str, S
     if old is not None and not force:
         if fresh.up_to_date:
             ctx.log(f"up to date (manifest {manifest_path(run_dir, stage.folder)}); nothing to do. Use --force to rerun.")
+            if stage.on_skip is not None:
+                stage.on_skip(ctx, old)
             if (any(e["reused_hashes"] != len(e["files"]) for e in outside.values())
                     or old.get("config_hash") != chash):
                 # same contents, new mtimes (a touch, a fresh checkout), or a config that differs only by keys

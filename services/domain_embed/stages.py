@@ -52,9 +52,18 @@ def _curate_inputs(cfg, extra) -> dict[str, OutsideInput]:
     from .curate.stage import _corpus_root
 
     c = typed(cfg).corpus
-    root = _corpus_root(c)
+    # the run's own folders, so that a corpus.path inside one of them is refused (see _holding_run_dir)
+    root = _corpus_root(c, frozenset({"embeddings", *(s.folder for s in STAGES.values()),
+                                      *(out.split("/")[0] for s in STAGES.values() for out in s.outputs)}))
     files = discover(root, list(c.include or ["**/*"]), list(c.exclude), c.max_files)
     return {"corpus": OutsideInput(root, files), **_model(cfg)}
+
+
+def _curate_on_skip(ctx: StageContext, manifest: dict[str, Any]) -> None:
+    """An up-to-date curate repeats in short what its recorded run left out (curate.stage.on_skip)."""
+    from .curate.stage import on_skip
+
+    on_skip(ctx, manifest)
 
 
 def _synth_inputs(cfg, extra) -> dict[str, OutsideInput]:
@@ -92,7 +101,7 @@ STAGES: dict[str, Stage] = {
     for s in [
         Stage("curate", "curate", inputs=[], outputs=["curate/chunks.jsonl"],
               config_keys=["corpus", "curate", *MODEL_KEYS], fn=_lazy("curate.stage"),
-              outside_inputs=_curate_inputs,
+              outside_inputs=_curate_inputs, on_skip=_curate_on_skip,
               description="clean, filter, dedup and chunk documents (NeMo Curator)"),
         Stage("synth", "synth", inputs=["curate/chunks.jsonl"], outputs=["synth/qa.jsonl"],
               config_keys=["synth", "llm", *MODEL_KEYS, "seed"], fn=_lazy("synth.stage"),

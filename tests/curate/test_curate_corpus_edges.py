@@ -161,3 +161,51 @@ def test_filtered_documents_are_named_with_the_setting_to_change(tmp_path, paras
     lines = log.splitlines()
     assert any("huge.txt" in ln and "curate.max_words" in ln for ln in lines), log
     assert any("short.txt" in ln and "curate.min_words" in ln for ln in lines), log
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "domain_embed.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+
+
+def test_a_run_directory_as_the_corpus_is_refused(tmp_path, paras, make_cfg):
+    """`curate corpus.path=runs/demo` (or runs/demo/curate) would curate the run's own chunks.jsonl and
+    manifests as documents: it exits 2 with one line that says to point corpus.path at the documents."""
+    docs = _docs(tmp_path / "docs", paras)
+    demo = tmp_path / "runs" / "demo"
+    run_stage(CURATE, demo, make_cfg(docs), STAGES, quiet=True)
+    for corpus in (demo, demo / "curate", demo / "curate" / "chunks.jsonl"):
+        proc = _cli("curate", "--quiet", "--run-dir", str(tmp_path / "runs" / "x"), f"corpus.path={corpus}",
+                    "corpus.exclude=[]")
+        assert proc.returncode == 2, (corpus, proc.stderr)
+        err = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert len(err) == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert "domain-embed run directory" in err[0] and "point corpus.path at the documents" in err[0], err
+        assert read_manifest(tmp_path / "runs" / "x", "curate") is None
+    assert _sources(demo) == {"wal.md", "mvcc.txt"}
+    # a folder of documents kept in a run directory is not the run's own: it is read
+    shutil.copytree(docs, demo / "docs")
+    run_stage(CURATE, tmp_path / "runs" / "y", make_cfg(demo / "docs"), STAGES, quiet=True)
+    assert _sources(tmp_path / "runs" / "y") == {"wal.md", "mvcc.txt"}
+
+
+def test_an_up_to_date_rerun_repeats_what_was_left_out_even_with_quiet(tmp_path, paras, binary):
+    """A rerun to check must not look like a clean bill: the skip repeats, as warnings, the unsupported
+    files, the files that could not be read and the documents the filters dropped."""
+    docs = _docs(tmp_path / "docs", paras)
+    (docs / "logo.png").write_bytes(b"\x89PNG\r\n")
+    (docs / "image.txt").write_bytes(binary)
+    (docs / "short.txt").write_text("Too short to be a document.")
+    args = ["curate", "--quiet", "--run-dir", str(tmp_path / "run"), f"corpus.path={docs}", "corpus.exclude=[]"]
+    first = _cli(*args)
+    assert first.returncode == 0, first.stderr
+    recorded = read_manifest(tmp_path / "run", "curate")
+
+    again = _cli(*args)
+    assert again.returncode == 0, again.stderr
+    lines = [ln for ln in again.stderr.splitlines() if ln.startswith("[curate] warning: last run: ")]
+    assert 3 <= len(lines) <= 7, again.stderr
+    assert any("unsupported type" in ln and ".png" in ln for ln in lines), again.stderr
+    assert any("image.txt" in ln and "binary" in ln for ln in lines), again.stderr
+    assert any("short.txt" in ln and "curate.min_words" in ln for ln in lines), again.stderr
+    assert read_manifest(tmp_path / "run", "curate")["finished_at"] == recorded["finished_at"]  # skipped, not rerun

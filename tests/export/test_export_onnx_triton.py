@@ -213,3 +213,67 @@ def test_tensorrt_plan_on_gpu(tmp_path, minilm_path):
     m = go()
     assert m["counts"]["tensorrt"] == "built" and (run / "export" / "model.plan").is_file()
     assert json.loads((run / "export" / "parity.json").read_text())["tensorrt_fp16"]["min_cosine"] > 0.99
+
+
+def _tiny_onnx(path):
+    """A real, small fp32 ONNX graph: y = x @ W."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(3, 4) / 7, name="W")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "tiny",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_fp16_graph_is_written_atomically(tmp_path, monkeypatch):
+    """A write that fails half-way (a full disk, a kill) leaves the previous model.fp16.onnx whole, not torn."""
+    import onnx
+
+    from domain_embed.export import onnx_export
+
+    src, dst = tmp_path / "model.onnx", tmp_path / "model.fp16.onnx"
+    _tiny_onnx(src)
+    onnx_export.convert_fp16(src, dst)
+    good = dst.read_bytes()
+    assert onnx.load(str(dst)).graph.initializer[0].data_type == onnx.TensorProto.FLOAT16
+
+    def torn_save(proto, f, *a, **kw):
+        with open(f, "wb") as fh:
+            fh.write(proto.SerializeToString()[:40])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(onnx, "save", torn_save)
+    with pytest.raises(OSError):
+        onnx_export.convert_fp16(src, dst)
+    assert dst.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.fp16.onnx", "model.onnx"]  # no temp left
+
+
+def test_a_later_export_without_fp16_removes_the_old_fp16_graph(tmp_path, minilm_path):
+    """`export export.fp16=true`, then `export` without it: the fp16 graph of the older model must not stay
+    beside the new model.onnx (on a GPU it is written each time, so there it must be new)."""
+    import os
+    import subprocess
+    import sys
+
+    from domain_embed.export import tensorrt_plan
+
+    run, _ = _stage_run(tmp_path, minilm_path, gate_passed=True)
+    fp16 = run / "export" / "model.fp16.onnx"
+
+    def export(*overrides):
+        proc = subprocess.run([sys.executable, "-m", "domain_embed.cli", "export", "--quiet", "--run-dir", str(run),
+                               *overrides], capture_output=True, text=True,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=500)
+        assert proc.returncode == 0, proc.stderr
+
+    export("export.fp16=true")
+    assert fp16.is_file()
+    old = fp16.stat().st_mtime_ns
+    export("export.fp16=false")
+    if tensorrt_plan.gpu_available():
+        assert fp16.stat().st_mtime_ns != old
+    else:
+        assert not fp16.exists(), "a stale model.fp16.onnx from the earlier export was left"

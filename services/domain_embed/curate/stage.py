@@ -26,13 +26,37 @@ from ..schema import CorpusConfig
 OUTPUT = "curate/chunks.jsonl"
 
 
-def _corpus_root(corpus: CorpusConfig) -> Path:
+def _corpus_root(corpus: CorpusConfig, run_folders: frozenset[str] = frozenset()) -> Path:
     if not corpus.path:
         raise UserError("corpus.path is not set; pass corpus.path=/path/to/your/documents")
     root = Path(corpus.path).expanduser().resolve()
     if not root.exists():
         raise UserError(f"corpus path {root} does not exist; pass corpus.path=/path/to/your/documents")
+    run = _holding_run_dir(root, run_folders)
+    if run is not None:
+        where = "is a domain-embed run directory" if run == root else f"is inside the domain-embed run directory {run}"
+        raise UserError(f"corpus path {root} {where}: its files are a run's outputs, not documents; "
+                        f"point corpus.path at the documents (corpus.path=/path/to/your/documents)")
     return root
+
+
+def _holding_run_dir(root: Path, run_folders: frozenset[str] = frozenset()) -> Path | None:
+    """The run directory whose own files ``root`` is or holds: the run itself, or a path in one of its stage
+    folders or top-level files (``runs/demo``, ``runs/demo/curate``). Reading it would curate the run's own
+    chunks.jsonl, manifests and reports. A folder of documents kept in a run directory is not the run's, and
+    runs *inside* a corpus are left out by :func:`readers.scan`. ``run_folders``: the names of the folders the
+    stages write (from the stage registry, which imports this module, so it is passed in)."""
+    from ..rundir import MANIFEST, is_run_dir
+
+    if is_run_dir(root):
+        return root
+    owned = {"embeddings", *run_folders}
+    for run in root.parents:
+        if is_run_dir(run):
+            top = run / root.relative_to(run).parts[0]
+            if top.name in owned or not top.is_dir() or (top / MANIFEST).is_file():
+                return run
+    return None
 
 
 def _skip_summary(skipped: dict[str, int]) -> str:
@@ -127,6 +151,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         )
     for line in left_out:
         ctx.log(line)
+    told = list(left_out)  # what was left out, one line per kind: repeated by on_skip on an up-to-date rerun
     ctx.log(f"reading {len(files)} files from {root}")
     res = read_corpus(root, files, jsonl_field, corpus.jsonl_title_field)
     for source, reason in res.skipped_files[:20]:
@@ -142,6 +167,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
             "give it text, Markdown, reStructuredText, HTML, JSONL or PDF files with real content"
         )
 
+    if res.skipped_files:
+        told.append(f"warning: skipped {len(res.skipped_files)} file{'s' * (len(res.skipped_files) != 1)}: "
+                    f"{_skips_by_reason(res, root, jsonl_field)}")
     counts: dict[str, Any] = {"files_seen": res.files_seen, "docs_read": len(res.docs)}
     for k, v in sorted(res.skipped.items()):
         counts[k] = v
@@ -166,6 +194,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     kept, removed, dropped = apply_filters(cleaned, c)
     for line in _filter_lines(dropped, c):
         ctx.log(line)
+        told.append(line)
     counts.update(removed)
     counts["docs_after_filters"] = len(kept)
 
@@ -239,6 +268,26 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "chunks_per_doc_max": max(per_doc) if per_doc else 0,
         "max_passage_length": spec.max_passage_length,
     })
+    counts["left_out"] = told
     ctx.log(f"{counts['docs_kept']} documents -> {len(rows)} chunks "
             f"(tokens min/mean/max {counts['tokens_min']}/{counts['tokens_mean']}/{counts['tokens_max']})")
     return counts
+
+
+_ON_SKIP_LINES = 6
+
+
+def on_skip(ctx: StageContext, manifest: dict[str, Any]) -> None:
+    """On an up-to-date rerun, repeat in short what the recorded run left out (files, documents), as
+    warnings so that --quiet shows them too: a rerun to check must not look like a clean bill."""
+    counts = manifest.get("counts") or {}
+    lines = counts.get("left_out")
+    if lines is None:  # a manifest from before counts.left_out: its nonzero skip and filter counts
+        lines = [f"{k}={v}" for k, v in sorted(counts.items())
+                 if k.startswith(("skipped_", "filtered_")) and isinstance(v, int) and v > 0]
+        lines = [f"left out files or documents: {', '.join(lines)}"] if lines else []
+    for line in lines[:_ON_SKIP_LINES]:
+        ctx.log(f"warning: last run: {line.removeprefix('warning: ')}")
+    if len(lines) > _ON_SKIP_LINES:
+        ctx.log(f"warning: last run: ... and {len(lines) - _ON_SKIP_LINES} more; see counts.left_out in "
+                f"{ctx.run_dir / ctx.stage.folder / 'manifest.json'}")

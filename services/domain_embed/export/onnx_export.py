@@ -8,6 +8,7 @@ ONNX file alone reproduces the PyTorch :class:`~domain_embed.encoding.Encoder`.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Sequence
@@ -26,7 +27,14 @@ def convert_fp16(src: Path, dst: Path) -> None:
 
     model = onnx.load(str(src))
     half = convert_float_to_float16(model, keep_io_types=True)
-    onnx.save(half, str(dst))
+    # Written beside dst and renamed into place (as export_onnx does): a kill leaves no torn graph,
+    # only a temporary file that the next run removes (rundir.remove_stale_temps).
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    try:
+        onnx.save(half, str(tmp))
+        tmp.replace(dst)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def check_parity(onnx_path: Path, model_path: str | Path, spec: EncodingSpec, texts: Sequence[str],

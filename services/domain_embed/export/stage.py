@@ -34,6 +34,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     spec = ctx.trained_spec("train/model")  # what training used; a drifted config is refused
     out = ctx.dir
     onnx_path = out / "model.onnx"
+    # Optional artefacts of an earlier export belong to its model: this run writes them again or not at all.
+    for name in ("model.fp16.onnx", "model.plan"):
+        (out / name).unlink(missing_ok=True)
     opset = ecfg.opset
     if opset < 17:
         raise UserError(f"export.opset={opset}; opset 17 or newer is needed (LayerNormalization)")
