@@ -29,12 +29,30 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _umask() -> int:
+    """This process's umask, read without changing it where Linux shows it (os.umask can only be read by
+    setting it, which races with other threads creating files)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_open(path: Path | str, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[Any]:
-    """Write to a temporary file beside ``path`` and rename it into place only on success."""
+    """Write to a temporary file beside ``path`` and rename it into place only on success.
+
+    The file gets the mode a plain ``open`` would give it (0666 less the umask): mkstemp's 0600 made every
+    manifest, report and Triton repository file (config.pbtxt, encoding.json, checksums.json) unreadable to any
+    other user, e.g. a Triton or NIM container that mounts the published repository under its own uid."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     kwargs = {} if "b" in mode else {"encoding": encoding}
     try:

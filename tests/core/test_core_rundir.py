@@ -12,8 +12,8 @@ import pytest
 
 from domain_embed.config import load_config
 from domain_embed.errors import QualityGateFailed, UserError
-from domain_embed.rundir import (AppendLog, Stage, atomic_open, atomic_write_jsonl, read_jsonl, read_manifest,
-                                 run_stage, sha256_path)
+from domain_embed.rundir import (AppendLog, Stage, atomic_open, atomic_write_json, atomic_write_jsonl, read_jsonl,
+                                 read_manifest, run_stage, sha256_path)
 
 
 def _stages(calls):
@@ -198,3 +198,21 @@ def test_a_run_dir_this_user_cannot_write_is_a_user_error(tmp_path):
         shutil.rmtree(top, ignore_errors=True)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "cannot write in the run directory" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_atomic_writes_get_the_mode_a_plain_open_gives(tmp_path):
+    """mkstemp's 0600 used to stay on every manifest, report and Triton repository file: another uid (a Triton or
+    NIM container mounting the published repository) could not read config.pbtxt or encoding.json."""
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        atomic_write_json(tmp_path / "a.json", {"x": 1})
+        with atomic_open(tmp_path / "b.bin", "wb") as fh:
+            fh.write(b"x")
+        with open(tmp_path / "plain.txt", "w") as fh:
+            fh.write("x")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == {"a.json": 0o640, "b.bin": 0o640, "plain.txt": 0o640}, {k: oct(v) for k, v in modes.items()}
