@@ -79,19 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("queries", type=Path)
     p.add_argument("--no-embed", action="store_true", help="skip the embedding-space statistics")
     args = p.parse_args(argv)
-    try:
-        encoder = None
-        if not args.no_embed:
-            from ..config import EncodingSpec, load_config
-            from ..embed_store import EmbeddingStore
-            from ..inference import inference_encoder
+    from ..rundir import run_dir_lock
 
-            cfg = load_config(args.run_dir, [], save=False)
-            log = lambda m: print(m, file=sys.stderr)  # noqa: E731
-            # fp32 through the run's store: the synthetic questions' vectors are the ones synthesis made.
-            encoder = EmbeddingStore.for_run(args.run_dir).bind(
-                inference_encoder(EncodingSpec.from_config(cfg), cfg.model, log=log))
-        report = drift_for_run(args.run_dir, args.queries, encoder)
+    try:
+        if not args.run_dir.is_dir():
+            raise UserError(f"no run at {args.run_dir}; give the run directory whose synthetic queries to compare")
+        # it writes into evaluate/ and the embedding store: the run's lock, as every stage takes, so a stage
+        # starting meanwhile (which clears its folder's temporary files) cannot remove this one's mid-write
+        with run_dir_lock(args.run_dir):
+            report = _drift_cli(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -99,3 +95,20 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({k: report["embedding"][k] for k in ("nn_cosine_real_to_synthetic", "mmd2_rbf", "mmd_p_value")}
                      if report["embedding"] else {}))
     return 0
+
+
+def _drift_cli(args: Any) -> dict[str, Any]:
+    import sys
+
+    encoder = None
+    if not args.no_embed:
+        from ..config import EncodingSpec, load_config
+        from ..embed_store import EmbeddingStore
+        from ..inference import inference_encoder
+
+        cfg = load_config(args.run_dir, [], save=False)
+        log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+        # fp32 through the run's store: the synthetic questions' vectors are the ones synthesis made.
+        encoder = EmbeddingStore.for_run(args.run_dir).bind(
+            inference_encoder(EncodingSpec.from_config(cfg), cfg.model, log=log))
+    return drift_for_run(args.run_dir, args.queries, encoder)
