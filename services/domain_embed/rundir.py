@@ -588,7 +588,8 @@ def read_manifest(run_dir: Path, folder: str) -> dict[str, Any] | None:
         return None
 
 
-def _producer_of(rel: str, stages: dict[str, Stage]) -> Stage | None:
+def producer_of(rel: str, stages: dict[str, Stage]) -> Stage | None:
+    """The stage whose outputs hold ``rel`` (a file, or a file inside an output folder), if any."""
     for st in stages.values():
         for out in st.outputs:
             if rel == out or rel.startswith(out.rstrip("/") + "/"):
@@ -599,7 +600,7 @@ def _producer_of(rel: str, stages: dict[str, Stage]) -> Stage | None:
 def verify_input(run_dir: Path, rel: str, stages: dict[str, Stage]) -> str:
     """Check an input exists and matches what its producing stage recorded; return its hash."""
     p = run_dir / rel
-    producer = _producer_of(rel, stages)
+    producer = producer_of(rel, stages)
     if not p.exists():
         hint = f"run `domain-embed {producer.name} --run-dir {run_dir}` first" if producer else "create it first"
         raise UserError(f"missing input {rel} in {run_dir}; {hint}")
@@ -636,7 +637,7 @@ def check_records(run_dir: Path, rels: list[str], stages: dict[str, Stage], prod
             path = run_dir / f
             if not path.is_file():
                 continue
-            producer = _producer_of(f, stages)
+            producer = producer_of(f, stages)
             if not produced and producer is not None:
                 kept = ((read_manifest(run_dir, producer.folder) or {}).get("records") or {}).get(f)
                 want = f"{rec.__name__}/{rec.VERSION}"

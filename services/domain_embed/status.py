@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .rundir import Stage, freshness, read_manifest
+from .rundir import Stage, freshness, producer_of, read_manifest
 
 MANIFEST = "manifest.json"
 
@@ -98,8 +98,7 @@ def busy(run_dir: Path) -> str | None:
 
 
 def _producers(stage: Stage, stages: dict[str, Stage]) -> set[str]:
-    return {other.name for rel in stage.inputs for other in stages.values()
-            if any(rel == out or rel.startswith(out.rstrip("/") + "/") for out in other.outputs)}
+    return {p.name for rel in stage.inputs if (p := producer_of(rel, stages)) is not None}
 
 
 def run_status(run_dir: Path, cfg: Any, stages: dict[str, Stage]) -> dict[str, Any]:
