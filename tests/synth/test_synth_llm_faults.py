@@ -152,3 +152,61 @@ def test_too_many_failed_generations_fail_the_stage_and_a_fixed_rerun_resumes(tm
     assert c["llm"]["generate"]["requests"] >= len(failed)
     assert "http_5xx" not in c["generations_failed"], c["generations_failed"]
     assert c["generations_ok"] + sum(c["generations_failed"].values()) == c["generations_planned"]
+
+
+def test_a_rest_slower_than_the_probe_stops_at_the_budget_and_the_plan_keeps_what_was_sent(tmp_path, fault_server):
+    """A machine that gets busier after the timed probe, injected by a proxy before the real server that makes
+    every later request four times as slow as the probe's slowest timed one: the stage stops sending when
+    synth.budget_minutes is spent (the old code sent the whole plan it made from the probe, overrunning the budget
+    by the slowdown), records the shorter plan, and the rerun against the real server sends no new task."""
+    import threading
+    import time
+
+    budget_s = 40.0
+    probe: list[float] = []
+
+    def delay() -> float:
+        return 3 * max(probe[1:]) + 0.5
+    lock = threading.Lock()
+    cfg0 = load_config(None, [], save=False)
+    with local_llm(cfg0.llm) as real_url:
+        def forward(path, body, n):
+            # request 1 is the preflight; 2 warms the prompt cache and 3-4 are timed (llm.concurrency=1)
+            if n > 4:
+                with lock:
+                    time.sleep(delay())
+            t = time.monotonic()
+            r = httpx.post(real_url.rsplit("/v1", 1)[0] + path, content=body, timeout=300,
+                           headers={"Content-Type": "application/json"})
+            if 2 <= n <= 4:
+                probe.append(time.monotonic() - t)
+            return r.status_code, r.content
+
+        proxy = fault_server(answer=forward).start()
+        rd = tmp_path / "run"
+        make_run(rd, ["synth.max_chunks=0", "synth.batch_types=false", "synth.types.factual=1",
+                      "synth.types.keyword=1", "synth.types.multi_hop=0", "synth.judge.enabled=false",
+                      "synth.round_trip_top_k=0", "synth.max_failed_fraction=1", "llm.concurrency=1",
+                      f"synth.budget_minutes={budget_s / 60}"])
+        try:
+            man = run_stage(STAGES["synth"], rd, load_config(rd, [f"llm.base_url={proxy.url}"]), STAGES, quiet=True)
+        finally:
+            proxy.close()
+        c = man["counts"]
+        sent = proxy.requests - 1  # without the preflight
+        plan = json.loads((rd / "synth" / "plan.json").read_text())
+        probe_each = sum(probe[1:]) / 2
+        # what the probe planned: every task that fit the budget at the probe's pace (20 tasks in all)
+        planned = min(20, 3 + int((budget_s - sum(probe)) / probe_each))
+        assert planned > 3 + 2, (probe, "the probe was too slow to test a cut")
+        assert c["generations_planned"] == plan["tasks"] < planned, (c["generations_planned"], planned, probe)
+        assert sent >= c["generations_planned"], "every task of the kept plan was sent"
+        # the budget holds to within the one request in flight when it ran out
+        assert c["llm"]["generate"]["wall_s"] <= budget_s + delay() + max(probe) + 10, (c, probe)
+
+        rerun = run_stage(STAGES["synth"], rd, load_config(rd, [f"llm.base_url={real_url}"]), STAGES, force=True,
+                          quiet=True)
+    rc = rerun["counts"]
+    assert rc["generations_planned"] == c["generations_planned"]          # the kept plan, no new probe
+    assert rc["generations_resumed"] == c["generations_ok"]
+    assert rc["generations_planned"] - rc["generations_resumed"] == sum(c["generations_failed"].values())

@@ -76,7 +76,10 @@ class GenerationLog:
 # ---------------------------------------------------------------- generation
 async def _generate(ctx: StageContext, base_url: str, todo: list[dict[str, Any]], by_id: dict[str, dict],
                     struct_rows: list[dict[str, Any]], fp: str, log: AppendLog, stats_out: dict,
-                    progress: "GenerationProgress | None" = None) -> None:
+                    progress: "GenerationProgress | None" = None, deadline: float | None = None,
+                    skipped: set[str] | None = None) -> None:
+    import time
+
     from ..llm.client import LLMClient, LLMError
 
     conf = ctx.conf
@@ -89,7 +92,19 @@ async def _generate(ctx: StageContext, base_url: str, todo: list[dict[str, Any]]
     async with LLMClient.from_config(ctx.conf.llm, base_url) as client:
         bar = progress or GenerationProgress(ctx, len(todo))
 
+        # Tasks start in order, as many at once as the client sends; one that would start after the deadline
+        # (time.monotonic()) is not sent and goes into ``skipped``, so those form the end of ``todo``.
+        slots = asyncio.Semaphore(max(1, int(llm.concurrency)))
+
         async def one(t: dict[str, Any]) -> None:
+            async with slots:
+                if deadline is not None and time.monotonic() >= deadline:
+                    if skipped is not None:
+                        skipped.add(t["key"])
+                    return
+                await send(t)
+
+        async def send(t: dict[str, Any]) -> None:
             passages = [clip(by_id[s]["text"], sc.max_prompt_words) for s in t["segment_ids"]]
             per_call = (sc.max_tokens or llm.max_tokens) * len(t.get("query_types") or [1])
             params = {"temperature": llm.temperature,
@@ -202,10 +217,13 @@ class GenerationProgress:
 
 def generate(ctx: StageContext, base_url: str, todo: list[dict[str, Any]], by_id: dict[str, dict],
              struct_rows: list[dict[str, Any]], fp: str, gen_path: Path, stats_out: dict,
-             progress: "GenerationProgress | None" = None) -> None:
-    """Run every task in ``todo``, appending one record each to ``gen_path``."""
+             progress: "GenerationProgress | None" = None, deadline: float | None = None,
+             skipped: set[str] | None = None) -> None:
+    """Run every task in ``todo``, appending one record each to ``gen_path``; with a ``deadline``
+    (``time.monotonic()``), tasks not started by then are left out and their keys added to ``skipped``."""
     with AppendLog(gen_path) as log:
-        asyncio.run(_generate(ctx, base_url, todo, by_id, struct_rows, fp, log, stats_out, progress))
+        asyncio.run(_generate(ctx, base_url, todo, by_id, struct_rows, fp, log, stats_out, progress, deadline,
+                              skipped))
 
 
 def budgeted_generate(ctx: StageContext, endpoint, tasks: list[dict[str, Any]], todo: list[dict[str, Any]],
@@ -218,7 +236,9 @@ def budgeted_generate(ctx: StageContext, endpoint, tasks: list[dict[str, Any]], 
     are slower than the rest: they made the estimate twice too long), the next ``2 x concurrency`` are
     timed. The plan keeps as many tasks as fit the rest of the budget (tasks come spread over documents
     and sections, so a prefix still covers the corpus) and is recorded in plan.json, so that a rerun
-    resumes the same plan instead of spending a new budget. The estimate is printed before the rest."""
+    resumes the same plan instead of spending a new budget. The estimate is printed before the rest.
+    When the rest runs slower than the probe, the tasks not started by the end of the budget are not sent,
+    and the recorded plan shrinks to the ones that were: the budget holds (to within the requests in flight)."""
     import time
 
     budget_s = float(ctx.conf.synth.budget_minutes or 0) * 60  # a number as given (2, 0.5) or null
@@ -245,6 +265,7 @@ def budgeted_generate(ctx: StageContext, endpoint, tasks: list[dict[str, Any]], 
                 generate(ctx, url, todo[k:k + m], by_id, struct_rows, fp, gen_path, stats_out, bar)
                 each, probed = (time.perf_counter() - t1) / m, k + m
         rest = todo[probed:]
+        deadline = None
         if plan is None:
             n_all = len(tasks)
             if budget_s > 0:
@@ -253,6 +274,9 @@ def budgeted_generate(ctx: StageContext, endpoint, tasks: list[dict[str, Any]], 
                 tasks = tasks[:fit] if fit < n_all else tasks
                 keep = {t["key"] for t in tasks}
                 rest = [t for t in rest if t["key"] in keep]
+                # The probe can be faster than the rest (a machine that gets busier, longer prompts later in the
+                # plan): what is not started when the budget is spent is left out, instead of overrunning it.
+                deadline = time.monotonic() + left
             _write_plan(plan_path, fp, n_all, len(tasks), budget_s)
             capped = f" of {n_all} possible (synth.budget_minutes={budget_s / 60:g} caps it)" if len(tasks) < n_all \
                 else ""
@@ -260,7 +284,18 @@ def budgeted_generate(ctx: StageContext, endpoint, tasks: list[dict[str, Any]], 
             ctx.log(f"{len(tasks)} generations{capped}; at about {each:.1f} s each ({k} at once, from a timed probe): "
                     f"{len(rest)} left, about {_minutes(each * len(rest))}")
         if rest:
-            generate(ctx, url, rest, by_id, struct_rows, fp, gen_path, stats_out, bar)
+            skipped: set[str] = set()
+            t2 = time.perf_counter()
+            generate(ctx, url, rest, by_id, struct_rows, fp, gen_path, stats_out, bar, deadline, skipped)
+            if skipped:
+                # the plan becomes what was sent: the tasks before the first one left out (they start in order)
+                n = next(i for i, t in enumerate(tasks) if t["key"] in skipped)
+                took = (time.perf_counter() - t2) / max(1, len(rest) - len(skipped))
+                ctx.log(f"synth.budget_minutes={budget_s / 60:g} spent: {len(skipped)} of the {len(tasks)} planned "
+                        f"generations were not sent (they took about {took:.1f} s each here, against the probe's "
+                        f"{each:.1f} s); the plan keeps the first {n}: a rerun resumes it, a larger budget adds to it")
+                tasks = tasks[:n]
+                _write_plan(plan_path, fp, n_all, n, budget_s)
     finally:
         bar.close()
     return tasks
