@@ -29,12 +29,9 @@ trained model gets its graph in ``runs/<name>/embeddings/onnx/``.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import logging
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -134,20 +131,6 @@ def _parity(ref: Any, got: Any, texts: Sequence[str]) -> dict[str, Any]:
     return {"texts": int(len(cos)), "min_cosine": float(cos.min()), "mean_cosine": float(cos.mean())}
 
 
-@contextlib.contextmanager
-def _quiet_tools():
-    """The exporter's tracer warnings and the quantiser's root-logger advice say nothing a user can act on."""
-    root = logging.getLogger()
-    level = root.level
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        root.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            root.setLevel(level)
-
-
 def build_graph(model_path: str | Path, spec: EncodingSpec, root: Path, log: Callable[[str], None] = print,
                 texts: Sequence[str] | None = None) -> tuple[Path, dict[str, Any]]:
     """The fp32 pooled graph for ``model_path``, exported once and checked against torch; (path, build info)."""
@@ -179,12 +162,12 @@ def _built(path: Path, info_path: Path) -> dict[str, Any] | None:
 
 def _build_graph(model_path: str | Path, spec: EncodingSpec, path: Path, info_path: Path,
                  log: Callable[[str], None], texts: Sequence[str] | None) -> dict[str, Any]:
-    from .onnx_graph import BUILTIN_SENTENCES, export_onnx
+    from .onnx_graph import BUILTIN_SENTENCES, export_onnx, quiet_tools
 
     d = path.parent
     t0 = time.perf_counter()
     log(f"building the ONNX inference graph for {model_path} (once per model; cached in {d})")
-    with _quiet_tools():
+    with quiet_tools():
         exporter = export_onnx(model_path, spec, path, opset=OPSET, log=log)
     export_s = time.perf_counter() - t0
     from .encoding import Encoder
@@ -201,7 +184,7 @@ def _build_graph(model_path: str | Path, spec: EncodingSpec, path: Path, info_pa
 
 def build_int8(fp32_path: Path, log: Callable[[str], None] = print) -> Path:
     from .files import file_lock, remove_temps
-    from .onnx_graph import INT8_RECIPE, quantize_int8
+    from .onnx_graph import INT8_RECIPE, quantize_int8, quiet_tools
 
     path = fp32_path.with_name(f"model.int8-{INT8_RECIPE}.onnx")
     if path.is_file():
@@ -211,7 +194,7 @@ def build_int8(fp32_path: Path, log: Callable[[str], None] = print) -> Path:
         if not path.is_file():
             remove_temps(fp32_path.parent)
             log(f"quantising {fp32_path.name} to int8 (dynamic, per-channel MatMul weights)")
-            with _quiet_tools():
+            with quiet_tools():
                 quantize_int8(fp32_path, path)
     return path
 

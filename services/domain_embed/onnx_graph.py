@@ -12,10 +12,13 @@ The graph takes ``input_ids`` and ``attention_mask`` (int64, [batch, seq]) and r
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from .config import EncodingSpec
 from .errors import UserError
@@ -130,6 +133,22 @@ def parity_texts(chunks_path: Path | None, n: int = 32) -> tuple[list[str], str]
             picked = by_len[::step][: n - 1] + [by_len[-1]]
             return picked, str(chunks_path)
     return list(BUILTIN_SENTENCES), "builtin"
+
+
+@contextlib.contextmanager
+def quiet_tools() -> Iterator[None]:
+    """The exporter's tracer warnings ("might cause the trace to be incorrect", "will produce incorrect results"
+    for negative indices) and the quantiser's root-logger advice say nothing a user can act on: every graph is
+    checked against the PyTorch model right after it is made, and a mismatch is the error."""
+    root = logging.getLogger()
+    level = root.level
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        root.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            root.setLevel(level)
 
 
 def ort_session(path: Path, threads: int = 0, providers: Sequence[str] | None = None):

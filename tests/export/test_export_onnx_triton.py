@@ -268,6 +268,8 @@ def test_a_later_export_without_fp16_removes_the_old_fp16_graph(tmp_path, minilm
                                *overrides], capture_output=True, text=True,
                               env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=500)
         assert proc.returncode == 0, proc.stderr
+        # the tracer's warnings ("will produce incorrect results") alarmed a user for a graph the parity check passed
+        assert "TracerWarning" not in proc.stderr and "incorrect results" not in proc.stderr, proc.stderr[-2000:]
 
     export("export.fp16=true")
     assert fp16.is_file()

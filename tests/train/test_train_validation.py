@@ -152,3 +152,19 @@ def test_distill_base_term_is_zero_at_the_base_grows_as_weights_move_and_stays_o
     moved.backward()
     assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in module.model.parameters())
     assert all(p.grad is None for p in module._base[0].parameters())
+
+
+def test_the_validation_line_rounds_and_says_when_the_shipped_step_scored_below_the_base():
+    """The demo's log read "base 0.396247 -> best 0.38238248229026794 (step 6)", a tuned score below the base's
+    with nothing said of it."""
+    from domain_embed.train.stage import validation_line
+
+    below = {"steps": 6, "base_val_ndcg@10": 0.396247, "best_val_ndcg@10": 0.38238248229026794, "best_step": 6,
+             "val_queries": 7}
+    assert validation_line(below) == ("trained 6 steps; validation nDCG@10 base 0.3962 -> best 0.3824 (step 6); below "
+                                      "the base on the 7 validation queries -- the held-out evaluation and its quality "
+                                      "gate decide")
+    above = {**below, "best_val_ndcg@10": 0.7541074156761169}
+    assert validation_line(above) == "trained 6 steps; validation nDCG@10 base 0.3962 -> best 0.7541 (step 6)"
+    assert validation_line({**below, "base_val_ndcg@10": None, "best_val_ndcg@10": None, "best_step": None}) == \
+        "trained 6 steps; no validation (train.val_every_n_steps=0, or no validation split)"

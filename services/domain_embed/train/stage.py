@@ -108,6 +108,23 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 "no checkpoint was saved, so a rerun starts over")
         raise RuntimeError(f"training process exited with code {rc} (its traceback is above); {then}")
     summary = json.loads((tdir / "summary.json").read_text())
-    ctx.log(f"trained {summary['steps']} steps; validation nDCG@10 base {summary['base_val_ndcg@10']} -> "
-            f"best {summary['best_val_ndcg@10']} (step {summary['best_step']})")
+    ctx.log(validation_line(summary))
     return summary
+
+
+def validation_line(summary: dict[str, Any]) -> str:
+    """What training says of its validation: the base's and the shipped step's nDCG@10, and when the
+    shipped step scored below the base there, that the held-out evaluation decides (a few validation
+    queries are noisy; the quality gate keeps a model that loses to its base from shipping)."""
+    base, best, step = summary.get("base_val_ndcg@10"), summary.get("best_val_ndcg@10"), summary.get("best_step")
+
+    def f(v: Any) -> str:
+        return "n/a" if v is None else f"{float(v):.4f}"
+
+    if best is None:
+        return f"trained {summary['steps']} steps; no validation (train.val_every_n_steps=0, or no validation split)"
+    line = f"trained {summary['steps']} steps; validation nDCG@10 base {f(base)} -> best {f(best)} (step {step})"
+    if base is not None and best is not None and float(best) < float(base):
+        line += (f"; below the base on the {summary.get('val_queries')} validation queries -- the held-out "
+                 f"evaluation and its quality gate decide")
+    return line
