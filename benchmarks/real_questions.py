@@ -278,9 +278,14 @@ def score(name: str, run_dir: Path, split: str, model_dirs: dict[str, Path] | No
     # The run's embedding store: the base vectors of its chunks are already there from the pipeline,
     # and a rescore embeds nothing twice. fp32 only, so the numbers are the model's own.
     store = EmbeddingStore.for_run(run_dir)
+    # A tuned model's ONNX graph stays with the run, as a stage's own model's does; the user cache is for base
+    # models. Before, every scored model (the pipeline's, each mix, the ceiling, each oracle fold) left ~90 MB in
+    # ~/.cache/domain-embed/onnx for good: 34 of its 40 graphs on one machine after two days of suite runs.
+    graphs = run_dir / "embeddings" / "onnx"
 
     def encoder(spec, mdir=None):
-        enc = store.bind(inference_encoder(spec, cfg.model, model_path=mdir, allow_int8=False, log=lambda m: None))
+        enc = store.bind(inference_encoder(spec, cfg.model, model_path=mdir, allow_int8=False, log=lambda m: None,
+                                           onnx_root=graphs if mdir is not None else None))
         return lambda t, kind: enc.encode(t, kind)
 
     runs["base"] = dense_run(ds, encoder(base_spec))

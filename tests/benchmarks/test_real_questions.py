@@ -250,7 +250,8 @@ def test_ceiling_tunes_the_base_on_the_dev_questions_own_answers(rq, tmp_path, c
     pids = sorted({p for r in dev for p in qrels[r["id"]]})
 
     def margin(model_path) -> float:
-        enc = inference_encoder(spec, cfg.model, model_path=model_path, allow_int8=False, log=lambda m: None)
+        enc = inference_encoder(spec, cfg.model, model_path=model_path, allow_int8=False, log=lambda m: None,
+                                onnx_root=tmp_path / "graphs" if model_path is not None else None)
         q = np.asarray(enc.encode([r["question"] for r in dev], "query"))
         p = np.asarray(enc.encode([passages[x] for x in pids], "passage"))
         s = q @ p.T
@@ -312,6 +313,10 @@ def test_oracle_scores_every_test_question_once_by_a_model_that_never_trained_on
     assert set().union(*folds) == test and not folds[0] & folds[1] and rq.oracle_folds(rows[::-1], 2) == folds
 
     trained, real = [], rq.ceiling
+    from domain_embed.inference import onnx_cache_root
+
+    cache = onnx_cache_root(load_config(run_dir, [], save=False).model)
+    before = set(cache.iterdir()) if cache.is_dir() else set()
 
     def recording(*args, **kw):   # the real training, with what it trained on noted
         trained.append(set(kw["train_ids"]))
@@ -326,6 +331,11 @@ def test_oracle_scores_every_test_question_once_by_a_model_that_never_trained_on
     assert set(res["per_query"]["oracle-mix-0.7"]) == test   # and as the pipeline ships it (train.base_mix)
     for i in range(2):
         assert (run_dir / "realq-ceiling" / f"oracle-2-{i}" / "model.safetensors").is_file()
+    # the folds' graphs stay with the run; the machine's cache keeps base models only (it kept every fold's ~90 MB)
+    new = set(cache.iterdir()) - before if cache.is_dir() else set()
+    leaked = [d for d in new if (d / "build.json").is_file() and str(run_dir) in (d / "build.json").read_text()]
+    assert not leaked, leaked
+    assert len(list((run_dir / "embeddings" / "onnx").glob("*/model.onnx"))) >= 2
 
     # the hub line: one documentation passage in several questions' top 10
     run = {"q1": {"c_0": 0.9, "a": 0.5}, "q2": {"c_0": 0.8, "c_1": 0.7}, "q3": {"b": 0.9}}
