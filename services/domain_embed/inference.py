@@ -162,13 +162,12 @@ def _built(path: Path, info_path: Path) -> dict[str, Any] | None:
 
 def _build_graph(model_path: str | Path, spec: EncodingSpec, path: Path, info_path: Path,
                  log: Callable[[str], None], texts: Sequence[str] | None) -> dict[str, Any]:
-    from .onnx_graph import BUILTIN_SENTENCES, export_onnx, quiet_tools
+    from .onnx_graph import BUILTIN_SENTENCES, export_onnx
 
     d = path.parent
     t0 = time.perf_counter()
     log(f"building the ONNX inference graph for {model_path} (once per model; cached in {d})")
-    with quiet_tools():
-        exporter = export_onnx(model_path, spec, path, opset=OPSET, log=log)
+    exporter = export_onnx(model_path, spec, path, opset=OPSET, log=log)
     export_s = time.perf_counter() - t0
     from .encoding import Encoder
 

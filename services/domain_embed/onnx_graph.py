@@ -82,7 +82,7 @@ def export_onnx(model_path: str | Path, spec: EncodingSpec, out: Path, opset: in
     try:  # a stop (SIGTERM, Ctrl-C) is no Exception: the model-sized temporary file must go then too
         for dynamo in (False, True):
             try:
-                with torch.inference_mode(False), torch.no_grad():
+                with torch.inference_mode(False), torch.no_grad(), quiet_tools():  # parity is checked after
                     kw = dict(input_names=["input_ids", "attention_mask"], output_names=["embeddings"],
                               opset_version=opset, dynamo=dynamo)
                     if dynamo:

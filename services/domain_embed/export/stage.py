@@ -40,10 +40,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     opset = ecfg.opset
     if opset < 17:
         raise UserError(f"export.opset={opset}; opset 17 or newer is needed (LayerNormalization)")
-    from ..onnx_graph import quiet_tools
-
-    with quiet_tools():  # the tracer's warnings; the parity check below is what tells a wrong graph
-        exporter = onnx_export.export_onnx(model_dir, spec, onnx_path, opset=opset, log=ctx.log)
+    exporter = onnx_export.export_onnx(model_dir, spec, onnx_path, opset=opset, log=ctx.log)
     ctx.log(f"exported {onnx_path} with the {exporter} exporter (opset {opset})")
 
     texts, source = onnx_export.parity_texts(ctx.path("curate/chunks.jsonl"))

@@ -124,7 +124,7 @@ def validation_line(summary: dict[str, Any]) -> str:
     if best is None:
         return f"trained {summary['steps']} steps; no validation (train.val_every_n_steps=0, or no validation split)"
     line = f"trained {summary['steps']} steps; validation nDCG@10 base {f(base)} -> best {f(best)} (step {step})"
-    if base is not None and best is not None and float(best) < float(base):
+    if base is not None and float(best) < float(base):
         line += (f"; below the base on the {summary.get('val_queries')} validation queries -- the held-out "
                  f"evaluation and its quality gate decide")
     return line
