@@ -445,8 +445,10 @@ class TrainConfig:
     budget_minutes: Any = _number(
         "auto", "Wall-clock cap on training, from a timed probe before the first step: when the planned epochs would "
         "take longer here, fewer steps are trained (the learning-rate schedule planned for them) and the stage says "
-        "so. It binds on CPU with a large corpus (sqlite3-doc's 18k chunks plan hours of steps on 2 cores); the "
-        "demo's ~31 steps fit well inside. auto = 30 min on CPU and off on a GPU; a number of minutes; 0 = off. "
+        "so. When the steps then run slower than the probe (a machine that got busier), training stops at the "
+        "step the budget allows, validates and ships it as a run planned that long, and keeps it in "
+        "checkpoints/budget.json so a rerun resumes to the same step. It binds on CPU with a large corpus "
+        "(sqlite3-doc's 18k chunks plan hours of steps on 2 cores); the demo's ~31 steps fit well inside. auto = 30 min on CPU and off on a GPU; a number of minutes; 0 = off. "
         "Ignored when max_steps is set or with more than one process.", nullable=True, auto=True)
     batch_size: int = _f(16, "Queries per device per micro-batch.")
     grad_accum: int = _f(1, "Steps accumulated per optimiser step.")

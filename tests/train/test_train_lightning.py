@@ -29,6 +29,12 @@ def _env(**kw):
     return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **kw}
 
 
+def _hooked_env(**kw):
+    """The environment with tests/train/hooks first on PYTHONPATH (its sitecustomize; see there)."""
+    hook = str(Path(__file__).parent / "hooks")
+    return _env(PYTHONPATH=os.pathsep.join([hook, *filter(None, [os.environ.get("PYTHONPATH")])]), **kw)
+
+
 def _train(run: Path, *over: str, env=None, timeout=400):
     return subprocess.run([CLI, "train", "--run-dir", str(run), "--quiet", *over], capture_output=True, text=True,
                           env=env or _env(), timeout=timeout)
@@ -110,11 +116,9 @@ def test_metrics_log_has_every_step_and_validations(trained):
 
 def test_ddp_two_gloo_processes_end_with_identical_weights(mined_run, tmp_path):
     run = _copy(mined_run, tmp_path / "run")
-    # weight_hash_hook/sitecustomize.py hashes each rank's final weights in the test, not in the product
+    # hooks/sitecustomize.py hashes each rank's final weights in the test, not in the product
     hashes = tmp_path / "hashes"
-    hook = str(Path(__file__).parent / "weight_hash_hook")
-    env = _env(DOMAIN_EMBED_TEST_WEIGHT_HASH_DIR=str(hashes),
-               PYTHONPATH=os.pathsep.join([hook, *filter(None, [os.environ.get("PYTHONPATH")])]))
+    env = _hooked_env(DOMAIN_EMBED_TEST_WEIGHT_HASH_DIR=str(hashes))
     p = _train(run, "train.strategy=ddp", "train.devices=2", "train.max_steps=3", "train.val_every_n_steps=2", env=env)
     assert p.returncode == 0, p.stderr[-3000:]
     h0 = json.loads((hashes / "rank0.json").read_text())["sha256"]
@@ -231,6 +235,40 @@ def test_budget_caps_the_steps_from_a_timed_probe_and_says_so(mined_run, tmp_pat
     assert [r["step"] for r in read_jsonl(run / "train" / "metrics.jsonl") if "loss" in r] == [1]
 
 
+def test_a_run_slower_than_its_probe_stops_at_the_budget_and_a_rerun_ends_on_the_same_step(mined_run, tmp_path):
+    """The budget's plan comes from a timed probe. When every step after it runs 4 s slower (a fault: the
+    machine got busier), the planned steps would overrun the budget by their slowdown; the run stops at
+    the step the deadline allows, validates it, keeps it in budget.json, and a rerun that only changes
+    what is shipped (train.base_mix) resumes there and trains nothing again."""
+    run = _copy(mined_run, tmp_path / "run")
+    times, budget_s, slow_s = tmp_path / "times.json", 30.0, 4.0
+    env = _hooked_env(DOMAIN_EMBED_TEST_SLOW_STEP_S=str(slow_s), DOMAIN_EMBED_TEST_TIMES=str(times))
+    over = ["train.max_steps=-1", "train.epochs=2", "train.val_every_n_steps=2", f"train.budget_minutes={budget_s / 60}"]
+    p = _train(run, *over, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    kept = json.loads((run / "train" / "checkpoints" / "budget.json").read_text())
+    summary = json.loads((run / "train" / "summary.json").read_text())
+    # the probe's plan fitted every step planned (they are fast); only the slowdown made them not fit
+    assert kept["capped"] is True and kept["steps"] == kept["planned_steps"] > 8, kept
+    stopped = kept["stopped_at"]
+    assert 1 <= stopped < kept["steps"] and summary["steps"] == stopped and summary["budget"] == kept, (kept, summary)
+    assert f"train.budget_minutes={budget_s / 60:g} spent: stopped after step {stopped} of the {kept['steps']}" in p.stderr
+    t = json.loads(times.read_text())
+    # from fit's start to the worker's end (the last validation, the base mix, the model written): within
+    # the budget and one slowed step, with room for writing the model
+    assert t["end"] - t["fit_start"] <= budget_s + slow_s + 10, t
+    rows = list(read_jsonl(run / "train" / "metrics.jsonl"))
+    steps = [r["step"] for r in rows if "loss" in r]
+    assert steps == list(range(1, stopped + 1))
+    assert [r["step"] for r in rows if "val_ndcg@10" in r][-1] == stopped  # the step it ends on is validated
+    # a rerun resumes to the step the budget ended on, not to the plan's last
+    p = _train(run, *over, "train.base_mix=1")
+    assert p.returncode == 0, p.stderr[-3000:]
+    again = json.loads((run / "train" / "summary.json").read_text())
+    assert again["resumed"] is True and again["steps"] == stopped, again
+    assert [r["step"] for r in read_jsonl(run / "train" / "metrics.jsonl") if "loss" in r] == steps
+
+
 def test_steps_within_the_budget_count_the_validations():
     from domain_embed.train.progress import StepTiming, steps_within
 
@@ -251,7 +289,7 @@ def test_steps_within_the_budget_count_the_validations():
 def test_validations_planned_count_the_last_step_when_the_cadence_misses_it():
     from domain_embed.train.worker import validations_planned
 
-    assert validations_planned(20, 25, False, 0) == 2    # the base and the last step (Debian at defaults)
+    assert validations_planned(20, 25, False, 0) == 1    # the base only: no trained step to choose between
     assert validations_planned(50, 25, False, 0) == 3    # the base, 25 and 50 (the cadence ends on it)
     assert validations_planned(31, 25, False, 0) == 3    # the base, 25 and 31
     assert validations_planned(31, 25, True, 25) == 1    # resumed at 25: only 31 is left
@@ -305,6 +343,38 @@ def test_base_mix_ships_the_interpolated_weights_without_training_again(trained,
     assert moved > 1e-5, "the tuned weights did not move toward the base"
     default = _weights(trained / "train" / "model")
     assert max(float(np.abs(default[k] - mixed[k]).max()) for k in floats) < 1e-6
+
+
+def test_force_trains_again_except_when_torchrun_restarts_the_same_forced_command(trained, tmp_path):
+    """`train --force` deletes the checkpoints and trains from step 0. torchrun restarts its workers (a rank
+    failed, a node was replaced) by running the same command again with TORCHELASTIC_RESTART_COUNT > 0
+    (tests/train/test_train_launch.py sees it set): --force then resumes instead, or every restart would
+    throw away the forced run's progress and train from step 0 again."""
+    run = _copy(trained, tmp_path / "run")
+    p = _train(run, "--force", env=_env(TORCHELASTIC_RESTART_COUNT="1"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.loads((run / "train" / "summary.json").read_text())
+    assert summary["resumed"] is True and summary["steps"] == 6
+    assert [r["step"] for r in read_jsonl(run / "train" / "metrics.jsonl") if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    p = _train(run, "--force", env=_env(TORCHELASTIC_RESTART_COUNT="0"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.loads((run / "train" / "summary.json").read_text())
+    assert summary["resumed"] is False and summary["steps"] == 6
+
+
+def test_a_run_shorter_than_one_validation_cadence_ships_its_last_step_without_encoding_the_corpus_again(
+        mined_run, tmp_path):
+    """2 steps, validation every 4: only the base is validated (step 0). A pass at step 2 could not change
+    what ships (no other trained step was scored), so it is not run: the demo spent 3.5 min on it."""
+    run = _copy(mined_run, tmp_path / "run")
+    p = _train(run, "train.max_steps=2")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert [r["step"] for r in read_jsonl(run / "train" / "metrics.jsonl") if "val_ndcg@10" in r] == [0]
+    summary = json.loads((run / "train" / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["best_step"] is None and summary["base_val_ndcg@10"] is not None
+    from domain_embed.train.stage import validation_line
+
+    assert "the last step is shipped unvalidated" in validation_line(summary)
 
 
 def test_a_finished_run_checkpoints_its_last_step_off_the_cadence(mined_run, tmp_path):

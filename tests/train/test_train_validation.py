@@ -166,5 +166,8 @@ def test_the_validation_line_rounds_and_says_when_the_shipped_step_scored_below_
                                       "gate decide")
     above = {**below, "best_val_ndcg@10": 0.7541074156761169}
     assert validation_line(above) == "trained 6 steps; validation nDCG@10 base 0.3962 -> best 0.7541 (step 6)"
+    assert validation_line({**below, "best_val_ndcg@10": None, "best_step": None}) == (
+        "trained 6 steps; validation nDCG@10 base 0.3962; the last step is shipped unvalidated (no earlier trained "
+        "step to choose between) -- the held-out evaluation scores it")
     assert validation_line({**below, "base_val_ndcg@10": None, "best_val_ndcg@10": None, "best_step": None}) == \
         "trained 6 steps; no validation (train.val_every_n_steps=0, or no validation split)"

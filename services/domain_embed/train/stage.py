@@ -68,9 +68,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         teacher_dir = teacher_path(teacher.path)  # before minutes of training, not after
     tdir = ctx.dir
     if ctx.force:
-        # --force means "train again", not "resume the finished run"
-        for name in ("last.ckpt", "best.ckpt", "fingerprint.json"):
-            (tdir / "checkpoints" / name).unlink(missing_ok=True)
+        forget_checkpoints(tdir, os.environ, ctx.log)
     cfg = OmegaConf.to_container(ctx.cfg, resolve=True)
     cfg["_quiet"] = ctx.quiet  # a flag of the stage, not a config key: the worker reads it apart
     # Freeze the model path so the worker (maybe another pod) needs no registry-package lookup.
@@ -112,6 +110,19 @@ def run(ctx: StageContext) -> dict[str, Any]:
     return summary
 
 
+def forget_checkpoints(tdir, env, log) -> None:
+    """``--force`` means "train again", not "resume the finished run": the checkpoints go. Except when
+    torchrun restarts its workers (``TORCHELASTIC_RESTART_COUNT`` > 0, after a rank failed or a node was
+    replaced): it runs the same command again, ``--force`` included, and deleting then would throw away
+    the forced run's own progress, so every restart would train from step 0."""
+    restart = str(env.get("TORCHELASTIC_RESTART_COUNT", "0")).strip() or "0"
+    if restart != "0":
+        log(f"--force under torchrun restart {restart}: resuming this run's checkpoints, not deleting them")
+        return
+    for name in ("last.ckpt", "best.ckpt", "fingerprint.json"):
+        (tdir / "checkpoints" / name).unlink(missing_ok=True)
+
+
 def validation_line(summary: dict[str, Any]) -> str:
     """What training says of its validation: the base's and the shipped step's nDCG@10, and when the
     shipped step scored below the base there, that the held-out evaluation decides (a few validation
@@ -121,6 +132,9 @@ def validation_line(summary: dict[str, Any]) -> str:
     def f(v: Any) -> str:
         return "n/a" if v is None else f"{float(v):.4f}"
 
+    if best is None and base is not None:
+        return (f"trained {summary['steps']} steps; validation nDCG@10 base {f(base)}; the last step is shipped "
+                f"unvalidated (no earlier trained step to choose between) -- the held-out evaluation scores it")
     if best is None:
         return f"trained {summary['steps']} steps; no validation (train.val_every_n_steps=0, or no validation split)"
     line = f"trained {summary['steps']} steps; validation nDCG@10 base {f(base)} -> best {f(best)} (step {step})"

@@ -1,4 +1,5 @@
-"""SIGTERM and SIGINT in the training worker: finish the step, save ``last.ckpt``, exit 128+signal.
+"""Stopping the training worker early: on SIGTERM and SIGINT (finish the step, save ``last.ckpt``, exit
+128+signal), and when ``train.budget_minutes`` is spent (:class:`BudgetDeadline`, at the end).
 
 Lightning installs its own SIGTERM handler in ``fit``; it only raises after the current step *and*
 the validation that follows it, and then exits with status 0. Kubernetes sends SIGTERM, waits the
@@ -14,7 +15,8 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from typing import Any
+import time
+from typing import Any, Callable
 
 import lightning as L
 
@@ -80,3 +82,59 @@ class StopOnSignal(L.Callback):
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self._raise_pending()
+
+
+class BudgetDeadline(L.Callback):
+    """``train.budget_minutes`` as a deadline, not only a plan. The plan (``worker.fit_budget``) comes from
+    a timed probe; when the steps then run slower than the probe did (a machine that got busier), the plan
+    would overrun the budget by the slowdown. After each optimizer step this checks whether the next one,
+    and the validation the run would then end on, still fit before the deadline; when they do not, the
+    plan ends at this step (``max_steps``), so the step is checkpointed, validated and shipped as a planned
+    run of that length would be, and ``on_stop(step, seconds_a_step)`` records it for a resume. Inactive
+    until :meth:`arm`; one process only (the budget is off with more than one)."""
+
+    def __init__(self) -> None:
+        self.deadline: float | None = None
+        self.step_s = 0.0           # the probe's estimate of one optimizer step
+        self.val_s = 0.0            # the probe's estimate of one validation pass
+        self.on_stop: Callable[[int, float], None] | None = None
+        self.stopped_at: int | None = None
+        self._step_t0: float | None = None
+        self._val_t0: float | None = None
+        self._slowest_step = 0.0
+        self._slowest_val = 0.0
+
+    def arm(self, budget_s: float, step_s: float, val_s: float, on_stop: Callable[[int, float], None],
+            start: float | None = None) -> None:
+        self.deadline = (time.monotonic() if start is None else start) + budget_s
+        self.step_s, self.val_s, self.on_stop = float(step_s), float(val_s), on_stop
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx % trainer.accumulate_grad_batches == 0:
+            self._step_t0 = time.monotonic()   # the step's first micro-batch
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._val_t0 = time.monotonic()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._val_t0 is not None:
+            self._slowest_val = max(self._slowest_val, time.monotonic() - self._val_t0)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if (batch_idx + 1) % trainer.accumulate_grad_batches != 0:
+            return
+        now = time.monotonic()
+        if self._step_t0 is not None:
+            self._slowest_step = max(self._slowest_step, now - self._step_t0)
+        step = int(trainer.global_step)
+        if self.deadline is None or self.stopped_at is not None or step >= trainer.max_steps:
+            return
+        next_step = max(self.step_s, self._slowest_step)
+        # the run ends on a validation (the cadence's or the final one) unless there is none
+        last_val = max(self.val_s, self._slowest_val) if self.val_s > 0 or self._slowest_val > 0 else 0.0
+        if now + next_step + last_val <= self.deadline:
+            return
+        self.stopped_at = step
+        trainer.fit_loop.epoch_loop.max_steps = step
+        if self.on_stop is not None:
+            self.on_stop(step, self._slowest_step)

@@ -213,27 +213,32 @@ def owes_validation(tdir: Path, tc: TrainConfig, resume: bool, start_step: int, 
 
 def needs_final_validation(tdir: Path, tc: TrainConfig, step: int, has_val: bool) -> bool:
     """Training ended on a step that Lightning's cadence does not validate (``train.val_every_n_steps``
-    does not divide it), and no earlier run of this one logged that step's validation (a finished run
-    resumed to change ``train.base_mix``). Without this pass the steps after the last validation were
-    never scored: best.ckpt from an earlier validation was shipped over them, and a run shorter than
-    one cadence (20 steps at defaults on the Debian Reference) reported no best at all. Every rank reads
-    the same log, written before this process started for the step in question, so they agree."""
+    does not divide it), an earlier trained step was validated, and no earlier run of this one logged
+    this step's validation (a finished run resumed to change ``train.base_mix``). Without this pass the
+    steps after the last validation were never scored: best.ckpt from an earlier validation was shipped
+    over them. When no trained step was validated (a run shorter than one cadence: 6 steps in the demo,
+    17-18 on the Debian Reference), there is nothing to choose between: the last step is shipped either
+    way, and the held-out evaluation scores it; the pass would only report a number, from a few validation
+    queries, for minutes of encoding (the demo's 2,023 passages took 3.5 min on a slow day). Every rank
+    reads the same log, written before this process started for the step in question, so they agree."""
     from ..rundir import read_jsonl
 
     every = tc.val_every_n_steps
     if not (has_val and every > 0 and step > 0 and step % every != 0):
         return False
     path = tdir / "metrics.jsonl"
-    return not (path.is_file() and any(r.get("step") == step and "val_ndcg@10" in r for r in read_jsonl(path)))
+    validated = {r.get("step") for r in read_jsonl(path) if "val_ndcg@10" in r} if path.is_file() else set()
+    return step not in validated and any(s > 0 for s in validated)
 
 
 def validations_planned(total_steps: int, every: int, resume: bool, start_step: int) -> int:
     """Validation passes still to run: the base's (step 0, unless resumed), one every ``every`` steps,
-    and one at the last step when ``every`` does not divide it."""
+    and one at the last step when ``every`` does not divide it and an earlier step was validated on the
+    cadence (see :func:`needs_final_validation`)."""
     if every <= 0:
         return 0
     return ((0 if resume else 1) + (total_steps // every - start_step // every)
-            + (1 if total_steps % every and total_steps > start_step else 0))
+            + (1 if total_steps % every and total_steps > start_step and total_steps > every else 0))
 
 
 # ---------------------------------------------------------------- outputs
@@ -290,7 +295,7 @@ def main(run_dir: Path) -> int:
     from .bi_encoder import BiEncoder
     from .checkpointing import AtomicCheckpoints
     from .progress import TrainProgress
-    from .stopping import StopOnSignal
+    from .stopping import BudgetDeadline, StopOnSignal
 
     tdir = run_dir / "train"
     conf, quiet = load_run_config(run_dir)
@@ -308,7 +313,8 @@ def main(run_dir: Path) -> int:
         ck.val_every = tc.val_every_n_steps
     show = not quiet  # (and rank 0: TrainProgress and the estimate check the rank themselves)
     bar = TrainProgress()
-    callbacks: list = [ck, stop, *([bar] if show else [])]
+    deadline = BudgetDeadline()  # armed below when train.budget_minutes applies
+    callbacks: list = [ck, stop, deadline, *([bar] if show else [])]
     if data.val is not None and tc.early_stopping_patience > 0:
         callbacks.append(EarlyStopping("val_ndcg@10", mode="max", patience=tc.early_stopping_patience,
                                        check_on_train_epoch_end=False))
@@ -347,6 +353,12 @@ def main(run_dir: Path) -> int:
         print_estimate(module, plan, data, collate, total_steps, accum, world, resume, start_step,
                        timing=budget.get("_timing"), per_text=budget.get("_per_text"))
     module.budget = {k: v for k, v in budget.items() if not k.startswith("_")}
+    if budget.get("stopped_at"):
+        # an earlier run of this plan spent the budget there: the resumed run ends there too, with the
+        # learning-rate schedule of the plan (module.total_steps), so it reaches the same weights
+        trainer.fit_loop.epoch_loop.max_steps = bar.total_steps = int(budget["stopped_at"])
+    elif budget:
+        arm_deadline(deadline, tdir, module, bar, budget, data, trainer.is_global_zero)
     stop.check(None)
     # rank and world size are read when iteration starts: under DDP they exist only once Lightning launched the ranks
     if tc.teacher.path:
@@ -455,6 +467,34 @@ def fit_budget(tdir: Path, tc: TrainConfig, module, plan, data: TrainingData, co
                  f"({epochs:.2f} epochs, learning-rate schedule planned for them) to fit. Raise "
                  f"train.budget_minutes (0 = off) or set train.max_steps to train longer.")
     return steps, info
+
+
+def arm_deadline(deadline, tdir: Path, module, bar, budget: dict[str, Any], data: TrainingData,
+                 is_global_zero: bool) -> None:
+    """``train.budget_minutes`` holds: the steps planned from the probe stop short at the deadline when
+    they run slower than the probe (see :class:`~.stopping.BudgetDeadline`). The step it stops at is kept
+    in checkpoints/budget.json (``stopped_at``), so a rerun resumes to the same step and weights."""
+    from ..rundir import atomic_write_json
+    from .progress import format_duration
+
+    per_text = budget.get("_per_text") or 0.0
+    val_s = (len(data.val.corpus_texts) + len(data.val.query_ids)) * per_text if data.val is not None else 0.0
+    probe_s = float(budget.get("probe_step_s") or 0.0)
+    minutes = float(budget["budget_minutes"])
+
+    def spent(step: int, seconds_a_step: float) -> None:
+        module.budget = {**module.budget, "stopped_at": step, "capped": True}
+        bar.total_steps = step
+        if is_global_zero:
+            atomic_write_json(tdir / "checkpoints" / "budget.json", module.budget)
+            planned = int(budget["steps"])
+            _say(f"train.budget_minutes={minutes:g} spent: stopped after step {step} of the {planned} planned "
+                 f"(a step took up to {format_duration(seconds_a_step)} here, against the probe's "
+                 f"{format_duration(probe_s)}); training ends there as a run planned for {step} steps would, and a rerun "
+                 f"resumes to the same step. "
+                 f"Raise train.budget_minutes (0 = off) or set train.max_steps to train longer.")
+
+    deadline.arm(minutes * 60, probe_s, val_s, spent)
 
 
 def print_estimate(module, plan, data: TrainingData, collate, total_steps: int, accum: int, world: int,
