@@ -101,8 +101,8 @@ class BudgetDeadline(L.Callback):
         self.stopped_at: int | None = None
         self._step_t0: float | None = None
         self._val_t0: float | None = None
-        self._slowest_step = 0.0
-        self._slowest_val = 0.0
+        self._steps_s: list[float] = []   # each optimizer step's duration, validation excluded
+        self._last_val = 0.0
 
     def arm(self, budget_s: float, step_s: float, val_s: float, on_stop: Callable[[int, float], None],
             start: float | None = None) -> None:
@@ -118,23 +118,26 @@ class BudgetDeadline(L.Callback):
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if self._val_t0 is not None:
-            self._slowest_val = max(self._slowest_val, time.monotonic() - self._val_t0)
+            self._last_val = time.monotonic() - self._val_t0
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
         if (batch_idx + 1) % trainer.accumulate_grad_batches != 0:
             return
         now = time.monotonic()
         if self._step_t0 is not None:
-            self._slowest_step = max(self._slowest_step, now - self._step_t0)
+            self._steps_s.append(now - self._step_t0)
         step = int(trainer.global_step)
         if self.deadline is None or self.stopped_at is not None or step >= trainer.max_steps:
             return
-        next_step = max(self.step_s, self._slowest_step)
-        # the run ends on a validation (the cadence's or the final one) unless there is none
-        last_val = max(self.val_s, self._slowest_val) if self.val_s > 0 or self._slowest_val > 0 else 0.0
+        # the next step at the rate seen so far (never faster than the probe), then the validation the run
+        # may end on (the cadence's or the final one): at most one of each, so the overrun is at most one
+        # step's misestimate
+        seen = sum(self._steps_s) / len(self._steps_s) if self._steps_s else 0.0
+        next_step = max(self.step_s, seen)
+        last_val = max(self.val_s, self._last_val)
         if now + next_step + last_val <= self.deadline:
             return
         self.stopped_at = step
         trainer.fit_loop.epoch_loop.max_steps = step
         if self.on_stop is not None:
-            self.on_stop(step, self._slowest_step)
+            self.on_stop(step, seen)

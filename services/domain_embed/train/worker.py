@@ -489,10 +489,10 @@ def arm_deadline(deadline, tdir: Path, module, bar, budget: dict[str, Any], data
             atomic_write_json(tdir / "checkpoints" / "budget.json", module.budget)
             planned = int(budget["steps"])
             _say(f"train.budget_minutes={minutes:g} spent: stopped after step {step} of the {planned} planned "
-                 f"(a step took up to {format_duration(seconds_a_step)} here, against the probe's "
-                 f"{format_duration(probe_s)}); training ends there as a run planned for {step} steps would, and a rerun "
-                 f"resumes to the same step. "
-                 f"Raise train.budget_minutes (0 = off) or set train.max_steps to train longer.")
+                 f"(a step took {format_duration(seconds_a_step)} on average here, against the probe's "
+                 f"{format_duration(probe_s)}); training ends there as a run planned for {step} steps would, and "
+                 f"a rerun resumes to the same step. Raise train.budget_minutes (0 = off) or set train.max_steps "
+                 f"to train longer.")
 
     deadline.arm(minutes * 60, probe_s, val_s, spent)
 
