@@ -53,8 +53,9 @@ def table(rows: list[tuple[str, float | None, dict]], target_s: float, wall_s: f
             note = (f"pairs={counts.get('pairs', '?')}, generations ok {counts.get('generations_ok', '?')}"
                     f"/{counts.get('generations_planned', '?')}")
         elif name == "train":
+            best = counts.get("best_val_ndcg@10")
             note = f"steps={counts.get('steps', '?')}, val nDCG@10 {counts.get('base_val_ndcg@10')} -> " \
-                   f"{counts.get('best_val_ndcg@10')}"
+                   f"{'last step unvalidated' if best is None else best}"
         elif name == "evaluate":
             note = ", ".join(f"{k.replace('_ndcg@10', '')} {v}" for k, v in counts.items()
                              if str(k).endswith("ndcg@10") and isinstance(v, (int, float)))
